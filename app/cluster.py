@@ -1,0 +1,125 @@
+"""Connect to Ray (a cluster, or an embedded local instance) and check, before any work
+starts, that the run can ever be scheduled and that its storage is writable.
+
+    python -m app train --config c.yaml                   # embedded local Ray
+    python -m app train --config c.yaml --address auto    # join a running cluster
+    ray job submit -- python -m app train --config c.yaml # RAY_ADDRESS is set for us
+
+Ray's own behaviour for a request that no node can satisfy is to wait forever; here it
+is an immediate exit 2 with the numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+
+import pyarrow.fs as pafs
+
+from app.config import ScalingConfig
+from app.data.sources import get_filesystem
+from app.errors import UserError
+
+
+def connect(address: str | None = None) -> None:
+    """Join `address` (or $RAY_ADDRESS); without either, start an embedded local Ray."""
+    import ray
+
+    quiet_logs()
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        # The dashboard also serves the state API that Ray Train polls; keep it on loopback.
+        ray.init(logging_level="WARNING", dashboard_host="127.0.0.1")
+
+
+def quiet_logs() -> None:
+    """Our own one line per step and per epoch instead of Ray's INFO chatter.
+
+    Called on the driver and in every training worker.
+    """
+    import logging
+
+    import ray.train.v2._internal.execution.context as train_context
+    from ray.data import DataContext
+
+    # Ray Train would echo every print of a worker twice (log record and stdout).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # A report blocks until the controller polls (2 s by default): short epochs would
+    # spend most of their time waiting.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Train logs each report (all metrics) at INFO under a logger named after its file.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    DataContext.get_current().print_on_execution_start = False
+
+
+def worker_bundle(scaling: ScalingConfig) -> dict[str, float]:
+    bundle = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        bundle["GPU"] = 1.0
+    return bundle
+
+
+def check_resources(scaling: ScalingConfig) -> None:
+    """Refuse a worker group that the cluster as it stands can never host.
+
+    Data is read and preprocessed before the workers start and is handed to them
+    already materialized, so Ray Data needs no CPU of its own while they train.
+    """
+    import ray
+
+    bundle = worker_bundle(scaling)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = [min(int(node.get(r, 0) // need) for r, need in bundle.items()) for node in nodes]
+    if scaling.placement_strategy == "STRICT_PACK":
+        capacity = max(fits, default=0)
+    elif scaling.placement_strategy == "STRICT_SPREAD":
+        capacity = sum(1 for f in fits if f > 0)
+    else:
+        capacity = sum(fits)
+    wanted = scaling.min_workers
+    if capacity >= wanted:
+        return
+    total = {r: sum(node.get(r, 0) for node in nodes) for r in bundle}
+    have = ", ".join(f"{total[r]:g} {r}" for r in bundle)
+    per = " and ".join(f"{v:g} {k}" for k, v in bundle.items())
+    raise UserError(
+        f"scaling.num_workers: {wanted} worker(s) with {per} each can never be scheduled: the cluster "
+        f"has {have} on {len(nodes)} node(s), room for {capacity} such worker(s) "
+        f"(placement {scaling.placement_strategy}); lower scaling.num_workers or "
+        f"scaling.cpus_per_worker, or add nodes"
+    )
+
+
+def normalize_storage(storage: str) -> str:
+    """Absolute local path, or the URI unchanged (Ray needs absolute paths)."""
+    if "://" in storage:
+        return storage.rstrip("/")
+    return os.path.abspath(os.path.expanduser(storage))
+
+
+def check_storage_writable(storage: str) -> None:
+    """Create the storage folder and write, then delete, a probe file there."""
+    fs, path = get_filesystem(storage)
+    probe = posixpath.join(path, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, ValueError) as e:
+        raise UserError(f"run.storage: cannot write to {storage} ({' '.join(str(e).split())})") from None
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = get_filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -1,0 +1,299 @@
+"""Typed config tree: YAML file -> `--set` overrides -> validation.
+
+    python -m app train --config configs/quickstart.yaml --set train.epochs=3
+
+Precedence, stated once: `--set` > config file > the defaults below. Unknown keys,
+wrong types and impossible values are refused with the dotted key and the file name.
+Every field's docstring is its documentation (the README's config reference mirrors it).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.errors import UserError
+
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+LOSS_METRICS = ("valid_loss", "train_loss")
+
+
+class Section(BaseModel):
+    # strict: YAML already types values, so "5" for an int is a mistake, not a number.
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+
+class SplitConfig(Section):
+    valid: float = Field(0.15, gt=0, lt=1)
+    """Fraction of rows held out for validation (early stopping, checkpoint ranking)."""
+    test: float = Field(0.15, ge=0, lt=1)
+    """Fraction of rows held out for the final test; ignored when `data.test` is set."""
+    seed: int = 0
+    """Seed of the row-hash split: same data and seed give the same split on any cluster."""
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> SplitConfig:
+        if self.valid + self.test >= 1:
+            raise ValueError(f"valid + test must be below 1 (got {self.valid} + {self.test})")
+        return self
+
+
+class DataConfig(Section):
+    train: str
+    """CSV or Parquet: a file, a folder of them, or a glob; local path or pyarrow URI (s3://...)."""
+    test: str | None = None
+    """Optional held-out data in the same format; otherwise the test split comes from `train`."""
+    label: str
+    """Name of the column to predict."""
+    task: Literal["auto", "classification", "regression"] = "auto"
+    """auto: classification if the label is text or boolean, or integer with at most 20
+    distinct values; regression otherwise."""
+    features: list[str] | None = None
+    """Columns to use as inputs. Default: every column except the label and `drop`."""
+    categorical: list[str] = []
+    """Columns to treat as categorical even though they hold numbers (codes, years)."""
+    drop: list[str] = []
+    """Columns to ignore (ids, leaks)."""
+    split: SplitConfig = SplitConfig()
+
+
+class PreprocessConfig(Section):
+    missing_indicators: bool = True
+    """Add a 0/1 column for each numeric column that had missing values in training."""
+    min_category_count: int = Field(1, ge=1)
+    """Categories seen fewer times than this in training go to the unknown bucket."""
+
+
+class ModelConfig(Section):
+    hidden: list[int] = [128, 64]
+    """Widths of the hidden layers of the MLP."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout after each hidden layer."""
+    embedding_dim: int | None = Field(None, ge=1)
+    """Width of each categorical embedding; null: min(16, 1.6 * cardinality ** 0.56)."""
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, hidden: list[int]) -> list[int]:
+        if not hidden or any(h < 1 for h in hidden):
+            raise ValueError(f"must be a non-empty list of positive layer widths (got {hidden})")
+        return hidden
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    """Maximum number of passes over the training split."""
+    batch_size: int = Field(512, ge=1)
+    """Global batch: rows per optimizer step summed over all workers, so a config trains
+    the same way at any worker count (each worker takes batch_size / num_workers)."""
+    lr: float = Field(1.0e-3, gt=0)
+    """Peak learning rate of AdamW."""
+    weight_decay: float = Field(1.0e-4, ge=0)
+    """AdamW decoupled weight decay."""
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    """Per-epoch schedule after warm-up: constant, or cosine decay to 1% of `lr` at `epochs`."""
+    warmup_epochs: int = Field(0, ge=0)
+    """Epochs of linear warm-up from lr / (warmup_epochs + 1) to lr."""
+    early_stopping_patience: int | None = Field(5, ge=1)
+    """Stop after this many epochs without improvement of run.checkpoint.metric; null: never."""
+    grad_clip: float | None = Field(None, gt=0)
+    """Clip the gradient norm to this value; null: no clipping."""
+    seed: int = 0
+    """Seeds weights, dropout and the data order (which derives from seed and epoch)."""
+
+
+class ScalingConfig(Section):
+    num_workers: int | list[int] = 2
+    """Training workers (DDP ranks); [min, max] for elastic training."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL backend; otherwise CPU with gloo."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """Logical CPUs reserved per worker; also its number of torch threads (at least 1)."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How workers are placed on nodes (Ray placement group strategy)."""
+
+    @field_validator("num_workers")
+    @classmethod
+    def _valid_worker_count(cls, n: int | list[int]) -> int | list[int]:
+        if isinstance(n, int):
+            if n < 1:
+                raise ValueError(f"must be at least 1 (got {n})")
+        elif len(n) != 2 or not 1 <= n[0] <= n[1]:
+            raise ValueError(f"must be an integer or [min, max] with 1 <= min <= max (got {n})")
+        return n
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
+
+
+class CheckpointConfig(Section):
+    keep: int = Field(2, ge=1)
+    """Checkpoints kept: the best `keep` by `metric`, plus always the latest."""
+    metric: str = "valid_loss"
+    """Metric that ranks checkpoints and drives early stopping: valid_loss, train_loss,
+    or a validation metric of the task (accuracy, f1_macro, roc_auc, log_loss; rmse, mae, r2)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether a lower or a higher `metric` is better."""
+
+
+class RunConfig(Section):
+    storage: str = "runs"
+    """Where runs live: a local folder, a shared filesystem, or an s3:// / gs:// URI."""
+    max_failures: int = Field(2, ge=-1)
+    """Worker-group restarts from the latest checkpoint before the run fails; -1: unlimited."""
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+
+class SchedulerConfig(Section):
+    name: Literal["fifo", "asha", "pbt"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    """ASHA: epochs every trial runs before it can be stopped."""
+    reduction_factor: float = Field(2, gt=1)
+    """ASHA: keep 1 / reduction_factor of the trials at each rung."""
+
+
+class TuneConfig(Section):
+    num_samples: int = Field(8, ge=1)
+    """Trials to sample from `space` (with grid axes: samples per grid point)."""
+    metric: str | None = None
+    """Default: run.checkpoint.metric."""
+    mode: Literal["min", "max"] | None = None
+    """Default: run.checkpoint.mode."""
+    scheduler: SchedulerConfig = SchedulerConfig()
+    search: Literal["random", "grid", "optuna"] = "random"
+    max_concurrent_trials: int = Field(2, ge=1)
+    space: dict[str, dict[str, Any]] = {}
+    """Dotted config key -> distribution, e.g. train.lr: {loguniform: [1.0e-4, 1.0e-2]}."""
+
+
+class Config(Section):
+    name: str
+    """Run name; also the folder under run.storage. Letters, digits, '.', '_', '-'."""
+    data: DataConfig
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    run: RunConfig = RunConfig()
+    tune: TuneConfig = TuneConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_folder_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"must be letters, digits, '.', '_' or '-' (got {name!r})")
+        return name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def metrics_for_task(task: str) -> tuple[str, ...]:
+    """Every metric name that training reports for `task`."""
+    task_metrics = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    return LOSS_METRICS + task_metrics
+
+
+def check_metric(cfg: Config, task: str) -> None:
+    """Refuse a checkpoint metric that training never reports for this task."""
+    metric = cfg.run.checkpoint.metric
+    if metric not in metrics_for_task(task):
+        raise UserError(
+            f"run.checkpoint.metric: {metric!r} is not reported for {task}; "
+            f"choose one of {', '.join(metrics_for_task(task))}"
+        )
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w.]*)*", key):
+        raise UserError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {key}: value {raw!r} is not valid YAML ({_first_line(e)})") from None
+
+
+def apply_override(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(tree: Any, source: str, override_keys: frozenset[str] = frozenset()) -> Config:
+    """Validate a raw config tree; errors name the dotted key and where it came from."""
+    if not isinstance(tree, dict):
+        raise UserError(f"{source}: expected a mapping of config sections, got {type(tree).__name__}")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(_describe(e, source, override_keys)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `--set KEY=VALUE` overrides, validate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"--config {path}: cannot read ({e.strerror or e})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: malformed YAML: {_first_line(e)}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: expected a mapping of config sections, got {type(tree).__name__}")
+    keys = []
+    for text_ in overrides:
+        key, value = parse_override(text_)
+        apply_override(tree, key, value)
+        keys.append(key)
+    return from_dict(tree, str(path), frozenset(keys))
+
+
+def _describe(error: ValidationError, source: str, override_keys: frozenset[str]) -> str:
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    # Union members show up in loc as type names ("int", "list[int]"); they mean nothing to users.
+    loc = [p for p in loc if not _TYPE_TAG.fullmatch(p)]
+    key = ".".join(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if "input" in first and first["type"] != "value_error":
+            message += f" (got {first['input']!r})"
+    origin = " (from --set)" if key in override_keys else ""
+    more = f" (and {error.error_count() - 1} more problem(s))" if error.error_count() > 1 else ""
+    return f"{source}: {key}{origin}: {message}{more}"
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+_TYPE_TAG = re.compile(r"(int|float|str|bool|none|(list|dict|tuple|literal)\[.*\])")

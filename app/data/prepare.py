@@ -1,0 +1,136 @@
+"""From the `data` config to model-ready, materialized Ray Datasets.
+
+    read (Ray Data, streaming from the files) -> tag each row with its split
+    -> stats of the training split (map on the cluster, reduce on the driver)
+    -> fit preprocessing -> transform each split into model-ready arrays -> materialize
+
+`inspect_sources` does the cheap checks that need no Ray (files exist, not empty,
+columns present); `prepare` does the rest on the cluster. The driver only ever holds
+per-batch summaries, never the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from app.config import Config, check_metric
+from app.data import preprocess, sources
+from app.data.split import SPLIT_COLUMN, TEST, TRAIN, VALID, add_split_column
+from app.errors import UserError
+
+
+@dataclass
+class Inputs:
+    """What the cheap checks learned about the sources."""
+
+    train: sources.Source
+    test: sources.Source | None
+    kinds: dict[str, str]  # feature -> numeric | categorical
+    input_types: dict[str, str]
+    column_types: dict[str, pa.DataType] | None  # CSV read types
+
+
+@dataclass
+class Prepared:
+    state: preprocess.PreprocessState
+    train: Any  # MaterializedDataset of model-ready arrays
+    valid: Any
+    test_raw: Any  # lazy Dataset of raw test rows (labelled)
+    counts: dict[str, int]
+
+
+def inspect_sources(cfg: Config) -> Inputs:
+    d = cfg.data
+    train = sources.resolve(d.train, "data.train")
+    schema = sources.read_schema(train)
+    kinds = preprocess.column_kinds(schema, d.label, d.features, d.categorical, d.drop, f"data.train ({d.train})")
+    test = None
+    if d.test:
+        test = sources.resolve(d.test, "data.test")
+        test_schema = sources.read_schema(test)
+        absent = [c for c in [d.label, *kinds] if c not in test_schema.names]
+        if absent:
+            raise UserError(f"data.test: column(s) {', '.join(absent)} missing from {d.test}")
+    column_types = None
+    if train.format == "csv":
+        column_types = sources.csv_column_types(schema, keep={d.label, *d.categorical})
+    input_types = {name: str((column_types or {}).get(name, schema.field(name).type)) for name in kinds}
+    return Inputs(train, test, kinds, input_types, column_types)
+
+
+def prepare(cfg: Config, inputs: Inputs) -> Prepared:
+    d = cfg.data
+    test_fraction = 0.0 if inputs.test else d.split.test
+    raw = sources.read_dataset(inputs.train, inputs.column_types)
+    tagged = _run(lambda: raw.map_batches(
+        add_split_column, fn_kwargs={"valid": d.split.valid, "test": test_fraction, "seed": d.split.seed},
+        batch_format="pandas", batch_size=None).materialize(), inputs.train)
+
+    parts = _run(lambda: tagged.map_batches(
+        _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label},
+        batch_format="pandas", batch_size=None).take_all(), inputs.train)
+    stats = preprocess.merge_stats([json.loads(row["stats"]) for row in parts])
+    state, warnings = preprocess.fit_preprocessor(
+        stats, inputs.kinds, d.label, d.task, cfg.preprocess.min_category_count,
+        cfg.preprocess.missing_indicators, inputs.input_types, f"data.train ({d.train})")
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    check_metric(cfg, state.task)
+
+    state_json = state.to_json()
+    model_ready = {}
+    for name, code in (("train", TRAIN), ("valid", VALID)):
+        model_ready[name] = _run(lambda code=code: tagged.map_batches(
+            preprocess.transform_batch, fn_kwargs={"state_json": state_json, "split": code},
+            batch_format="pandas", batch_size=None).materialize(), inputs.train)
+    if inputs.test:
+        test_raw = sources.read_dataset(inputs.test, inputs.column_types)
+    else:
+        test_raw = tagged.map_batches(_only_split, fn_kwargs={"split": TEST}, batch_format="pandas",
+                                      batch_size=None)
+    counts = {name: ds.count() for name, ds in model_ready.items()}
+    if counts["valid"] < cfg.scaling.max_workers:
+        raise UserError(f"data.split.valid: the validation split has {counts['valid']} row(s), fewer than "
+                        f"the {cfg.scaling.max_workers} workers; use more data or a larger fraction")
+    if counts["train"] < cfg.scaling.max_workers:
+        raise UserError(f"data.train: {counts['train']} training row(s) cannot feed "
+                        f"{cfg.scaling.max_workers} workers")
+    return Prepared(state, model_ready["train"], model_ready["valid"], test_raw, counts)
+
+
+def _train_stats(df, kinds, label):
+    return preprocess.partial_stats_batch(df[df[SPLIT_COLUMN] == TRAIN], kinds, label)
+
+
+def _only_split(df, split):
+    return df[df[SPLIT_COLUMN] == split].drop(columns=[SPLIT_COLUMN])
+
+
+def _run(step, source: sources.Source):
+    """Run a Ray Data step; a file that cannot be parsed becomes a UserError naming it."""
+    import ray.exceptions
+
+    try:
+        return step()
+    except (ray.exceptions.RayError, pa.ArrowException) as e:
+        cause = _root_cause(e)
+        if not isinstance(cause, (pa.ArrowException, UnicodeDecodeError, ValueError)):
+            raise
+        text = " ".join(str(cause).split())[:400]
+        raise UserError(f"{source.key}: cannot read {source.uri}: {text}") from None
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = getattr(e, "cause", None) or e.__cause__
+        if nxt is None or nxt is e:
+            break
+        e = nxt
+    return e

@@ -1,0 +1,398 @@
+"""Preprocessing fitted on the training split only: impute, scale, encode.
+
+Fitting is a map-reduce: `partial_stats` summarises each batch of training rows (on the
+cluster, via Ray Data), `merge_stats` combines the summaries on the driver and
+`fit_preprocessor` turns them into a `PreprocessState`, which is plain JSON and travels
+inside every checkpoint. `transform` is a pure function from a pandas batch to
+model-ready arrays; training, evaluation, batch prediction and serving all call it.
+
+Rules (also in the README):
+- numeric columns: missing values become the training mean, plus a 0/1 indicator column
+  when the column had gaps in training (`preprocess.missing_indicators`); then
+  standardised with the training mean and standard deviation.
+- categorical columns (text, boolean, or listed in `data.categorical`): each category
+  seen in training (at least `preprocess.min_category_count` times) gets an index;
+  missing is a category of its own; anything else goes to the unknown bucket 0.
+- a text column whose values are almost all numbers (at least 90% of the non-missing
+  ones) is refused, naming the column and a stray value: fix the data or list the
+  column in `data.categorical`.
+- a column with no values at all in the training split is dropped with a warning.
+- rows whose label is missing are not used for training or scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from app.errors import UserError
+
+MISSING = "__missing__"  # the category that missing values fall into
+STATE_VERSION = 1
+NUMERIC_LOOKING = 0.9  # share of numeric values above which a text column is suspicious
+AUTO_CLASSES = 20  # integer labels with at most this many distinct values are classes
+_LABEL_VALUES_CAP = 1000  # distinct label values tracked per batch before giving up
+
+
+# ---------------------------------------------------------------- column kinds
+
+
+def column_kinds(schema: pa.Schema, label: str, features: list[str] | None,
+                 categorical: list[str], drop: list[str], key: str) -> dict[str, str]:
+    """{feature column: "numeric" | "categorical"} from the Arrow schema and the config."""
+    names = schema.names
+    if label not in names:
+        raise UserError(f"data.label: column {label!r} is not in {key} (columns: {', '.join(names)})")
+    for config_key, listed in (("data.features", features or []), ("data.categorical", categorical),
+                               ("data.drop", drop)):
+        absent = [c for c in listed if c not in names]
+        if absent:
+            raise UserError(f"{config_key}: column(s) {', '.join(absent)} not in {key}")
+    if features is not None and label in features:
+        raise UserError(f"data.features: the label {label!r} cannot also be a feature")
+    chosen = features if features is not None else [c for c in names if c != label and c not in drop]
+    if not chosen:
+        raise UserError(f"data.features: no feature columns left in {key}")
+    kinds = {}
+    for name in chosen:
+        dtype = schema.field(name).type
+        if name in categorical or _is_text(dtype) or pa.types.is_boolean(dtype):
+            kinds[name] = "categorical"
+        elif pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_decimal(dtype):
+            kinds[name] = "numeric"
+        elif pa.types.is_null(dtype):
+            kinds[name] = "numeric"  # an all-empty CSV column; dropped after the stats pass
+        else:
+            raise UserError(
+                f"{key}: column {name!r} has type {dtype}, which is not supported; "
+                f"list it in data.drop or convert it to a number or text"
+            )
+    return kinds
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_dictionary(dtype)
+
+
+def category_strings(values: pd.Series) -> pd.Series:
+    """Canonical text of categories, so 2007, 2007.0 and "2007" are one category; None if missing."""
+    missing = values.isna().to_numpy()
+    if pd.api.types.is_bool_dtype(values):
+        texts = np.where(values.to_numpy(bool), "True", "False").astype(object)
+    elif pd.api.types.is_numeric_dtype(values):
+        nums = values.to_numpy(np.float64, na_value=np.nan)
+        integral = (np.floor(nums) == nums) & (np.abs(nums) < 2**53)
+        texts = np.where(integral, np.where(integral, nums, 0).astype(np.int64).astype(str),
+                         nums.astype(str)).astype(object)
+    elif pd.api.types.is_string_dtype(values) and values.dtype != object:
+        texts = values.to_numpy(object)
+    else:  # mixed Python objects, e.g. JSON records sent to the server
+        texts = np.array([v if isinstance(v, str) else _scalar_text(v) for v in values], dtype=object)
+    texts[missing] = None
+    return pd.Series(texts, index=values.index, dtype=object)
+
+
+def _scalar_text(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "True" if v else "False"
+    if isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# ---------------------------------------------------------------- fitting: stats pass
+
+
+def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str) -> dict[str, Any]:
+    """Summary of one batch of training rows; JSON-able so it crosses processes cheaply."""
+    df = df[df[label].notna()]
+    out: dict[str, Any] = {"rows": len(df), "numeric": {}, "categorical": {}}
+    for name, kind in kinds.items():
+        col = df[name]
+        if kind == "numeric":
+            v = pd.to_numeric(col, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+            v = v[~np.isnan(v)]
+            mean = float(v.mean()) if len(v) else 0.0
+            out["numeric"][name] = {"n": len(v), "mean": mean, "m2": float(((v - mean) ** 2).sum())}
+        else:
+            text = category_strings(col)
+            counts = text.fillna(MISSING).value_counts()
+            entry = {"counts": {str(k): int(c) for k, c in counts.items()}}
+            present = text.dropna()
+            if len(present) and pd.api.types.is_string_dtype(col):
+                numbers = pd.to_numeric(present, errors="coerce")
+                stray = present[numbers.isna()]
+                entry["numeric_like"] = int(numbers.notna().sum())
+                entry["stray"] = str(stray.iloc[0]) if len(stray) else None
+            out["categorical"][name] = entry
+    y = df[label]
+    values = y.value_counts()
+    out["label"] = {
+        "missing": 0,  # filled in below from the unfiltered batch
+        "values": [[_json_scalar(k), int(c)] for k, c in values.items()][:_LABEL_VALUES_CAP],
+        "overflow": len(values) > _LABEL_VALUES_CAP,
+        "integral": bool(pd.api.types.is_integer_dtype(y) or pd.api.types.is_bool_dtype(y)
+                         or pd.api.types.is_string_dtype(y) or y.dtype == object),
+    }
+    if pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y):
+        v = y.to_numpy(np.float64)
+        mean = float(v.mean()) if len(v) else 0.0
+        out["label"].update(n=len(v), mean=mean, m2=float(((v - mean) ** 2).sum()))
+    return out
+
+
+def partial_stats_batch(df: pd.DataFrame, kinds: dict[str, str], label: str) -> pd.DataFrame:
+    """Ray Data batch function: one row holding the batch's stats as JSON."""
+    stats = partial_stats(df, kinds, label)
+    stats["label"]["missing"] = int(df[label].isna().sum())
+    return pd.DataFrame({"stats": [json.dumps(stats)]})
+
+
+def _json_scalar(v: Any) -> Any:
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return int(v) if float(v).is_integer() else float(v)
+    return str(v)
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine per-batch summaries (Chan's parallel mean/variance for numbers)."""
+    total: dict[str, Any] = {"rows": 0, "numeric": {}, "categorical": {},
+                             "label": {"missing": 0, "values": {}, "overflow": False, "integral": True}}
+    for p in parts:
+        total["rows"] += p["rows"]
+        for name, s in p["numeric"].items():
+            t = total["numeric"].setdefault(name, {"n": 0, "mean": 0.0, "m2": 0.0})
+            _merge_moments(t, s)
+        for name, s in p["categorical"].items():
+            t = total["categorical"].setdefault(name, {"counts": {}, "numeric_like": 0, "present": 0,
+                                                       "stray": None})
+            for k, c in s["counts"].items():
+                t["counts"][k] = t["counts"].get(k, 0) + c
+            t["present"] += sum(c for k, c in s["counts"].items() if k != MISSING)
+            if "numeric_like" in s:  # text columns only
+                t["numeric_like"] += s["numeric_like"]
+                t["stray"] = t["stray"] or s["stray"]
+        lab, pl = total["label"], p["label"]
+        lab["missing"] += pl["missing"]
+        lab["overflow"] = lab["overflow"] or pl["overflow"]
+        lab["integral"] = lab["integral"] and pl["integral"]
+        for value, count in pl["values"]:
+            k = json.dumps(value)
+            lab["values"][k] = lab["values"].get(k, 0) + count
+        if len(lab["values"]) > _LABEL_VALUES_CAP:
+            lab["overflow"] = True
+        if "n" in pl:
+            _merge_moments(lab.setdefault("moments", {"n": 0, "mean": 0.0, "m2": 0.0}), pl)
+    return total
+
+
+def _merge_moments(t: dict[str, float], s: dict[str, float]) -> None:
+    n = t["n"] + s["n"]
+    if n == 0:
+        return
+    delta = s["mean"] - t["mean"]
+    t["m2"] = t["m2"] + s["m2"] + delta * delta * t["n"] * s["n"] / n
+    t["mean"] = t["mean"] + delta * s["n"] / n
+    t["n"] = n
+
+
+# ---------------------------------------------------------------- fitted state
+
+
+@dataclass
+class NumericColumn:
+    name: str
+    mean: float
+    std: float
+    indicator: bool  # emit a 0/1 "was missing" column
+
+
+@dataclass
+class CategoricalColumn:
+    name: str
+    categories: list[str]  # index i + 1; 0 is the unknown bucket
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.categories) + 1
+
+
+@dataclass
+class PreprocessState:
+    """Everything needed to turn raw rows into model inputs; JSON round-trips exactly."""
+
+    label: str
+    task: str
+    numeric: list[NumericColumn]
+    categorical: list[CategoricalColumn]
+    classes: list[Any] = field(default_factory=list)  # classification: original label values
+    target_mean: float = 0.0  # regression: the label is standardised for training
+    target_std: float = 1.0
+    dropped: list[str] = field(default_factory=list)  # all-missing in training
+    input_types: dict[str, str] = field(default_factory=dict)  # column -> Arrow type, as read
+    train_rows: int = 0
+    version: int = STATE_VERSION
+
+    @property
+    def features(self) -> list[str]:
+        return [c.name for c in self.numeric] + [c.name for c in self.categorical]
+
+    @property
+    def numeric_width(self) -> int:
+        return len(self.numeric) + sum(c.indicator for c in self.numeric)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [c.cardinality for c in self.categorical]
+
+    @property
+    def output_dim(self) -> int:
+        return len(self.classes) if self.task == "classification" else 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessState:
+        d = json.loads(text)
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported preprocessing state version {d.get('version')}")
+        d["numeric"] = [NumericColumn(**c) for c in d["numeric"]]
+        d["categorical"] = [CategoricalColumn(**c) for c in d["categorical"]]
+        return cls(**d)
+
+
+def detect_task(label_stats: dict[str, Any]) -> str:
+    """auto rule: text/boolean labels, or integers with <= 20 distinct values, are classes."""
+    if label_stats["overflow"]:
+        return "regression"
+    values = [json.loads(k) for k in label_stats["values"]]
+    if any(isinstance(v, (str, bool)) for v in values):
+        return "classification"
+    if label_stats["integral"] and len(values) <= AUTO_CLASSES:
+        return "classification"
+    return "regression"
+
+
+def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, task: str,
+                     min_category_count: int, missing_indicators: bool,
+                     input_types: dict[str, str], key: str) -> tuple[PreprocessState, list[str]]:
+    """(fitted state, warnings) from merged training-split stats."""
+    rows = stats["rows"]
+    if rows == 0:
+        raise UserError(f"{key}: no rows with a label to train on")
+    warnings = []
+    lab = stats["label"]
+    if lab["missing"]:
+        warnings.append(f"{lab['missing']} training row(s) have no {label!r} and are not used")
+    if task == "auto":
+        task = detect_task(lab)
+
+    numeric, categorical, dropped = [], [], []
+    for name, kind in kinds.items():
+        if kind == "numeric":
+            s = stats["numeric"][name]
+            if s["n"] == 0:
+                dropped.append(name)
+                continue
+            std = math.sqrt(s["m2"] / s["n"]) if s["n"] else 0.0
+            numeric.append(NumericColumn(name, s["mean"], std if std > 1e-12 else 1.0,
+                                         missing_indicators and s["n"] < rows))
+        else:
+            s = stats["categorical"][name]
+            if s["present"] == 0:
+                dropped.append(name)
+                continue
+            if s["stray"] is not None and s["numeric_like"] >= NUMERIC_LOOKING * s["present"]:
+                raise UserError(
+                    f"{key}: column {name!r} looks numeric but holds non-numeric values such as "
+                    f"{s['stray']!r}; fix the data, or list the column in data.categorical"
+                )
+            cats = sorted(k for k, c in s["counts"].items() if c >= min_category_count)
+            categorical.append(CategoricalColumn(name, cats))
+    if dropped:
+        warnings.append(f"column(s) {', '.join(dropped)} have no values in the training split and are dropped")
+    if not numeric and not categorical:
+        raise UserError(f"{key}: no usable feature columns (all are empty)")
+
+    state = PreprocessState(label=label, task=task, numeric=numeric, categorical=categorical,
+                            dropped=dropped, input_types=input_types, train_rows=rows)
+    if task == "classification":
+        values = sorted((json.loads(k) for k in lab["values"]), key=lambda v: (str(type(v)), v))
+        if lab["overflow"] or len(values) > _LABEL_VALUES_CAP:
+            raise UserError(f"data.label: {label!r} has too many distinct values for classification")
+        if len(values) < 2:
+            only = values[0] if values else None
+            raise UserError(f"data.label: {label!r} has a single class ({only!r}) in the training split; "
+                            f"classification needs at least two")
+        state.classes = values
+    else:
+        m = lab.get("moments")
+        if not m or m["n"] == 0:
+            raise UserError(f"data.label: {label!r} is not numeric, so it cannot be a regression target")
+        std = math.sqrt(m["m2"] / m["n"])
+        state.target_mean, state.target_std = m["mean"], std if std > 1e-12 else 1.0
+    return state, warnings
+
+
+# ---------------------------------------------------------------- transform
+
+
+def transform(df: pd.DataFrame, state: PreprocessState, with_label: bool = True) -> dict[str, np.ndarray]:
+    """Raw rows -> {"x_num": float32 [n, d], "x_cat": int64 [n, c], "y": ...}.
+
+    Pure and stateless: the same function runs in Ray Data tasks, training workers,
+    the batch predictor and the server.
+    """
+    n = len(df)
+    x_num = np.empty((n, state.numeric_width), dtype=np.float32)
+    j = len(state.numeric)
+    for i, col in enumerate(state.numeric):
+        v = pd.to_numeric(df[col.name], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        missing = np.isnan(v)
+        x_num[:, i] = np.where(missing, 0.0, (v - col.mean) / col.std)
+        if col.indicator:
+            x_num[:, j] = missing
+            j += 1
+    x_cat = np.empty((n, len(state.categorical)), dtype=np.int64)
+    for i, col in enumerate(state.categorical):
+        text = category_strings(df[col.name]).fillna(MISSING)
+        x_cat[:, i] = pd.Categorical(text, categories=col.categories).codes.astype(np.int64) + 1
+    out = {"x_num": x_num, "x_cat": x_cat}
+    if with_label:
+        out["y"] = encode_label(df[state.label], state)
+    return out
+
+
+def encode_label(y: pd.Series, state: PreprocessState) -> np.ndarray:
+    if state.task == "classification":
+        keys = [_scalar_text(c) if not isinstance(c, str) else c for c in state.classes]
+        codes = pd.Categorical(category_strings(y), categories=keys).codes.astype(np.int64)
+        return codes  # -1: a class never seen in training
+    return ((pd.to_numeric(y, errors="coerce").to_numpy(np.float64) - state.target_mean)
+            / state.target_std).astype(np.float32)
+
+
+def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dict[str, np.ndarray]:
+    """Ray Data batch function: keep one split's labelled rows, return model-ready arrays."""
+    from app.data.split import SPLIT_COLUMN
+
+    state = PreprocessState.from_json(state_json)
+    if split is not None:
+        df = df[df[SPLIT_COLUMN] == split]
+    df = df[df[state.label].notna()]
+    out = transform(df, state)
+    if state.task == "classification":
+        keep = out["y"] >= 0  # valid/test rows of a class never seen in training cannot be scored
+        out = {k: v[keep] for k, v in out.items()}
+    return out

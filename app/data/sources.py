@@ -1,0 +1,152 @@
+"""Find and read tabular data (CSV or Parquet) from any pyarrow filesystem.
+
+    python -m app train --config configs/quickstart.yaml     # data.train: data/penguins.csv
+
+A source is a file, a folder of files, or a glob, on local disk or behind a URI
+(`s3://`, `gs://`, ...). The format comes from the file extension. Checks here are
+cheap (listing, sizes, the first file's header) so that bad input fails before any
+Ray work starts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from app.errors import UserError
+
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Resolved input: one filesystem, the files on it, their shared format."""
+
+    uri: str
+    key: str  # config key or flag it came from, for messages
+    filesystem: pafs.FileSystem
+    paths: tuple[str, ...]
+    format: str
+
+
+def get_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path on it) for a local path or a pyarrow URI."""
+    if "://" in uri:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise UserError(f"cannot open {uri}: {e}") from None
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def _format_of(path: str) -> str | None:
+    return FORMATS.get(posixpath.splitext(path)[1].lower())
+
+
+def _visible(path: str) -> bool:
+    return not posixpath.basename(path).startswith((".", "_"))
+
+
+def resolve(uri: str, key: str) -> Source:
+    """List the data files behind `uri`; refuse missing, empty or mixed-format input."""
+    fs, path = get_filesystem(uri)
+    if _GLOB_CHARS & set(path):
+        base = path
+        while _GLOB_CHARS & set(base):
+            base = posixpath.dirname(base)
+        infos = _list(fs, base, uri, key, recursive=True)
+        infos = [i for i in infos if fnmatch.fnmatch(i.path, path)]
+    else:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise UserError(f"{key}: {uri} does not exist")
+        infos = _list(fs, path, uri, key, recursive=True) if info.type == pafs.FileType.Directory else [info]
+
+    files = sorted(
+        (i for i in infos if i.type == pafs.FileType.File and _visible(i.path)), key=lambda i: i.path
+    )
+    data_files = [i for i in files if _format_of(i.path)]
+    if not data_files:
+        if len(files) == 1:
+            raise UserError(f"{key}: {uri} is not a .csv or .parquet file")
+        raise UserError(f"{key}: no .csv or .parquet files found at {uri}")
+    formats = {_format_of(i.path) for i in data_files}
+    if len(formats) > 1:
+        raise UserError(f"{key}: {uri} mixes CSV and Parquet files; use one format")
+    for i in data_files:
+        if i.size == 0:
+            raise UserError(f"{key}: {i.path} is empty")
+    return Source(uri, key, fs, tuple(i.path for i in data_files), formats.pop())
+
+
+def _list(fs: pafs.FileSystem, base: str, uri: str, key: str, recursive: bool) -> list[pafs.FileInfo]:
+    try:
+        return fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
+    except OSError as e:
+        raise UserError(f"{key}: cannot list {uri}: {e}") from None
+
+
+def csv_convert_options(column_types: dict[str, pa.DataType] | None = None) -> pacsv.ConvertOptions:
+    # "NA", "" and friends mean missing in text columns too, not the literal string "NA".
+    return pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types or {})
+
+
+def read_schema(source: Source) -> pa.Schema:
+    """Column names and types, from the first file only."""
+    path = source.paths[0]
+    try:
+        if source.format == "parquet":
+            return pq.read_schema(path, filesystem=source.filesystem)
+        with source.filesystem.open_input_stream(path) as f:
+            reader = pacsv.open_csv(f, convert_options=csv_convert_options())
+            return reader.schema
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{source.key}: cannot read {path}: {_one_line(e)}") from None
+
+
+def csv_column_types(schema: pa.Schema, keep: set[str]) -> dict[str, pa.DataType]:
+    """Read integer columns as float64 (except `keep`).
+
+    pyarrow infers CSV types from the first block of each file, so an int column whose
+    later rows hold a decimal or a gap would fail to parse mid-file.
+    """
+    return {f.name: pa.float64() for f in schema if pa.types.is_integer(f.type) and f.name not in keep}
+
+
+def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = None):
+    """A lazy Ray Dataset over the source's files."""
+    import ray.data
+
+    paths = list(source.paths)
+    if source.format == "parquet":
+        return ray.data.read_parquet(paths, filesystem=source.filesystem)
+    return ray.data.read_csv(
+        paths, filesystem=source.filesystem, convert_options=csv_convert_options(column_types)
+    )
+
+
+def read_table(source: Source, column_types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """The whole source as one Arrow table, in file order, without Ray (small data, tests)."""
+    tables = []
+    for path in source.paths:
+        try:
+            if source.format == "parquet":
+                tables.append(pq.read_table(path, filesystem=source.filesystem))
+            else:
+                with source.filesystem.open_input_stream(path) as f:
+                    tables.append(pacsv.read_csv(f, convert_options=csv_convert_options(column_types)))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UserError(f"{source.key}: cannot read {path}: {_one_line(e)}") from None
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:500]

@@ -1,0 +1,137 @@
+"""Checkpoint format: one folder that is enough both to resume training and to predict.
+
+    <checkpoint>/
+      model.pt          model state_dict (tensors only: torch.load(weights_only=True))
+      optimizer.pt      optimizer + LR scheduler state (tensors and numbers only)
+      preprocess.json   fitted preprocessing and the input schema
+      train_state.json  epoch, early-stopping state, history, resolved config
+      manifest.json     format version, model config and dimensions, sha256 of every file
+
+No file is unpickled as arbitrary objects. `manifest.json` is written last and names the
+checksum of every other file, so a checkpoint cut short by a crash, wherever the copy
+stopped, is refused at load time instead of loading wrongly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.config import ModelConfig
+from app.data.preprocess import PreprocessState
+from app.errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FILES = ("model.pt", "optimizer.pt", "preprocess.json", "train_state.json")
+
+
+def write_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any, state: PreprocessState, model_cfg: ModelConfig,
+                     train_state: dict[str, Any]) -> Path:
+    """Write a complete checkpoint into `directory` (which should be new and empty)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / "model.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               directory / "optimizer.pt")
+    (directory / "preprocess.json").write_text(state.to_json())
+    (directory / "train_state.json").write_text(json.dumps(train_state, indent=1))
+    manifest = {
+        "format": FORMAT_VERSION,
+        "epoch": train_state["epoch"],
+        "model": model_cfg.model_dump(mode="json"),
+        "numeric_width": state.numeric_width,
+        "cardinalities": state.cardinalities,
+        "output_dim": state.output_dim,
+        "sha256": {name: _sha256(directory / name) for name in FILES},
+    }
+    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1))
+    return directory
+
+
+def verify(directory: str | Path, label: str | None = None) -> dict[str, Any]:
+    """The manifest, after checking that every file is there and intact."""
+    directory = Path(directory)
+    label = label or str(directory)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {label}: no {MANIFEST}; not a checkpoint, or an incomplete one") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"checkpoint {label}: unreadable {MANIFEST} ({e})") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise UserError(f"checkpoint {label}: unsupported format {manifest.get('format')!r}")
+    for name, digest in manifest["sha256"].items():
+        path = directory / name
+        if not path.exists():
+            raise UserError(f"checkpoint {label}: {name} is missing")
+        if _sha256(path) != digest:
+            raise UserError(f"checkpoint {label}: {name} is corrupt (checksum mismatch)")
+    return manifest
+
+
+def load_preprocess_state(directory: str | Path) -> PreprocessState:
+    return PreprocessState.from_json((Path(directory) / "preprocess.json").read_text())
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / "train_state.json").read_text())
+
+
+def load_model_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True)
+
+
+def load_optimizer_state(directory: str | Path) -> dict[str, Any]:
+    return torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local folder holding the checkpoint at `uri` (a path, or a pyarrow URI to download)."""
+    if "://" not in uri:
+        path = Path(uri).expanduser()
+        if not path.is_dir():
+            raise UserError(f"checkpoint {uri}: not a folder")
+        yield path
+        return
+    import pyarrow.fs as pafs
+
+    from app.data.sources import get_filesystem
+
+    fs, remote = get_filesystem(uri)
+    if fs.get_file_info(remote).type != pafs.FileType.Directory:
+        raise UserError(f"checkpoint {uri}: not found")
+    tmp = tempfile.mkdtemp(prefix="app-ckpt-")
+    try:
+        pafs.copy_files(remote, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,282 @@
+"""The per-worker training loop: plain PyTorch plus `ray.train` calls.
+
+    python -m app train --config configs/quickstart.yaml    # runs this on every worker
+
+Each worker (a DDP rank) pulls its shard of the preprocessed training and validation
+splits into memory once, then per epoch: trains on its shard in a (seed, epoch, rank)
+order, validates, and reports metrics with a checkpoint. All ranks call `report` the
+same number of times; only rank 0 writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from app.cluster import quiet_logs
+from app.config import Config
+from app.data.preprocess import PreprocessState
+from app.metrics import compute_metrics
+from app.model import build_model
+from app.training import checkpoint as ckpt
+
+EVAL_BATCH = 8192  # rows per forward pass when scoring
+
+
+@dataclass
+class Shard:
+    """This worker's rows of one split, as model-ready tensors."""
+
+    x_num: torch.Tensor
+    x_cat: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Progress:
+    """What the loop needs to carry across a restart besides weights and optimizer."""
+
+    epoch: int = 0  # last completed epoch
+    best_metric: float | None = None
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def update(self, record: dict[str, Any], metric: str, mode: str) -> None:
+        value = record[metric]
+        improved = self.best_metric is None or (value < self.best_metric if mode == "min" else value > self.best_metric)
+        if improved and not (isinstance(value, float) and math.isnan(value)):
+            self.best_metric, self.best_epoch = value, record["epoch"]
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        self.epoch = record["epoch"]
+        self.history.append(record)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    quiet_logs()
+    cfg = Config.model_validate(loop_config["config"])
+    state = PreprocessState.from_json(loop_config["preprocess"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+
+    train, valid = load_shard("train", device), load_shard("valid", device)
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = ray.train.torch.prepare_model(
+        build_model(cfg.model, state.numeric_width, state.cardinalities, state.output_dim))
+    optimizer, scheduler = make_optimizer(model, cfg)
+    progress = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
+    loss_fn = nn.CrossEntropyLoss() if state.task == "classification" else nn.MSELoss()
+    steps, total_rows = plan_epoch(len(train), cfg.train.batch_size)
+
+    metric, mode = cfg.run.checkpoint.metric, cfg.run.checkpoint.mode
+    for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
+        seed_everything(cfg.train.seed, epoch, rank)
+        started = time.perf_counter()
+        train_loss = train_epoch(model, train, optimizer, loss_fn, steps, cfg, epoch, rank)
+        epoch_time = time.perf_counter() - started
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        scores = evaluate(unwrap(model), valid, state)
+
+        record = {"epoch": epoch, "time": time.time(), "train_loss": train_loss,
+                  "valid_loss": scores.pop("loss"), **scores, "lr": lr,
+                  "epoch_time_s": epoch_time, "rows_per_s": total_rows / epoch_time}
+        progress.update(record, metric, mode)
+        stop = (cfg.train.early_stopping_patience is not None
+                and progress.epochs_without_improvement >= cfg.train.early_stopping_patience)
+        save_and_report(record, progress, model, optimizer, scheduler, state, cfg, rank,
+                        param_fingerprints=gather(fingerprint(unwrap(model))))
+        if rank == 0:
+            print(format_epoch(record, cfg.train.epochs, metric), flush=True)
+        if stop:
+            if rank == 0:
+                print(f"early stop: no {metric} improvement for {progress.epochs_without_improvement} "
+                      f"epochs (best {progress.best_metric:.4g} at epoch {progress.best_epoch})", flush=True)
+            break
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_shard(name: str, device: torch.device) -> Shard:
+    """Pull this worker's shard into memory once; epochs then reshuffle it locally."""
+    it = ray.train.get_dataset_shard(name)
+    parts: dict[str, list[np.ndarray]] = {"x_num": [], "x_cat": [], "y": []}
+    for batch in it.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        for k in parts:
+            parts[k].append(batch[k])
+    arrays = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+    if arrays["y"] is None:
+        raise RuntimeError(f"worker got no rows of the {name} split")
+    return Shard(*(torch.from_numpy(np.ascontiguousarray(arrays[k])).to(device) for k in ("x_num", "x_cat", "y")))
+
+
+def plan_epoch(local_rows: int, global_batch: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, training rows over all ranks); the same on every rank.
+
+    DDP needs every rank to take the same number of steps. Shard sizes differ by at most
+    one row, so each rank splits its shard into `steps` near-equal local batches of about
+    global_batch / world_size rows.
+    """
+    sizes = gather(local_rows)
+    return max(1, min(math.ceil(sum(sizes) / global_batch), min(sizes))), sum(sizes)
+
+
+def epoch_batches(n: int, steps: int, seed: int, epoch: int, rank: int) -> list[torch.Tensor]:
+    """Row indices of each local batch: a permutation derived from (seed, epoch, rank)."""
+    g = torch.Generator().manual_seed(derive_seed(seed, epoch, rank))
+    return list(torch.tensor_split(torch.randperm(n, generator=g), steps))
+
+
+# ---------------------------------------------------------------- steps
+
+
+def train_epoch(model: nn.Module, data: Shard, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                steps: int, cfg: Config, epoch: int, rank: int) -> float:
+    """One pass over the local shard; returns the mean training loss over all ranks."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=data.y.device)
+    for idx in epoch_batches(len(data), steps, cfg.train.seed, epoch, rank):
+        idx = idx.to(data.y.device)
+        out = model(data.x_num[idx], data.x_cat[idx])
+        loss = loss_fn(out, data.y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        loss_sum += loss.detach().double() * len(idx)
+    totals = torch.stack([loss_sum, torch.tensor(float(len(data)), dtype=torch.float64, device=loss_sum.device)])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(totals)
+    return float(totals[0] / totals[1])
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    chunks = [model(x_num[i:i + EVAL_BATCH], x_cat[i:i + EVAL_BATCH]) for i in range(0, len(x_num), EVAL_BATCH)]
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def evaluate(model: nn.Module, data: Shard, state: PreprocessState) -> dict[str, float]:
+    """Metrics over the whole validation split: each rank scores its shard, then all gather."""
+    outputs = predict_outputs(model, data.x_num, data.x_cat).cpu().numpy()
+    parts = gather((outputs, data.y.cpu().numpy()))
+    return compute_metrics(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), state)
+
+
+# ---------------------------------------------------------------- state
+
+
+def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
+    t = cfg.train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t.lr_schedule, t.warmup_epochs, t.epochs))
+    return optimizer, scheduler
+
+
+def lr_factor(schedule: str, warmup: int, epochs: int):
+    """Multiplier of the peak lr for 0-based epoch e (stepped once per epoch)."""
+
+    def factor(e: int) -> float:
+        if e < warmup:
+            return (e + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        span = max(1, epochs - warmup)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, (e - warmup) / span)))
+
+    return factor
+
+
+def restore(checkpoint: ray.train.Checkpoint | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any) -> Progress:
+    """Continue from the latest checkpoint if Ray hands us one (after a failure or a rerun)."""
+    if checkpoint is None:
+        return Progress()
+    with checkpoint.as_directory() as d:
+        ckpt.verify(d)
+        unwrap(model).load_state_dict(ckpt.load_model_weights(d))
+        opt_state = ckpt.load_optimizer_state(d)
+        optimizer.load_state_dict(opt_state["optimizer"])
+        scheduler.load_state_dict(opt_state["scheduler"])
+        saved = ckpt.load_train_state(d)["progress"]
+    return Progress(**saved)
+
+
+def save_and_report(record: dict[str, Any], progress: Progress, model: nn.Module, optimizer, scheduler,
+                    state: PreprocessState, cfg: Config, rank: int, param_fingerprints: list[str]) -> None:
+    import tempfile
+
+    metrics = dict(record)
+    checkpoint = None
+    with tempfile.TemporaryDirectory(prefix="app-ckpt-") as tmp:
+        if rank == 0:
+            train_state = {"epoch": record["epoch"], "progress": asdict(progress), "config": cfg.to_dict(),
+                           "world_size": len(param_fingerprints), "param_fingerprints": param_fingerprints}
+            ckpt.write_checkpoint(tmp, model=unwrap(model), optimizer=optimizer, scheduler=scheduler,
+                                  state=state, model_cfg=cfg.model, train_state=train_state)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{record['epoch']:04d}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def gather(obj: Any) -> list[Any]:
+    """The object from every rank, in rank order (just [obj] without a process group)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def derive_seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def seed_everything(seed: int, epoch: int, rank: int) -> None:
+    """Reseed every RNG from (seed, epoch, rank): a resumed epoch replays exactly."""
+    s = derive_seed(seed, epoch, rank, 1)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def format_epoch(record: dict[str, Any], epochs: int, metric: str) -> str:
+    shown = ["train_loss", "valid_loss"] + ([metric] if metric not in ("train_loss", "valid_loss") else [])
+    values = "  ".join(f"{k} {record[k]:.4f}" for k in shown)
+    return (f"epoch {record['epoch']}/{epochs}  {values}  "
+            f"{record['epoch_time_s']:.1f}s  {record['rows_per_s']:,.0f} rows/s")

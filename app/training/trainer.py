@@ -1,0 +1,153 @@
+"""Config -> `TorchTrainer`, and the driver's side of a training run.
+
+    python -m app train --config configs/quickstart.yaml --set scaling.num_workers=2
+
+`run_training` reads only like the story of a run: check inputs, prepare data, fit, score
+the best checkpoint on the test split, write `metrics.json`. It returns the metrics,
+so tests call it directly on a shrunken config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from app import cluster
+from app.config import Config
+from app.data.prepare import Inputs, Prepared, inspect_sources, prepare
+from app.data.shards import PresplitShards
+from app.data.sources import get_filesystem
+from app.metrics import json_safe
+from app.predict import evaluate_dataset
+from app.training.checkpoint import load_train_state, local_copy
+from app.training.loop import train_loop_per_worker
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+
+
+def run_dir(cfg: Config) -> str:
+    return cluster.join(cluster.normalize_storage(cfg.run.storage), cfg.name)
+
+
+def preflight(cfg: Config) -> Inputs:
+    """Everything that can be checked without Ray: config, sources, storage."""
+    inputs = inspect_sources(cfg)
+    cluster.check_storage_writable(cluster.normalize_storage(cfg.run.storage))
+    return inputs
+
+
+def run_training(cfg: Config, inputs: Inputs | None = None, *, fresh: bool = False) -> dict[str, Any]:
+    """Train per `cfg` on the connected Ray cluster; return what metrics.json holds."""
+    inputs = inputs or preflight(cfg)
+    out_dir = run_dir(cfg)
+    if fresh:
+        remove_tree(out_dir)
+    finished = read_json(cluster.join(out_dir, METRICS_FILE))
+    if finished is not None:
+        print(f"run {cfg.name!r} already finished: {cluster.join(out_dir, METRICS_FILE)} "
+              f"(pass --fresh to train it again)")
+        return finished
+    cluster.check_resources(cfg.scaling)
+
+    started = time.time()
+    data = prepare(cfg, inputs)
+    print(f"data: {data.counts['train']} train / {data.counts['valid']} valid rows, task {data.state.task}, "
+          f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features")
+    write_text(cluster.join(out_dir, CONFIG_FILE), cfg.to_yaml())
+
+    result = build_trainer(cfg, data).fit()
+    best = result.get_best_checkpoint(cfg.run.checkpoint.metric, cfg.run.checkpoint.mode)
+    if best is None:
+        raise RuntimeError(f"run {cfg.name!r} reported no checkpoint")
+    best_uri = checkpoint_uri(out_dir, best)
+    with local_copy(checkpoint_uri(out_dir, result.checkpoint)) as latest:
+        final = load_train_state(latest)
+    best_record = next(r for r in final["progress"]["history"] if r["epoch"] == best_epoch(best_uri))
+
+    test_metrics = evaluate_dataset(best_uri, data.test_raw, data.state)
+    metrics = {
+        "task": data.state.task,
+        "valid": {k: v for k, v in best_record.items() if k not in ("time", "lr", "epoch_time_s", "rows_per_s")},
+        "test": test_metrics,
+        "best_checkpoint": best_uri,
+        "best_epoch": best_record["epoch"],
+        "epochs_completed": final["epoch"],
+        "history": final["progress"]["history"],
+        "rows": data.counts,
+        "num_workers": final["world_size"],
+        "param_fingerprints": final["param_fingerprints"],
+        "wall_time_s": time.time() - started,
+    }
+    write_text(cluster.join(out_dir, METRICS_FILE), json.dumps(json_safe(metrics), indent=1))
+    print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if k != "loss"))
+    print(f"run folder: {out_dir}")
+    return metrics
+
+
+def build_trainer(cfg: Config, data: Prepared) -> TorchTrainer:
+    s, r = cfg.scaling, cfg.run
+    num_workers = s.num_workers if isinstance(s.num_workers, int) else tuple(s.num_workers)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "preprocess": data.state.to_json()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=s.use_gpu, resources_per_worker=cluster.worker_bundle(s),
+            placement_strategy=s.placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=cluster.normalize_storage(r.storage),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=r.checkpoint.keep, checkpoint_score_attribute=r.checkpoint.metric,
+                checkpoint_score_order=r.checkpoint.mode),
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        datasets={"train": data.train, "valid": data.valid},
+        dataset_config=PresplitShards({"train": data.train, "valid": data.valid},
+                                      range(s.min_workers, s.max_workers + 1)),
+    )
+
+
+def checkpoint_uri(out_dir: str, checkpoint: ray.train.Checkpoint) -> str:
+    return cluster.join(out_dir, os.path.basename(checkpoint.path.rstrip("/")))
+
+
+def best_epoch(uri: str) -> int:
+    return int(uri.rstrip("/").rsplit("_", 1)[1])
+
+
+def read_json(uri: str) -> dict[str, Any] | None:
+    fs, path = get_filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except OSError:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        raise
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write-then-rename, so a reader never sees half a file under the final name."""
+    fs, path = get_filesystem(uri)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(text.encode())
+    fs.move(tmp, path)
+
+
+def remove_tree(uri: str) -> None:
+    fs, path = get_filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
