@@ -36,12 +36,16 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from app import cluster
     from app.config import load_config
-    from app.training.trainer import preflight, run_training
+    from app.training.trainer import finished_metrics, preflight, remove_tree, run_dir, run_training
 
     cfg = load_config(args.config, args.overrides)
     inputs = preflight(cfg)  # no Ray yet: bad input fails in a second
+    if args.fresh:
+        remove_tree(run_dir(cfg))
+    elif finished_metrics(cfg) is not None:
+        return 0
     cluster.connect(args.address)
-    run_training(cfg, inputs, fresh=args.fresh)
+    run_training(cfg, inputs)
     return 0
 
 

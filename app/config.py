@@ -23,6 +23,21 @@ REGRESSION_METRICS = ("rmse", "mae", "r2")
 LOSS_METRICS = ("valid_loss", "train_loss")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 numbers: PyYAML (YAML 1.1) reads 1e-3 as a string, 1.0e-3 as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 class Section(BaseModel):
     # strict: YAML already types values, so "5" for an int is a mistake, not a number.
     model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
@@ -224,7 +239,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w.]*)*", key):
         raise UserError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
     try:
-        return key, yaml.safe_load(raw) if raw.strip() else None
+        return key, parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise UserError(f"--set {key}: value {raw!r} is not valid YAML ({_first_line(e)})") from None
 
@@ -258,7 +273,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except OSError as e:
         raise UserError(f"--config {path}: cannot read ({e.strerror or e})") from None
     try:
-        tree = yaml.safe_load(text)
+        tree = parse_yaml(text)
     except yaml.YAMLError as e:
         raise UserError(f"{path}: malformed YAML: {_first_line(e)}") from None
     if tree is None:

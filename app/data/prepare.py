@@ -60,6 +60,8 @@ def inspect_sources(cfg: Config) -> Inputs:
     if train.format == "csv":
         column_types = sources.csv_column_types(schema, keep={d.label, *d.categorical})
     input_types = {name: str((column_types or {}).get(name, schema.field(name).type)) for name in kinds}
+    if d.task != "auto":
+        check_metric(cfg, d.task)
     return Inputs(train, test, kinds, input_types, column_types)
 
 
@@ -77,7 +79,8 @@ def prepare(cfg: Config, inputs: Inputs) -> Prepared:
     stats = preprocess.merge_stats([json.loads(row["stats"]) for row in parts])
     state, warnings = preprocess.fit_preprocessor(
         stats, inputs.kinds, d.label, d.task, cfg.preprocess.min_category_count,
-        cfg.preprocess.missing_indicators, inputs.input_types, f"data.train ({d.train})")
+        cfg.preprocess.missing_indicators, inputs.input_types, f"data.train ({d.train})",
+        frozenset(d.categorical))
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     check_metric(cfg, state.task)
@@ -104,7 +107,7 @@ def prepare(cfg: Config, inputs: Inputs) -> Prepared:
 
 
 def _train_stats(df, kinds, label):
-    return preprocess.partial_stats_batch(df[df[SPLIT_COLUMN] == TRAIN], kinds, label)
+    return preprocess.partial_stats_batch(df, kinds, label, train_mask=(df[SPLIT_COLUMN] == TRAIN).to_numpy())
 
 
 def _only_split(df, split):

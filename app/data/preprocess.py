@@ -84,14 +84,14 @@ def category_strings(values: pd.Series) -> pd.Series:
     """Canonical text of categories, so 2007, 2007.0 and "2007" are one category; None if missing."""
     missing = values.isna().to_numpy()
     if pd.api.types.is_bool_dtype(values):
-        texts = np.where(values.to_numpy(bool), "True", "False").astype(object)
+        texts = np.where(values.astype("boolean").fillna(False).to_numpy(bool), "True", "False").astype(object)
     elif pd.api.types.is_numeric_dtype(values):
         nums = values.to_numpy(np.float64, na_value=np.nan)
         integral = (np.floor(nums) == nums) & (np.abs(nums) < 2**53)
         texts = np.where(integral, np.where(integral, nums, 0).astype(np.int64).astype(str),
                          nums.astype(str)).astype(object)
-    elif pd.api.types.is_string_dtype(values) and values.dtype != object:
-        texts = values.to_numpy(object)
+    elif pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        texts = values.to_numpy(object, copy=True)
     else:  # mixed Python objects, e.g. JSON records sent to the server
         texts = np.array([v if isinstance(v, str) else _scalar_text(v) for v in values], dtype=object)
     texts[missing] = None
@@ -109,8 +109,14 @@ def _scalar_text(v: Any) -> str:
 # ---------------------------------------------------------------- fitting: stats pass
 
 
-def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str) -> dict[str, Any]:
-    """Summary of one batch of training rows; JSON-able so it crosses processes cheaply."""
+def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str,
+                  all_rows: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Summary of one batch of training rows; JSON-able so it crosses processes cheaply.
+
+    `all_rows` (training and held-out rows) is searched for stray text in numeric-looking
+    columns: one bad value in the test split still means the column was misread.
+    """
+    all_rows = df if all_rows is None else all_rows
     df = df[df[label].notna()]
     out: dict[str, Any] = {"rows": len(df), "numeric": {}, "categorical": {}}
     for name, kind in kinds.items():
@@ -124,12 +130,15 @@ def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str) -> dict[s
             text = category_strings(col)
             counts = text.fillna(MISSING).value_counts()
             entry = {"counts": {str(k): int(c) for k, c in counts.items()}}
-            present = text.dropna()
-            if len(present) and pd.api.types.is_string_dtype(col):
-                numbers = pd.to_numeric(present, errors="coerce")
-                stray = present[numbers.isna()]
-                entry["numeric_like"] = int(numbers.notna().sum())
-                entry["stray"] = str(stray.iloc[0]) if len(stray) else None
+            # Arrow text arrives as pandas "str", or as object when it has gaps.
+            if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+                present = all_rows[name].dropna().to_numpy(object)
+                # via numpy: on Arrow-backed text, to_numeric marks failures NaN but not NA
+                failed = np.isnan(pd.to_numeric(present, errors="coerce").astype(np.float64))
+                stray = present[failed]
+                entry["numeric_like"] = int((~failed).sum())
+                entry["text_present"] = len(present)
+                entry["stray"] = str(stray[0]) if len(stray) else None
             out["categorical"][name] = entry
     y = df[label]
     values = y.value_counts()
@@ -147,17 +156,19 @@ def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str) -> dict[s
     return out
 
 
-def partial_stats_batch(df: pd.DataFrame, kinds: dict[str, str], label: str) -> pd.DataFrame:
-    """Ray Data batch function: one row holding the batch's stats as JSON."""
-    stats = partial_stats(df, kinds, label)
-    stats["label"]["missing"] = int(df[label].isna().sum())
+def partial_stats_batch(df: pd.DataFrame, kinds: dict[str, str], label: str,
+                        train_mask: np.ndarray | None = None) -> pd.DataFrame:
+    """Ray Data batch function: one row holding the stats of the batch's training rows as JSON."""
+    train = df if train_mask is None else df[train_mask]
+    stats = partial_stats(train, kinds, label, all_rows=df)
+    stats["label"]["missing"] = int(train[label].isna().sum())
     return pd.DataFrame({"stats": [json.dumps(stats)]})
 
 
 def _json_scalar(v: Any) -> Any:
     if isinstance(v, (np.bool_, bool)):
         return bool(v)
-    if isinstance(v, (np.integer,)):
+    if isinstance(v, (int, np.integer)):
         return int(v)
     if isinstance(v, (np.floating, float)):
         return int(v) if float(v).is_integer() else float(v)
@@ -175,12 +186,13 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
             _merge_moments(t, s)
         for name, s in p["categorical"].items():
             t = total["categorical"].setdefault(name, {"counts": {}, "numeric_like": 0, "present": 0,
-                                                       "stray": None})
+                                                       "text_present": 0, "stray": None})
             for k, c in s["counts"].items():
                 t["counts"][k] = t["counts"].get(k, 0) + c
             t["present"] += sum(c for k, c in s["counts"].items() if k != MISSING)
             if "numeric_like" in s:  # text columns only
                 t["numeric_like"] += s["numeric_like"]
+                t["text_present"] += s["text_present"]
                 t["stray"] = t["stray"] or s["stray"]
         lab, pl = total["label"], p["label"]
         lab["missing"] += pl["missing"]
@@ -286,7 +298,8 @@ def detect_task(label_stats: dict[str, Any]) -> str:
 
 def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, task: str,
                      min_category_count: int, missing_indicators: bool,
-                     input_types: dict[str, str], key: str) -> tuple[PreprocessState, list[str]]:
+                     input_types: dict[str, str], key: str,
+                     declared_categorical: frozenset[str] = frozenset()) -> tuple[PreprocessState, list[str]]:
     """(fitted state, warnings) from merged training-split stats."""
     rows = stats["rows"]
     if rows == 0:
@@ -313,7 +326,8 @@ def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, t
             if s["present"] == 0:
                 dropped.append(name)
                 continue
-            if s["stray"] is not None and s["numeric_like"] >= NUMERIC_LOOKING * s["present"]:
+            suspicious = s["stray"] is not None and s["numeric_like"] >= NUMERIC_LOOKING * s["text_present"]
+            if suspicious and name not in declared_categorical:
                 raise UserError(
                     f"{key}: column {name!r} looks numeric but holds non-numeric values such as "
                     f"{s['stray']!r}; fix the data, or list the column in data.categorical"
@@ -367,7 +381,7 @@ def transform(df: pd.DataFrame, state: PreprocessState, with_label: bool = True)
     x_cat = np.empty((n, len(state.categorical)), dtype=np.int64)
     for i, col in enumerate(state.categorical):
         text = category_strings(df[col.name]).fillna(MISSING)
-        x_cat[:, i] = pd.Categorical(text, categories=col.categories).codes.astype(np.int64) + 1
+        x_cat[:, i] = pd.Index(col.categories).get_indexer(text) + 1
     out = {"x_num": x_num, "x_cat": x_cat}
     if with_label:
         out["y"] = encode_label(df[state.label], state)
@@ -377,8 +391,7 @@ def transform(df: pd.DataFrame, state: PreprocessState, with_label: bool = True)
 def encode_label(y: pd.Series, state: PreprocessState) -> np.ndarray:
     if state.task == "classification":
         keys = [_scalar_text(c) if not isinstance(c, str) else c for c in state.classes]
-        codes = pd.Categorical(category_strings(y), categories=keys).codes.astype(np.int64)
-        return codes  # -1: a class never seen in training
+        return pd.Index(keys).get_indexer(category_strings(y)).astype(np.int64)  # -1: unseen class
     return ((pd.to_numeric(y, errors="coerce").to_numpy(np.float64) - state.target_mean)
             / state.target_std).astype(np.float32)
 

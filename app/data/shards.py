@@ -18,6 +18,8 @@ import ray.train
 
 def cut(ds, world_size: int) -> list:
     """`world_size` contiguous, near-equal, disjoint parts that cover every row once."""
+    if world_size == 1:
+        return [ds]
     n = ds.count()
     if world_size > n:
         raise ValueError(f"cannot cut {n} rows into {world_size} non-empty shards")

@@ -49,10 +49,8 @@ def run_training(cfg: Config, inputs: Inputs | None = None, *, fresh: bool = Fal
     out_dir = run_dir(cfg)
     if fresh:
         remove_tree(out_dir)
-    finished = read_json(cluster.join(out_dir, METRICS_FILE))
+    finished = finished_metrics(cfg)
     if finished is not None:
-        print(f"run {cfg.name!r} already finished: {cluster.join(out_dir, METRICS_FILE)} "
-              f"(pass --fresh to train it again)")
         return finished
     cluster.check_resources(cfg.scaling)
 
@@ -89,6 +87,15 @@ def run_training(cfg: Config, inputs: Inputs | None = None, *, fresh: bool = Fal
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if k != "loss"))
     print(f"run folder: {out_dir}")
     return metrics
+
+
+def finished_metrics(cfg: Config) -> dict[str, Any] | None:
+    """metrics.json of a run of this name that already finished, announced; else None."""
+    path = cluster.join(run_dir(cfg), METRICS_FILE)
+    finished = read_json(path)
+    if finished is not None:
+        print(f"run {cfg.name!r} already finished: {path} (pass --fresh to train it again)")
+    return finished
 
 
 def build_trainer(cfg: Config, data: Prepared) -> TorchTrainer:

@@ -1,0 +1,50 @@
+"""Shared fixtures: the repo's paths, small configs, one local Ray per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PENGUINS = REPO / "data" / "penguins.csv"
+
+
+def penguins_tree(tmp_path: Path, **sections) -> dict:
+    """The quickstart config, shrunk for tests, storage under tmp_path."""
+    tree = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    tree["data"]["train"] = str(PENGUINS)
+    tree["run"]["storage"] = str(tmp_path / "runs")
+    tree["train"]["epochs"] = 3
+    for key, value in sections.items():
+        node = tree
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for all integration tests: 4 logical CPUs so that two 1-CPU
+    training workers and Ray Data tasks fit beside each other on a 2-core machine."""
+    import ray
+
+    from app.cluster import quiet_logs
+
+    quiet_logs()
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def cli_env():
+    """Environment for running `python -m app` in a subprocess from the repo root."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONPATH"] = str(REPO)
+    return env

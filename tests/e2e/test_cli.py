@@ -1,0 +1,140 @@
+"""The real CLI in subprocesses: a training run, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import PENGUINS, REPO, penguins_tree
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(args, env, timeout=300):
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def write_config(tmp_path: Path, tree: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def assert_bad_input(result, *fragments, run_dir: Path | None = None):
+    """Exit 2, one line on stderr naming the problem, no traceback, nothing that looks finished."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert "Traceback" not in result.stderr
+    if run_dir is not None:
+        assert not (run_dir / "metrics.json").exists()
+
+
+def test_train_quickstart_end_to_end(tmp_path, cli_env):
+    # The shipped config as is: 2 workers x 1 CPU on an embedded Ray of this 2-core machine.
+    storage = tmp_path / "runs"
+    args = ["train", "--config", "configs/quickstart.yaml", "--set", "train.epochs=3",
+            "--set", f"run.storage={storage}"]
+    first = run_cli(args, cli_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "epoch 3/30" not in first.stdout and "epoch 3/3 " in first.stdout + first.stderr
+    run = storage / "quickstart"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "classification" and metrics["epochs_completed"] == 3
+    assert len(metrics["history"]) == 3
+    for split in ("valid", "test"):
+        assert 0.3 < metrics[split]["accuracy"] <= 1.0  # 3 balanced-ish classes: chance is ~0.4
+        assert 0.5 < metrics[split]["roc_auc"] <= 1.0
+    assert Path(metrics["best_checkpoint"]).is_dir()
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
+
+    again = run_cli(args, cli_env)  # finished: says so, does not retrain
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert json.loads((run / "metrics.json").read_text())["wall_time_s"] == metrics["wall_time_s"]
+
+
+def test_missing_file(tmp_path, cli_env):
+    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(tmp_path / "nope.csv")))
+    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "data.train", "nope.csv does not exist",
+                     run_dir=tmp_path / "runs" / "quickstart")
+
+
+def test_empty_file(tmp_path, cli_env):
+    (tmp_path / "empty.csv").write_text("")
+    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(tmp_path / "empty.csv")))
+    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "data.train", "empty.csv is empty")
+
+
+def test_absent_label_column(tmp_path, cli_env):
+    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__label="kind"))
+    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "data.label", "'kind' is not in")
+
+
+def test_malformed_yaml(tmp_path, cli_env):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ndata: {train: a.csv\n")
+    assert_bad_input(run_cli(["train", "--config", str(path)], cli_env), "bad.yaml", "malformed YAML")
+
+
+def test_unknown_config_key(tmp_path, cli_env):
+    cfg = write_config(tmp_path, penguins_tree(tmp_path))
+    assert_bad_input(run_cli(["train", "--config", str(cfg), "--set", "train.epochz=3"], cli_env),
+                     "train.epochz", "unknown key")
+
+
+def test_storage_that_cannot_be_written(tmp_path, cli_env):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = write_config(tmp_path, penguins_tree(tmp_path, run__storage=str(blocker / "runs")))
+    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "run.storage", "cannot write")
+
+
+def test_single_class_label(tmp_path, cli_env):
+    data = tmp_path / "one.csv"
+    lines = PENGUINS.read_text().splitlines()
+    data.write_text("\n".join([lines[0]] + [line for line in lines[1:] if line.startswith("Adelie")]))
+    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(data)))
+    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "data.label", "single class",
+                     run_dir=tmp_path / "runs" / "quickstart")
+
+
+def test_numeric_column_with_stray_strings(tmp_path, cli_env):
+    data = tmp_path / "stray.csv"
+    lines = PENGUINS.read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("bill_depth_mm")
+    rows = [line.split(",") for line in lines[1:]]
+    rows[5][col] = "n/a?"
+    data.write_text("\n".join([lines[0]] + [",".join(r) for r in rows]))
+    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(data)))
+    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "'bill_depth_mm' looks numeric",
+                     "'n/a?'", run_dir=tmp_path / "runs" / "quickstart")
+
+
+def test_all_missing_column_is_dropped_with_a_warning(tmp_path, cli_env):
+    data = tmp_path / "gap.csv"
+    lines = PENGUINS.read_text().splitlines()
+    data.write_text("\n".join([lines[0] + ",comment"] + [line + ",NA" for line in lines[1:]]))
+    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(data), train__epochs=1))
+    result = run_cli(["train", "--config", str(cfg)], cli_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: column(s) comment have no values in the training split and are dropped" in result.stderr
+    metrics = json.loads((tmp_path / "runs" / "quickstart" / "metrics.json").read_text())
+    state = json.loads((Path(metrics["best_checkpoint"]) / "preprocess.json").read_text())
+    assert state["dropped"] == ["comment"]
+    assert "comment" not in [c["name"] for c in state["numeric"] + state["categorical"]]
+
+
+def test_more_workers_than_the_cluster_can_host(tmp_path, cli_env):
+    cfg = write_config(tmp_path, penguins_tree(tmp_path))
+    result = run_cli(["train", "--config", str(cfg), "--set", "scaling.num_workers=3"], cli_env, timeout=120)
+    assert_bad_input(result, "scaling.num_workers: 3 worker(s)", "can never be scheduled",
+                     run_dir=tmp_path / "runs" / "quickstart")

@@ -1,0 +1,202 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from app.data import preprocess as pp
+from app.data.split import TEST, TRAIN, VALID, assign_split
+from app.errors import UserError
+
+KINDS = {"a": "numeric", "b": "numeric", "c": "categorical", "d": "categorical"}
+
+
+def frame(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "a": rng.normal(5, 2, n),
+        "b": rng.integers(0, 10, n).astype(float),
+        "c": rng.choice(["x", "y", "z"], n).astype(object),
+        "d": rng.choice([2007, 2008], n),
+        "label": rng.choice(["no", "yes"], n).astype(object),
+    })
+    df.loc[::10, "a"] = np.nan
+    df.loc[::7, "c"] = None
+    return df
+
+
+def fit(df, kinds=KINDS, task="auto", min_count=1, batches=3):
+    parts = [json.loads(pp.partial_stats_batch(chunk, kinds, "label")["stats"][0])
+             for chunk in (df.iloc[i] for i in np.array_split(np.arange(len(df)), batches))]
+    types = {k: "x" for k in kinds}
+    return pp.fit_preprocessor(pp.merge_stats(parts), kinds, "label", task, min_count, True, types, "data.train")
+
+
+def test_fit_matches_pandas_and_merges_batches_exactly():
+    df = frame()
+    state, warnings = fit(df)
+    assert warnings == []
+    a = state.numeric[0]
+    assert a.name == "a" and a.indicator  # had gaps
+    assert a.mean == pytest.approx(df["a"].mean(), rel=1e-12)
+    assert a.std == pytest.approx(df["a"].std(ddof=0), rel=1e-12)
+    assert not state.numeric[1].indicator  # no gaps in b
+    assert state.categorical[0].categories == sorted(["x", "y", "z", pp.MISSING])
+    assert state.categorical[1].categories == ["2007", "2008"]
+    assert state.task == "classification" and state.classes == ["no", "yes"]
+    one_batch, _ = fit(df, batches=1)
+    assert one_batch.numeric[0].std == pytest.approx(a.std, rel=1e-12)
+
+
+def test_transform_imputes_scales_encodes():
+    df = frame()
+    state, _ = fit(df)
+    out = pp.transform(df, state)
+    assert out["x_num"].dtype == np.float32 and out["x_num"].shape == (len(df), 3)  # a, b, a_missing
+    assert not np.isnan(out["x_num"]).any()
+    present = df["a"].notna().to_numpy()
+    assert abs(out["x_num"][present, 0].mean()) < 0.1
+    np.testing.assert_array_equal(out["x_num"][:, 2], ~present)
+    assert np.all(out["x_num"][~present, 0] == 0)  # mean-imputed, i.e. 0 after scaling
+    assert out["x_cat"].dtype == np.int64 and out["x_cat"].min() >= 1  # all seen in training
+    missing_code = state.categorical[0].categories.index(pp.MISSING) + 1
+    assert np.all(out["x_cat"][df["c"].isna().to_numpy(), 0] == missing_code)
+    np.testing.assert_array_equal(out["y"], (df["label"] == "yes").astype(int))
+
+
+def test_unseen_and_rare_categories_go_to_the_unknown_bucket():
+    df = frame()
+    state, _ = fit(df)
+    new = df.head(3).copy()
+    new["c"] = ["never-seen", "x", None]
+    new["d"] = [1999, 2007.0, "2008"]  # numbers and text of the same category agree
+    codes = pp.transform(new, state, with_label=False)["x_cat"]
+    cats = state.categorical
+    assert codes[0, 0] == 0
+    assert codes[1, 0] == cats[0].categories.index("x") + 1
+    assert codes[2, 0] == cats[0].categories.index(pp.MISSING) + 1
+    assert list(codes[:, 1]) == [0, 1, 2]
+
+    df2 = frame()
+    df2.loc[0, "c"] = "once"
+    rare, _ = fit(df2, min_count=2)
+    assert "once" not in rare.categorical[0].categories
+
+
+def test_nan_in_unseen_numeric_is_imputed_without_indicator():
+    df = frame()
+    state, _ = fit(df)
+    new = df.head(2).copy()
+    new["b"] = [np.nan, "3"]  # b had no gaps in training: no indicator column
+    x = pp.transform(new, state, with_label=False)["x_num"]
+    assert x[0, 1] == 0.0
+    assert x[1, 1] == pytest.approx((3 - state.numeric[1].mean) / state.numeric[1].std, rel=1e-6)
+
+
+def test_state_json_round_trip_is_exact():
+    state, _ = fit(frame())
+    again = pp.PreprocessState.from_json(state.to_json())
+    assert again == state
+    df = frame(50, seed=3)
+    a, b = pp.transform(df, state), pp.transform(df, again)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_task_detection_rule():
+    df = frame()
+    df["label"] = np.arange(len(df)) % 3  # integer, 3 values -> classes
+    assert fit(df)[0].task == "classification"
+    df["label"] = np.linspace(0, 1, len(df))  # float -> regression
+    state = fit(df)[0]
+    assert state.task == "regression"
+    assert state.target_mean == pytest.approx(0.5)
+    df["label"] = np.arange(len(df))  # integer, 200 values -> regression
+    assert fit(df)[0].task == "regression"
+
+
+def test_single_class_is_refused():
+    df = frame()
+    df["label"] = "yes"
+    with pytest.raises(UserError, match="single class"):
+        fit(df)
+
+
+def test_numeric_looking_text_column_is_refused_with_a_sample():
+    df = frame()
+    df["c"] = [str(i) for i in range(len(df))]
+    df.loc[17, "c"] = "oops"
+    with pytest.raises(UserError, match=r"column 'c' looks numeric .* such as 'oops'.*data.categorical"):
+        fit(df)
+
+
+def test_all_missing_column_is_dropped_with_a_warning():
+    df = frame()
+    df["b"] = np.nan
+    state, warnings = fit(df)
+    assert "b" not in state.features and state.dropped == ["b"]
+    assert any("b" in w and "dropped" in w for w in warnings)
+
+
+def test_rows_without_label_are_not_used():
+    df = frame()
+    df.loc[:9, "label"] = None
+    state, warnings = fit(df)
+    assert state.train_rows == len(df) - 10
+    assert any("10 training row(s)" in w for w in warnings)
+
+
+def test_column_kinds_from_schema():
+    schema = pa.schema([("n", pa.float64()), ("i", pa.int64()), ("s", pa.string()), ("flag", pa.bool_()),
+                        ("year", pa.int64()), ("id", pa.int64()), ("label", pa.string())])
+    kinds = pp.column_kinds(schema, "label", None, ["year"], ["id"], "data.train")
+    assert kinds == {"n": "numeric", "i": "numeric", "s": "categorical", "flag": "categorical",
+                     "year": "categorical"}
+    with pytest.raises(UserError, match="data.label: column 'target' is not in data.train"):
+        pp.column_kinds(schema, "target", None, [], [], "data.train")
+    with pytest.raises(UserError, match="data.features: column.*nope"):
+        pp.column_kinds(schema, "label", ["nope"], [], [], "data.train")
+    with pytest.raises(UserError, match="column 'ts' has type timestamp"):
+        pp.column_kinds(pa.schema([("ts", pa.timestamp("s")), ("label", pa.string())]), "label", None, [], [],
+                        "data.train")
+
+
+def test_split_is_deterministic_and_order_free():
+    df = frame(2000)
+    codes = assign_split(df, 0.2, 0.1, seed=0)
+    shares = np.bincount(codes, minlength=3) / len(df)
+    assert shares[VALID] == pytest.approx(0.2, abs=0.03) and shares[TEST] == pytest.approx(0.1, abs=0.03)
+    assert shares[TRAIN] == pytest.approx(0.7, abs=0.03)
+    shuffled = df.sample(frac=1, random_state=1)
+    np.testing.assert_array_equal(assign_split(shuffled, 0.2, 0.1, seed=0), codes[shuffled.index.to_numpy()])
+    assert (assign_split(df, 0.2, 0.1, seed=1) != codes).mean() > 0.2
+    assert not (assign_split(df, 0.2, 0.0, seed=0) == TEST).any()
+
+
+def test_declared_categorical_column_is_not_refused_as_numeric_looking():
+    df = frame()
+    df["c"] = [str(i % 5) for i in range(len(df))]
+    df.loc[17, "c"] = "oops"
+    parts = [json.loads(pp.partial_stats_batch(df, KINDS, "label")["stats"][0])]
+    state, _ = pp.fit_preprocessor(pp.merge_stats(parts), KINDS, "label", "auto", 1, True, {}, "data.train",
+                                   declared_categorical=frozenset({"c"}))
+    assert "oops" in state.categorical[0].categories
+
+
+def test_text_with_gaps_as_object_dtype_is_checked_too():
+    # Ray Data hands Arrow text with nulls to pandas as object dtype.
+    df = frame()
+    df["c"] = pd.Series([str(i) for i in range(len(df))], dtype=object)
+    df.loc[3, "c"] = None
+    df.loc[17, "c"] = "oops"
+    with pytest.raises(UserError, match=r"column 'c' looks numeric .* such as 'oops'"):
+        fit(df)
+
+
+def test_arrow_backed_text_is_checked_too():
+    df = frame()
+    df["c"] = pd.Series([str(i) for i in range(len(df))], dtype="string[pyarrow]")
+    df.loc[17, "c"] = "oops"
+    with pytest.raises(UserError, match=r"column 'c' looks numeric .* such as 'oops'"):
+        fit(df)
