@@ -65,7 +65,13 @@ def inspect_sources(cfg: Config) -> Inputs:
     return Inputs(train, test, kinds, input_types, column_types)
 
 
-def prepare(cfg: Config, inputs: Inputs) -> Prepared:
+def prepare(cfg: Config, inputs: Inputs, fitted: preprocess.PreprocessState | None = None) -> Prepared:
+    """Split, fit preprocessing on the training split (unless `fitted` is given), transform."""
+    from ray.data import DataContext
+
+    # Blocks in input order, not completion order: the shards cut from them, and so a
+    # replayed epoch after a restart, are then the same every time.
+    DataContext.get_current().execution_options.preserve_order = True
     d = cfg.data
     test_fraction = 0.0 if inputs.test else d.split.test
     raw = sources.read_dataset(inputs.train, inputs.column_types)
@@ -73,16 +79,7 @@ def prepare(cfg: Config, inputs: Inputs) -> Prepared:
         add_split_column, fn_kwargs={"valid": d.split.valid, "test": test_fraction, "seed": d.split.seed},
         batch_format="pandas", batch_size=None).materialize(), inputs.train)
 
-    parts = _run(lambda: tagged.map_batches(
-        _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label},
-        batch_format="pandas", batch_size=None).take_all(), inputs.train)
-    stats = preprocess.merge_stats([json.loads(row["stats"]) for row in parts])
-    state, warnings = preprocess.fit_preprocessor(
-        stats, inputs.kinds, d.label, d.task, cfg.preprocess.min_category_count,
-        cfg.preprocess.missing_indicators, inputs.input_types, f"data.train ({d.train})",
-        frozenset(d.categorical))
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    state = fit(cfg, inputs, tagged) if fitted is None else fitted
     check_metric(cfg, state.task)
 
     state_json = state.to_json()
@@ -104,6 +101,22 @@ def prepare(cfg: Config, inputs: Inputs) -> Prepared:
         raise UserError(f"data.train: {counts['train']} training row(s) cannot feed "
                         f"{cfg.scaling.max_workers} workers")
     return Prepared(state, model_ready["train"], model_ready["valid"], test_raw, counts)
+
+
+def fit(cfg: Config, inputs: Inputs, tagged) -> preprocess.PreprocessState:
+    """Map: stats of each batch of training rows, on the cluster; reduce: on the driver."""
+    d = cfg.data
+    parts = _run(lambda: tagged.map_batches(
+        _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label},
+        batch_format="pandas", batch_size=None).take_all(), inputs.train)
+    stats = preprocess.merge_stats([json.loads(row["stats"]) for row in parts])
+    state, warnings = preprocess.fit_preprocessor(
+        stats, inputs.kinds, d.label, d.task, cfg.preprocess.min_category_count,
+        cfg.preprocess.missing_indicators, inputs.input_types, f"data.train ({d.train})",
+        frozenset(d.categorical))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return state
 
 
 def _train_stats(df, kinds, label):

@@ -20,10 +20,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 
 from app.config import ModelConfig
@@ -37,11 +38,13 @@ FILES = ("model.pt", "optimizer.pt", "preprocess.json", "train_state.json")
 
 def write_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: Any, state: PreprocessState, model_cfg: ModelConfig,
-                     train_state: dict[str, Any]) -> Path:
+                     train_state: dict[str, Any], after_first_file: Callable[[], None] | None = None) -> Path:
     """Write a complete checkpoint into `directory` (which should be new and empty)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), directory / "model.pt")
+    if after_first_file is not None:
+        after_first_file()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                directory / "optimizer.pt")
     (directory / "preprocess.json").write_text(state.to_json())
@@ -57,6 +60,30 @@ def write_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer
     }
     _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1))
     return directory
+
+
+def upload(local_dir: str | Path, filesystem: pafs.FileSystem, destination: str,
+           after_first_file: Callable[[], None] | None = None) -> None:
+    """Copy a checkpoint folder to storage with its manifest last.
+
+    Whatever point a crash stops the copy at, the folder in storage has no manifest
+    (or a manifest whose checksums do not match), so it is never loaded.
+    """
+    local_dir = Path(local_dir)
+    local = pafs.LocalFileSystem()
+    filesystem.create_dir(destination, recursive=True)
+    manifest = f"{destination}/{MANIFEST}"
+    if _exists(filesystem, manifest):  # left by an earlier attempt at this same epoch
+        filesystem.delete_file(manifest)
+    for i, name in enumerate((*FILES, MANIFEST)):
+        pafs.copy_files(str(local_dir / name), f"{destination}/{name}", source_filesystem=local,
+                        destination_filesystem=filesystem)
+        if i == 0 and after_first_file is not None:
+            after_first_file()
+
+
+def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def verify(directory: str | Path, label: str | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ same number of times; only rank 0 writes the checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -30,6 +31,7 @@ from app.data.preprocess import PreprocessState
 from app.metrics import compute_metrics
 from app.model import build_model
 from app.training import checkpoint as ckpt
+from app.training import faults
 
 EVAL_BATCH = 8192  # rows per forward pass when scoring
 
@@ -72,8 +74,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     quiet_logs()
     cfg = Config.model_validate(loop_config["config"])
     state = PreprocessState.from_json(loop_config["preprocess"])
+    fault = faults.parse(loop_config.get("fault"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    storage = ctx.get_storage()
+    run_dir = storage.storage_filesystem, storage.experiment_fs_path
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
 
@@ -90,7 +95,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
         seed_everything(cfg.train.seed, epoch, rank)
         started = time.perf_counter()
-        train_loss = train_epoch(model, train, optimizer, loss_fn, steps, cfg, epoch, rank)
+        die = functools.partial(faults.maybe_die, fault, run_dir, rank=rank, epoch=epoch)
+        train_loss = train_epoch(model, train, optimizer, loss_fn, steps, cfg, epoch, rank, die)
         epoch_time = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -103,7 +109,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         stop = (cfg.train.early_stopping_patience is not None
                 and progress.epochs_without_improvement >= cfg.train.early_stopping_patience)
         save_and_report(record, progress, model, optimizer, scheduler, state, cfg, rank,
-                        param_fingerprints=gather(fingerprint(unwrap(model))))
+                        param_fingerprints=gather(fingerprint(unwrap(model))), run_dir=run_dir, die=die)
         if rank == 0:
             print(format_epoch(record, cfg.train.epochs, metric), flush=True)
         if stop:
@@ -150,11 +156,12 @@ def epoch_batches(n: int, steps: int, seed: int, epoch: int, rank: int) -> list[
 
 
 def train_epoch(model: nn.Module, data: Shard, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                steps: int, cfg: Config, epoch: int, rank: int) -> float:
+                steps: int, cfg: Config, epoch: int, rank: int, die=lambda **_: None) -> float:
     """One pass over the local shard; returns the mean training loss over all ranks."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.y.device)
-    for idx in epoch_batches(len(data), steps, cfg.train.seed, epoch, rank):
+    for step, idx in enumerate(epoch_batches(len(data), steps, cfg.train.seed, epoch, rank)):
+        die(step=step)
         idx = idx.to(data.y.device)
         out = model(data.x_num[idx], data.x_cat[idx])
         loss = loss_fn(out, data.y[idx])
@@ -224,19 +231,29 @@ def restore(checkpoint: ray.train.Checkpoint | None, model: nn.Module, optimizer
 
 
 def save_and_report(record: dict[str, Any], progress: Progress, model: nn.Module, optimizer, scheduler,
-                    state: PreprocessState, cfg: Config, rank: int, param_fingerprints: list[str]) -> None:
+                    state: PreprocessState, cfg: Config, rank: int, param_fingerprints: list[str],
+                    run_dir: tuple[Any, str], die) -> None:
+    """Rank 0 writes a checkpoint to a local temp folder and uploads it; every rank reports."""
     import tempfile
 
-    metrics = dict(record)
-    checkpoint = None
+    name = f"checkpoint_epoch_{record['epoch']:04d}"
     with tempfile.TemporaryDirectory(prefix="app-ckpt-") as tmp:
+        checkpoint = None
         if rank == 0:
             train_state = {"epoch": record["epoch"], "progress": asdict(progress), "config": cfg.to_dict(),
                            "world_size": len(param_fingerprints), "param_fingerprints": param_fingerprints}
             ckpt.write_checkpoint(tmp, model=unwrap(model), optimizer=optimizer, scheduler=scheduler,
-                                  state=state, model_cfg=cfg.model, train_state=train_state)
+                                  state=state, model_cfg=cfg.model, train_state=train_state,
+                                  after_first_file=functools.partial(die, at="save"))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{record['epoch']:04d}")
+
+        def upload(local: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+            filesystem, base = run_dir
+            destination = f"{base}/{dir_name}"
+            ckpt.upload(local.path, filesystem, destination, after_first_file=functools.partial(die, at="upload"))
+            return ray.train.Checkpoint(destination, filesystem=filesystem)
+
+        ray.train.report(dict(record), checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_fn=upload)
 
 
 # ---------------------------------------------------------------- helpers

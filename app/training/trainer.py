@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -25,10 +26,14 @@ from app.data.shards import PresplitShards
 from app.data.sources import get_filesystem
 from app.metrics import json_safe
 from app.predict import evaluate_dataset
-from app.training.checkpoint import load_train_state, local_copy
+from app.data.preprocess import PreprocessState
+from app.errors import UserError
+from app.training import faults
+from app.training.checkpoint import load_preprocess_state, load_train_state, local_copy, verify
 from app.training.loop import train_loop_per_worker
 
 METRICS_FILE = "metrics.json"
+RAY_CHECKPOINT_STATE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 CONFIG_FILE = "config.yaml"
 
 
@@ -38,6 +43,7 @@ def run_dir(cfg: Config) -> str:
 
 def preflight(cfg: Config) -> Inputs:
     """Everything that can be checked without Ray: config, sources, storage."""
+    faults.from_env()  # a malformed $APP_FAULT fails here, not in a worker
     inputs = inspect_sources(cfg)
     cluster.check_storage_writable(cluster.normalize_storage(cfg.run.storage))
     return inputs
@@ -55,7 +61,10 @@ def run_training(cfg: Config, inputs: Inputs | None = None, *, fresh: bool = Fal
     cluster.check_resources(cfg.scaling)
 
     started = time.time()
-    data = prepare(cfg, inputs)
+    resume = resume_point(cfg, out_dir, inputs)
+    if resume is not None:
+        print(f"resuming from {resume.checkpoint} (epoch {resume.epoch} done); --fresh starts over")
+    data = prepare(cfg, inputs, fitted=resume.state if resume else None)
     print(f"data: {data.counts['train']} train / {data.counts['valid']} valid rows, task {data.state.task}, "
           f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features")
     write_text(cluster.join(out_dir, CONFIG_FILE), cfg.to_yaml())
@@ -89,6 +98,60 @@ def run_training(cfg: Config, inputs: Inputs | None = None, *, fresh: bool = Fal
     return metrics
 
 
+@dataclass
+class ResumePoint:
+    checkpoint: str
+    epoch: int
+    state: PreprocessState  # never refitted on resume
+
+
+def latest_checkpoint(out_dir: str) -> str | None:
+    """The checkpoint Ray Train will resume this run from, if any (its registered latest)."""
+    snapshot = read_json(cluster.join(out_dir, RAY_CHECKPOINT_STATE)) or {}
+    name = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    return cluster.join(out_dir, name) if name else None
+
+
+def resume_point(cfg: Config, out_dir: str, inputs: Inputs) -> ResumePoint | None:
+    """Check the checkpoint an interrupted run would resume from: intact, and made by this config."""
+    uri = latest_checkpoint(out_dir)
+    if uri is None:
+        return None
+    hint = "; pass --fresh to start over"
+    try:
+        with local_copy(uri) as directory:
+            manifest = verify(directory, uri)
+            saved = Config.model_validate(load_train_state(directory)["config"])
+            state = load_preprocess_state(directory)
+    except UserError as e:
+        raise UserError(f"{e}{hint}") from None
+    except (ValueError, KeyError, OSError) as e:
+        raise UserError(f"checkpoint {uri}: unreadable ({e}){hint}") from None
+    # train, scaling and run may change between attempts (more epochs, other workers).
+    for section in ("data", "preprocess", "model"):
+        before = _flatten(getattr(saved, section).model_dump(mode="json"), section)
+        now = _flatten(getattr(cfg, section).model_dump(mode="json"), section)
+        for key in sorted(set(before) | set(now)):
+            if before.get(key) != now.get(key):
+                raise UserError(f"checkpoint {uri} does not fit this run: {key} is {before.get(key)!r} there "
+                                f"and {now.get(key)!r} here{hint}")
+    if inputs.input_types != state.input_types:
+        changed = sorted(set(inputs.input_types.items()) ^ set(state.input_types.items()))
+        raise UserError(f"checkpoint {uri} does not fit this run: the input columns differ "
+                        f"({', '.join(f'{n}: {t}' for n, t in changed)}){hint}")
+    return ResumePoint(uri, manifest["epoch"], state)
+
+
+def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}.{key}"))
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
+
+
 def finished_metrics(cfg: Config) -> dict[str, Any] | None:
     """metrics.json of a run of this name that already finished, announced; else None."""
     path = cluster.join(run_dir(cfg), METRICS_FILE)
@@ -103,7 +166,8 @@ def build_trainer(cfg: Config, data: Prepared) -> TorchTrainer:
     num_workers = s.num_workers if isinstance(s.num_workers, int) else tuple(s.num_workers)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "preprocess": data.state.to_json()},
+        train_loop_config={"config": cfg.to_dict(), "preprocess": data.state.to_json(),
+                           "fault": os.environ.get(faults.ENV_VAR)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=s.use_gpu, resources_per_worker=cluster.worker_bundle(s),
             placement_strategy=s.placement_strategy),

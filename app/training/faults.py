@@ -1,0 +1,76 @@
+"""Fault injection for tests and demos: make one rank die once, at a chosen point.
+
+    APP_FAULT="rank=1,epoch=3,step=10" python -m app train --config c.yaml
+    APP_FAULT="rank=0,epoch=2,at=upload" python -m app train --config c.yaml
+
+Keys: `rank` (default 0), `epoch` (1-based, required), and either `step` (0-based step
+of that epoch; default 0) or `at`: `step` (default), `save` (after writing part of the
+checkpoint, before its manifest) or `upload` (after copying part of the checkpoint to
+storage, before its manifest). The process kills itself with SIGKILL, as a crash or an
+OOM kill would. A marker file in the run folder makes the fault fire once per run, so
+the restarted worker group goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+from app.errors import UserError
+
+ENV_VAR = "APP_FAULT"
+POINTS = ("step", "save", "upload")
+
+
+@dataclass(frozen=True)
+class Fault:
+    rank: int
+    epoch: int
+    step: int = 0
+    at: str = "step"
+
+    @property
+    def marker_name(self) -> str:
+        return f".fault-{self.rank}-{self.epoch}-{self.step}-{self.at}"
+
+
+def parse(text: str | None) -> Fault | None:
+    """The fault described by $APP_FAULT (or `text`), or None."""
+    if not text:
+        return None
+    try:
+        fields = dict(part.split("=", 1) for part in text.replace(" ", "").split(",") if part)
+        fault = Fault(rank=int(fields.pop("rank", 0)), epoch=int(fields.pop("epoch")),
+                      step=int(fields.pop("step", 0)), at=fields.pop("at", "step"))
+    except (KeyError, ValueError):
+        raise UserError(f"{ENV_VAR}={text!r}: expected e.g. rank=1,epoch=3,step=10 or rank=0,epoch=2,at=upload")
+    if fields or fault.at not in POINTS:
+        raise UserError(f"{ENV_VAR}={text!r}: unknown key or point; keys rank, epoch, step, at ({'|'.join(POINTS)})")
+    return fault
+
+
+def from_env() -> Fault | None:
+    return parse(os.environ.get(ENV_VAR))
+
+
+def maybe_die(fault: Fault | None, run_dir: tuple, *, rank: int, epoch: int, step: int = 0,
+              at: str = "step") -> None:
+    """Kill this process if it is the chosen point and the fault has not fired yet.
+
+    `run_dir` is (pyarrow filesystem, path) of the run folder, where the marker goes.
+    """
+    if fault is None or (fault.rank, fault.epoch, fault.at) != (rank, epoch, at):
+        return
+    if at == "step" and fault.step != step:
+        return
+    fs, path = run_dir
+    marker = f"{path}/{fault.marker_name}"
+    if fs.get_file_info(marker).type.name != "NotFound":
+        return
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(marker) as f:
+        f.write(b"fired")
+    print(f"fault injection: rank {rank} dies at epoch {epoch} ({at}{f' {step}' if at == 'step' else ''})",
+          flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
