@@ -1,0 +1,156 @@
+"""Failures on one shared local Ray: a worker killed from outside, a checkpoint upload cut
+short, a corrupt or foreign checkpoint. The worker-kill run must end exactly where an
+uninterrupted run of the same config ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.config import from_dict
+from app.errors import UserError
+from app.predict import Predictor
+from app.training.trainer import preflight, run_training
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_data.py"), "--rows", "120000", "--parts", "4",
+                    "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
+def synthetic_config(data: Path, storage: Path, name: str, **train):
+    tree = {
+        "name": name,
+        "data": {"train": str(data), "label": "target", "split": {"valid": 0.1, "test": 0.1}},
+        "model": {"hidden": [256, 256], "dropout": 0.1},
+        "train": {"epochs": 5, "batch_size": 512, "lr": 2.0e-3, "early_stopping_patience": None, **train},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+        "run": {"storage": str(storage), "max_failures": 2},
+    }
+    return from_dict(tree, "test")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_session, synthetic, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("clean")
+    return run_training(synthetic_config(synthetic, storage, "clean"))
+
+
+def wait_for(predicate, timeout=120.0, every=0.02):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def train_in_background(cfg):
+    outcome = {}
+
+    def target():
+        try:
+            outcome["metrics"] = run_training(cfg)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_worker_killed_mid_epoch_recovers_and_ends_like_an_uninterrupted_run(
+        ray_session, synthetic, tmp_path, uninterrupted):
+    from ray.util.state import list_actors
+
+    cfg = synthetic_config(synthetic, tmp_path, "killed")
+    run = tmp_path / "killed"
+    thread, outcome = train_in_background(cfg)
+    assert wait_for(lambda: (run / "checkpoint_epoch_0002" / "manifest.json").exists())
+    time.sleep(0.3)  # into epoch 3
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert len(workers) == 2
+    assert not (run / "checkpoint_epoch_0005").exists()  # the kill lands before the run ends
+    os.kill(workers[-1]["pid"], signal.SIGKILL)
+    killed_at = time.time()
+    thread.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+
+    metrics = outcome["metrics"]
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4, 5]  # each epoch once
+    assert metrics["valid"] == uninterrupted["valid"]  # bit-identical on CPU
+    assert metrics["test"] == uninterrupted["test"]
+    assert metrics["param_fingerprints"] == uninterrupted["param_fingerprints"]
+    replayed = next(r for r in metrics["history"] if r["time"] > killed_at)
+    print(f"\nworker kill: recovered in {replayed['time'] - killed_at:.1f}s "
+          f"(kill -> epoch {replayed['epoch']} reported)")
+
+
+def test_upload_cut_short_is_never_loaded_and_the_rerun_finishes(ray_session, synthetic, tmp_path, uninterrupted,
+                                                                   monkeypatch):
+    monkeypatch.setenv("APP_FAULT", "rank=0,epoch=3,at=upload")
+    cfg = synthetic_config(synthetic, tmp_path, "cut")
+    cfg.run.max_failures = 0
+    cfg.run.checkpoint.keep = 10  # so that the redone epoch 3 stays to be looked at
+    with pytest.raises(Exception):
+        run_training(cfg)
+    partial = tmp_path / "cut" / "checkpoint_epoch_0003"
+    assert (partial / "model.pt").exists() and not (partial / "manifest.json").exists()
+    with pytest.raises(UserError, match="checkpoint_epoch_0003: no manifest.json"):
+        Predictor.from_checkpoint(partial)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+
+    monkeypatch.delenv("APP_FAULT")
+    metrics = run_training(cfg)  # resumes from epoch 2, redoes epoch 3 in the same folder
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4, 5]
+    assert Predictor.from_checkpoint(partial).epoch == 3
+    assert metrics["valid"] == uninterrupted["valid"]
+
+
+@pytest.fixture
+def interrupted_run(ray_session, tmp_path):
+    """A finished penguins run with metrics.json removed: as if the driver died at the end."""
+    from tests.conftest import penguins_tree
+
+    cfg = from_dict(penguins_tree(tmp_path, name="resumable", train__epochs=2), "test")
+    run_training(cfg)
+    (tmp_path / "runs" / "resumable" / "metrics.json").unlink()
+    return cfg, tmp_path / "runs" / "resumable"
+
+
+def test_corrupt_checkpoint_is_refused_by_name(interrupted_run):
+    cfg, run = interrupted_run
+    model = run / "checkpoint_epoch_0002" / "model.pt"
+    model.write_bytes(model.read_bytes()[:-100])
+    with pytest.raises(UserError, match=r"checkpoint .*checkpoint_epoch_0002: model.pt is corrupt.*--fresh"):
+        run_training(cfg, preflight(cfg))
+
+
+def test_checkpoint_of_another_config_is_refused(interrupted_run):
+    cfg, run = interrupted_run
+    cfg.model.hidden = [8]
+    with pytest.raises(UserError, match=r"does not fit this run: model.hidden is \[64, 32\] there and \[8\] here"):
+        run_training(cfg, preflight(cfg))
+
+
+def test_resume_keeps_history_and_does_not_refit(interrupted_run):
+    cfg, run = interrupted_run
+    before = json.loads((run / "checkpoint_epoch_0002" / "train_state.json").read_text())["progress"]["history"]
+    state_before = (run / "checkpoint_epoch_0002" / "preprocess.json").read_text()
+    cfg.train.epochs = 4  # continue the interrupted run for two more epochs
+    metrics = run_training(cfg, preflight(cfg))
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4]
+    assert metrics["history"][:2] == before  # earlier records kept as they were
+    assert (run / "checkpoint_epoch_0004" / "preprocess.json").read_text() == state_before
