@@ -1,0 +1,94 @@
+"""Kill the driver of `python -m app train` with SIGKILL; the same command resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def config(tmp_path, data, name):
+    tree = {
+        "name": name,
+        "data": {"train": str(data), "label": "target", "split": {"valid": 0.1, "test": 0.1}},
+        "model": {"hidden": [256, 256]},
+        "train": {"epochs": 5, "batch_size": 512, "early_stopping_patience": None},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+        "run": {"storage": str(tmp_path / "runs")},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def train(path, env, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "app", "train", "--config", str(path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_until_session_gone(sid: int, timeout: float = 60) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ps = subprocess.run(["ps", "-eo", "sid=,stat="], capture_output=True, text=True).stdout.split("\n")
+        if not any(line.split()[:1] == [str(sid)] and not line.split()[1].startswith("Z") for line in ps if line.strip()):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_driver_killed_mid_run_resumes_on_rerun(tmp_path, cli_env):
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_data.py"), "--rows", "120000", "--parts", "4",
+                    "--out", str(data)], check=True, capture_output=True)
+    run = tmp_path / "runs" / "resumed"
+    path = config(tmp_path, data, "resumed")
+
+    first = train(path, cli_env, start_new_session=True)  # its own process group: driver + embedded Ray
+    deadline = time.time() + 300
+    while not (run / "checkpoint_epoch_0002" / "manifest.json").exists():
+        assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(first.pid, signal.SIGKILL)
+    killed_at = time.time()
+    first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    # Ray's worker processes have their own process groups; they notice the dead raylet
+    # within seconds. Only then is the run folder final.
+    assert wait_until_session_gone(first.pid)
+    assert not (run / "metrics.json").exists()
+    snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    resumed_from = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    kept = json.loads((run / resumed_from / "train_state.json").read_text())["progress"]["history"]
+    assert [r["epoch"] for r in kept] == list(range(1, len(kept) + 1)) and len(kept) >= 2
+
+    second = train(path, cli_env)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-3000:]
+    assert f"resuming from {run / resumed_from}" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4, 5]
+    assert metrics["history"][:len(kept)] == kept  # records from before the kill, unchanged
+    first_new = metrics["history"][len(kept)]
+    print(f"\ndriver kill: resumed from epoch {len(kept)}; kill -> epoch {first_new['epoch']} reported in "
+          f"{first_new['time'] - killed_at:.1f}s (includes starting the command again)")
+
+    reference = train(config(tmp_path, data, "uninterrupted"), cli_env)
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err[-3000:]
+    expected = json.loads((tmp_path / "runs" / "uninterrupted" / "metrics.json").read_text())
+    assert metrics["valid"] == expected["valid"] and metrics["test"] == expected["test"]
+
+    again = train(path, cli_env, start_new_session=True)
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0 and "already finished" in out
