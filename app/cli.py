@@ -1,6 +1,7 @@
 """Command line: argument parsing and dispatch only.
 
     python -m app train --config FILE [--set KEY=VALUE ...] [--address ADDR] [--fresh]
+    python -m app tune  --config FILE [--set KEY=VALUE ...] [--address ADDR] [--resume | --fresh]
 
 Exit codes: 0 success; 2 bad usage, config or input (one line on stderr, no
 traceback); 1 anything else.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.errors import UserError
+from app.errors import UserError, find_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fresh", action="store_true",
                        help="delete the run folder of this name and start over")
     train.set_defaults(handler=cmd_train)
+
+    tune = commands.add_parser("tune", help="sweep hyperparameters (the config's tune section) with Ray Tune")
+    add_config_args(tune)
+    tune.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded Ray)")
+    again = tune.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
+    again.add_argument("--fresh", action="store_true", help="delete the sweep folder of this name and start over")
+    tune.set_defaults(handler=cmd_tune)
     return parser
 
 
@@ -39,13 +48,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     from app.training.trainer import finished_metrics, preflight, remove_tree, run_dir, run_training
 
     cfg = load_config(args.config, args.overrides)
-    inputs = preflight(cfg)  # no Ray yet: bad input fails in a second
     if args.fresh:
         remove_tree(run_dir(cfg))
     elif finished_metrics(cfg) is not None:
         return 0
+    inputs = preflight(cfg)  # no Ray yet: bad input fails in a second
     cluster.connect(args.address)
     run_training(cfg, inputs)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from app import cluster
+    from app.config import load_config
+    from app.training.trainer import finished_metrics, preflight, remove_tree, run_dir
+    from app.tuning import run_tune, search_space
+
+    cfg = load_config(args.config, args.overrides)
+    if args.fresh:
+        remove_tree(run_dir(cfg))
+    elif finished_metrics(cfg) is not None:
+        return 0
+    search_space(cfg)  # a bad space fails before Ray starts
+    inputs = preflight(cfg)
+    if not args.resume and cluster.exists(run_dir(cfg)):
+        raise UserError(f"{run_dir(cfg)} holds an unfinished sweep; pass --resume to continue it "
+                        f"or --fresh to start over")
+    cluster.connect(args.address)
+    run_tune(cfg, inputs, resume=args.resume)
     return 0
 
 
@@ -62,14 +92,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         return 2
-
-
-def find_user_error(e: BaseException) -> UserError | None:
-    """A UserError, raised here or inside a Ray task or worker and wrapped by Ray."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, UserError):
-            return e
-        seen.add(id(e))
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
-    return None

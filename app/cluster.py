@@ -15,8 +15,6 @@ import os
 import posixpath
 import uuid
 
-import pyarrow.fs as pafs
-
 from app.config import ScalingConfig
 from app.data.sources import get_filesystem
 from app.errors import UserError
@@ -31,7 +29,10 @@ def connect(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level="WARNING")
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except ConnectionError as e:
+            raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({e})") from None
     else:
         # The dashboard also serves the state API that Ray Train polls; keep it on loopback.
         ray.init(logging_level="WARNING", dashboard_host="127.0.0.1")
@@ -59,7 +60,7 @@ def quiet_logs() -> None:
 
 
 def worker_bundle(scaling: ScalingConfig) -> dict[str, float]:
-    bundle = {"CPU": scaling.cpus_per_worker}
+    bundle = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     if scaling.use_gpu:
         bundle["GPU"] = 1.0
     return bundle
@@ -121,5 +122,7 @@ def join(base: str, *parts: str) -> str:
 
 
 def exists(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
     fs, path = get_filesystem(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -21,6 +21,8 @@ from app.errors import UserError
 CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 LOSS_METRICS = ("valid_loss", "train_loss")
+HIGHER_IS_BETTER = frozenset({"accuracy", "f1_macro", "roc_auc", "r2"})
+LOWER_IS_BETTER = frozenset({"valid_loss", "train_loss", "log_loss", "rmse", "mae"})
 
 
 class _Loader(yaml.SafeLoader):
@@ -132,6 +134,9 @@ class ScalingConfig(Section):
     """Logical CPUs reserved per worker; also its number of torch threads (at least 1)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How workers are placed on nodes (Ray placement group strategy)."""
+    resources_per_worker: dict[str, float] = {}
+    """Extra Ray resources each worker needs, e.g. {worker_node: 1} to keep workers on
+    nodes that advertise that resource (and off the head)."""
 
     @field_validator("num_workers")
     @classmethod
@@ -158,8 +163,19 @@ class CheckpointConfig(Section):
     metric: str = "valid_loss"
     """Metric that ranks checkpoints and drives early stopping: valid_loss, train_loss,
     or a validation metric of the task (accuracy, f1_macro, roc_auc, log_loss; rmse, mae, r2)."""
-    mode: Literal["min", "max"] = "min"
-    """Whether a lower or a higher `metric` is better."""
+    mode: Literal["min", "max"] | None = None
+    """Whether a lower or a higher `metric` is better; null: the metric's own direction
+    (max for accuracy, f1_macro, roc_auc, r2; min for losses, rmse, mae)."""
+
+    @model_validator(mode="after")
+    def _mode_follows_metric(self) -> CheckpointConfig:
+        natural = "max" if self.metric in HIGHER_IS_BETTER else "min"
+        if self.mode is None:
+            self.mode = natural
+        elif self.mode != natural and self.metric in HIGHER_IS_BETTER | LOWER_IS_BETTER:
+            raise ValueError(f"mode {self.mode!r} would keep the worst checkpoints: {self.metric} is "
+                             f"better when {'higher' if natural == 'max' else 'lower'}")
+        return self
 
 
 class RunConfig(Section):
@@ -269,9 +285,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML config, apply `--set KEY=VALUE` overrides, validate."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"--config {path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path}: not a UTF-8 text file") from None
     try:
         tree = parse_yaml(text)
     except yaml.YAMLError as e:

@@ -6,8 +6,6 @@ checkpoint (which holds both) rebuilds exactly the network it was trained with.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -46,7 +44,3 @@ class TabularMLP(nn.Module):
 
 def build_model(cfg: ModelConfig, numeric_width: int, cardinalities: list[int], output_dim: int) -> TabularMLP:
     return TabularMLP(numeric_width, cardinalities, output_dim, cfg)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from app.config import ModelConfig
-from app.data.preprocess import PreprocessState, transform
+from app.data.preprocess import PreprocessState, scorable, transform
 from app.errors import UserError
 from app.metrics import compute_metrics, softmax
 from app.model import build_model
@@ -68,7 +68,7 @@ class Predictor:
     def score_batch(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """Outputs and encoded labels of the labelled, scorable rows (for metrics)."""
         arrays = transform(df[df[self.state.label].notna()], self.state)
-        keep = arrays["y"] >= 0 if self.state.task == "classification" else np.ones(len(arrays["y"]), bool)
+        keep = scorable(arrays["y"], self.state)
         with torch.no_grad():
             out = self.model(torch.from_numpy(arrays["x_num"][keep]), torch.from_numpy(arrays["x_cat"][keep]))
         return {"outputs": out.numpy(), "y": arrays["y"][keep]}

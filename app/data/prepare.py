@@ -20,8 +20,9 @@ import pyarrow as pa
 
 from app.config import Config, check_metric
 from app.data import preprocess, sources
+from app.data.shards import PresplitShards
 from app.data.split import SPLIT_COLUMN, TEST, TRAIN, VALID, add_split_column
-from app.errors import UserError
+from app.errors import UserError, causes
 
 
 @dataclass
@@ -31,8 +32,9 @@ class Inputs:
     train: sources.Source
     test: sources.Source | None
     kinds: dict[str, str]  # feature -> numeric | categorical
-    input_types: dict[str, str]
-    column_types: dict[str, pa.DataType] | None  # CSV read types
+    input_types: dict[str, str]  # feature -> the Arrow type it is read as
+    column_types: dict[str, pa.DataType]  # CSV read types
+    label_type: str  # Arrow type of the label in the first file
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Prepared:
     valid: Any
     test_raw: Any  # lazy Dataset of raw test rows (labelled)
     counts: dict[str, int]
+    shards: PresplitShards  # train and valid cut once for every worker count the run may use
 
 
 def inspect_sources(cfg: Config) -> Inputs:
@@ -49,20 +52,18 @@ def inspect_sources(cfg: Config) -> Inputs:
     train = sources.resolve(d.train, "data.train")
     schema = sources.read_schema(train)
     kinds = preprocess.column_kinds(schema, d.label, d.features, d.categorical, d.drop, f"data.train ({d.train})")
+    label_type = schema.field(d.label).type
     test = None
     if d.test:
         test = sources.resolve(d.test, "data.test")
-        test_schema = sources.read_schema(test)
-        absent = [c for c in [d.label, *kinds] if c not in test_schema.names]
+        absent = [c for c in [d.label, *kinds] if c not in sources.read_schema(test).names]
         if absent:
             raise UserError(f"data.test: column(s) {', '.join(absent)} missing from {d.test}")
-    column_types = None
-    if train.format == "csv":
-        column_types = sources.csv_column_types(schema, keep={d.label, *d.categorical})
-    input_types = {name: str((column_types or {}).get(name, schema.field(name).type)) for name in kinds}
+    column_types = sources.column_types(kinds, d.label, label_type)
+    input_types = {name: str(column_types[name]) for name in kinds}
     if d.task != "auto":
         check_metric(cfg, d.task)
-    return Inputs(train, test, kinds, input_types, column_types)
+    return Inputs(train, test, kinds, input_types, column_types, str(label_type))
 
 
 def prepare(cfg: Config, inputs: Inputs, fitted: preprocess.PreprocessState | None = None) -> Prepared:
@@ -75,7 +76,7 @@ def prepare(cfg: Config, inputs: Inputs, fitted: preprocess.PreprocessState | No
     d = cfg.data
     test_fraction = 0.0 if inputs.test else d.split.test
     raw = sources.read_dataset(inputs.train, inputs.column_types)
-    tagged = _run(lambda: raw.map_batches(
+    tagged = read_step(lambda: raw.map_batches(
         add_split_column, fn_kwargs={"valid": d.split.valid, "test": test_fraction, "seed": d.split.seed},
         batch_format="pandas", batch_size=None).materialize(), inputs.train)
 
@@ -85,7 +86,7 @@ def prepare(cfg: Config, inputs: Inputs, fitted: preprocess.PreprocessState | No
     state_json = state.to_json()
     model_ready = {}
     for name, code in (("train", TRAIN), ("valid", VALID)):
-        model_ready[name] = _run(lambda code=code: tagged.map_batches(
+        model_ready[name] = read_step(lambda code=code: tagged.map_batches(
             preprocess.transform_batch, fn_kwargs={"state_json": state_json, "split": code},
             batch_format="pandas", batch_size=None).materialize(), inputs.train)
     if inputs.test:
@@ -100,20 +101,21 @@ def prepare(cfg: Config, inputs: Inputs, fitted: preprocess.PreprocessState | No
     if counts["train"] < cfg.scaling.max_workers:
         raise UserError(f"data.train: {counts['train']} training row(s) cannot feed "
                         f"{cfg.scaling.max_workers} workers")
-    return Prepared(state, model_ready["train"], model_ready["valid"], test_raw, counts)
+    shards = PresplitShards(model_ready, range(cfg.scaling.min_workers, cfg.scaling.max_workers + 1))
+    return Prepared(state, model_ready["train"], model_ready["valid"], test_raw, counts, shards)
 
 
 def fit(cfg: Config, inputs: Inputs, tagged) -> preprocess.PreprocessState:
     """Map: stats of each batch of training rows, on the cluster; reduce: on the driver."""
     d = cfg.data
-    parts = _run(lambda: tagged.map_batches(
+    parts = read_step(lambda: tagged.map_batches(
         _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label},
         batch_format="pandas", batch_size=None).take_all(), inputs.train)
     stats = preprocess.merge_stats([json.loads(row["stats"]) for row in parts])
     state, warnings = preprocess.fit_preprocessor(
         stats, inputs.kinds, d.label, d.task, cfg.preprocess.min_category_count,
         cfg.preprocess.missing_indicators, inputs.input_types, f"data.train ({d.train})",
-        frozenset(d.categorical))
+        frozenset(d.categorical), inputs.label_type)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     return state
@@ -127,26 +129,13 @@ def _only_split(df, split):
     return df[df[SPLIT_COLUMN] == split].drop(columns=[SPLIT_COLUMN])
 
 
-def _run(step, source: sources.Source):
+def read_step(step, source: sources.Source):
     """Run a Ray Data step; a file that cannot be parsed becomes a UserError naming it."""
-    import ray.exceptions
-
     try:
         return step()
-    except (ray.exceptions.RayError, pa.ArrowException) as e:
-        cause = _root_cause(e)
-        if not isinstance(cause, (pa.ArrowException, UnicodeDecodeError, ValueError)):
+    except Exception as e:
+        cause = next((c for c in causes(e) if isinstance(c, (pa.ArrowInvalid, UnicodeDecodeError))), None)
+        if cause is None:
             raise
         text = " ".join(str(cause).split())[:400]
         raise UserError(f"{source.key}: cannot read {source.uri}: {text}") from None
-
-
-def _root_cause(e: BaseException) -> BaseException:
-    seen = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        nxt = getattr(e, "cause", None) or e.__cause__
-        if nxt is None or nxt is e:
-            break
-        e = nxt
-    return e

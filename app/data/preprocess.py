@@ -117,7 +117,9 @@ def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str,
     columns: one bad value in the test split still means the column was misread.
     """
     all_rows = df if all_rows is None else all_rows
-    df = df[df[label].notna()]
+    labelled = df[label].notna().to_numpy()
+    missing_labels = int((~labelled).sum())
+    df = df[labelled]
     out: dict[str, Any] = {"rows": len(df), "numeric": {}, "categorical": {}}
     for name, kind in kinds.items():
         col = df[name]
@@ -143,11 +145,9 @@ def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str,
     y = df[label]
     values = y.value_counts()
     out["label"] = {
-        "missing": 0,  # filled in below from the unfiltered batch
+        "missing": missing_labels,
         "values": [[_json_scalar(k), int(c)] for k, c in values.items()][:_LABEL_VALUES_CAP],
         "overflow": len(values) > _LABEL_VALUES_CAP,
-        "integral": bool(pd.api.types.is_integer_dtype(y) or pd.api.types.is_bool_dtype(y)
-                         or pd.api.types.is_string_dtype(y) or y.dtype == object),
     }
     if pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y):
         v = y.to_numpy(np.float64)
@@ -161,7 +161,6 @@ def partial_stats_batch(df: pd.DataFrame, kinds: dict[str, str], label: str,
     """Ray Data batch function: one row holding the stats of the batch's training rows as JSON."""
     train = df if train_mask is None else df[train_mask]
     stats = partial_stats(train, kinds, label, all_rows=df)
-    stats["label"]["missing"] = int(train[label].isna().sum())
     return pd.DataFrame({"stats": [json.dumps(stats)]})
 
 
@@ -178,7 +177,7 @@ def _json_scalar(v: Any) -> Any:
 def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine per-batch summaries (Chan's parallel mean/variance for numbers)."""
     total: dict[str, Any] = {"rows": 0, "numeric": {}, "categorical": {},
-                             "label": {"missing": 0, "values": {}, "overflow": False, "integral": True}}
+                             "label": {"missing": 0, "values": {}, "overflow": False}}
     for p in parts:
         total["rows"] += p["rows"]
         for name, s in p["numeric"].items():
@@ -197,7 +196,6 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
         lab, pl = total["label"], p["label"]
         lab["missing"] += pl["missing"]
         lab["overflow"] = lab["overflow"] or pl["overflow"]
-        lab["integral"] = lab["integral"] and pl["integral"]
         for value, count in pl["values"]:
             k = json.dumps(value)
             lab["values"][k] = lab["values"].get(k, 0) + count
@@ -284,14 +282,16 @@ class PreprocessState:
         return cls(**d)
 
 
-def detect_task(label_stats: dict[str, Any]) -> str:
-    """auto rule: text/boolean labels, or integers with <= 20 distinct values, are classes."""
-    if label_stats["overflow"]:
-        return "regression"
-    values = [json.loads(k) for k in label_stats["values"]]
-    if any(isinstance(v, (str, bool)) for v in values):
+def detect_task(label_stats: dict[str, Any], label_type: str) -> str:
+    """auto rule: text/boolean labels, or integers with <= 20 distinct values, are classes.
+
+    `label_type` is the label's Arrow type as read: pandas turns integers with gaps
+    into floats, so the values alone cannot tell.
+    """
+    if label_type in ("string", "large_string", "bool") or label_type.startswith("dictionary"):
         return "classification"
-    if label_stats["integral"] and len(values) <= AUTO_CLASSES:
+    if label_type.startswith(("int", "uint")) and not label_stats["overflow"] \
+            and len(label_stats["values"]) <= AUTO_CLASSES:
         return "classification"
     return "regression"
 
@@ -299,7 +299,8 @@ def detect_task(label_stats: dict[str, Any]) -> str:
 def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, task: str,
                      min_category_count: int, missing_indicators: bool,
                      input_types: dict[str, str], key: str,
-                     declared_categorical: frozenset[str] = frozenset()) -> tuple[PreprocessState, list[str]]:
+                     declared_categorical: frozenset[str] = frozenset(),
+                     label_type: str = "string") -> tuple[PreprocessState, list[str]]:
     """(fitted state, warnings) from merged training-split stats."""
     rows = stats["rows"]
     if rows == 0:
@@ -309,7 +310,7 @@ def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, t
     if lab["missing"]:
         warnings.append(f"{lab['missing']} training row(s) have no {label!r} and are not used")
     if task == "auto":
-        task = detect_task(lab)
+        task = detect_task(lab, label_type)
 
     numeric, categorical, dropped = [], [], []
     for name, kind in kinds.items():
@@ -405,7 +406,11 @@ def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dic
         df = df[df[SPLIT_COLUMN] == split]
     df = df[df[state.label].notna()]
     out = transform(df, state)
-    if state.task == "classification":
-        keep = out["y"] >= 0  # valid/test rows of a class never seen in training cannot be scored
-        out = {k: v[keep] for k, v in out.items()}
-    return out
+    keep = scorable(out["y"], state)
+    return {k: v[keep] for k, v in out.items()} if not keep.all() else out
+
+
+def scorable(y: np.ndarray, state: PreprocessState) -> np.ndarray:
+    """Rows whose encoded label can be trained on or scored: a class seen in training, or
+    a number (a regression label that does not parse is left out, not trained as NaN)."""
+    return y >= 0 if state.task == "classification" else np.isfinite(y)

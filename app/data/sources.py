@@ -63,7 +63,9 @@ def resolve(uri: str, key: str) -> Source:
         while _GLOB_CHARS & set(base):
             base = posixpath.dirname(base)
         infos = _list(fs, base, uri, key, recursive=True)
-        infos = [i for i in infos if fnmatch.fnmatch(i.path, path)]
+        # fnmatch's "*" also crosses "/": match only files as deep as the pattern
+        depth = path.count("/")
+        infos = [i for i in infos if i.path.count("/") == depth and fnmatch.fnmatch(i.path, path)]
     else:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
@@ -112,13 +114,22 @@ def read_schema(source: Source) -> pa.Schema:
         raise UserError(f"{source.key}: cannot read {path}: {_one_line(e)}") from None
 
 
-def csv_column_types(schema: pa.Schema, keep: set[str]) -> dict[str, pa.DataType]:
-    """Read integer columns as float64 (except `keep`).
+def column_types(kinds: dict[str, str], label: str, label_type: pa.DataType) -> dict[str, pa.DataType]:
+    """The Arrow type each column is read as from CSV: numeric features as float64, the rest
+    as text, the label as its own kind.
 
-    pyarrow infers CSV types from the first block of each file, so an int column whose
-    later rows hold a decimal or a gap would fail to parse mid-file.
+    pyarrow infers CSV types from the first block of each file, so without this a column
+    that is empty or whole-numbered early in a file and holds decimals later fails to parse
+    mid-file, and different files could disagree.
     """
-    return {f.name: pa.float64() for f in schema if pa.types.is_integer(f.type) and f.name not in keep}
+    types = {name: pa.float64() if kind == "numeric" else pa.string() for name, kind in kinds.items()}
+    if pa.types.is_integer(label_type):
+        types[label] = pa.int64()
+    elif pa.types.is_floating(label_type) or pa.types.is_decimal(label_type):
+        types[label] = pa.float64()
+    elif not pa.types.is_boolean(label_type):
+        types[label] = pa.string()
+    return types
 
 
 def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = None):

@@ -13,14 +13,29 @@ import numpy as np
 import pandas as pd
 
 TRAIN, VALID, TEST = 0, 1, 2
-SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 SPLIT_COLUMN = "__split__"
+
+
+def canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """The row values in a form that does not depend on how they were read: numbers as
+    float64 (an int column with a gap arrives as float in some blocks and not in others),
+    everything else as canonical text."""
+    from app.data.preprocess import category_strings
+
+    columns = {}
+    for name in df.columns:
+        col = df[name]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            columns[name] = col.to_numpy(np.float64, na_value=np.nan)
+        else:
+            columns[name] = category_strings(col).to_numpy(object)
+    return pd.DataFrame(columns)
 
 
 def row_uniforms(df: pd.DataFrame, seed: int) -> np.ndarray:
     """A number in [0, 1) per row, a pure function of the row's values and the seed."""
     key = f"{seed & 0xFFFFFFFFFFFFFFFF:016x}"
-    hashes = pd.util.hash_pandas_object(df, index=False, hash_key=key).to_numpy(np.uint64)
+    hashes = pd.util.hash_pandas_object(canonical(df), index=False, hash_key=key).to_numpy(np.uint64)
     return (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 

@@ -96,8 +96,12 @@ def verify(directory: str | Path, label: str | None = None) -> dict[str, Any]:
         raise UserError(f"checkpoint {label}: no {MANIFEST}; not a checkpoint, or an incomplete one") from None
     except (OSError, ValueError) as e:
         raise UserError(f"checkpoint {label}: unreadable {MANIFEST} ({e})") from None
-    if manifest.get("format") != FORMAT_VERSION:
-        raise UserError(f"checkpoint {label}: unsupported format {manifest.get('format')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        raise UserError(f"checkpoint {label}: unsupported format in {MANIFEST}")
+    missing = [k for k in ("epoch", "model", "numeric_width", "cardinalities", "output_dim", "sha256")
+               if k not in manifest]
+    if missing or set(manifest["sha256"]) != set(FILES):
+        raise UserError(f"checkpoint {label}: {MANIFEST} is incomplete ({', '.join(missing) or 'file list'})")
     for name, digest in manifest["sha256"].items():
         path = directory / name
         if not path.exists():

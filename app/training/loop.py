@@ -59,9 +59,9 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def update(self, record: dict[str, Any], metric: str, mode: str) -> None:
-        value = record[metric]
-        improved = self.best_metric is None or (value < self.best_metric if mode == "min" else value > self.best_metric)
-        if improved and not (isinstance(value, float) and math.isnan(value)):
+        value, best = record[metric], self.best_metric
+        improved = not math.isnan(value) and (best is None or (value < best if mode == "min" else value > best))
+        if improved:
             self.best_metric, self.best_epoch = value, record["epoch"]
             self.epochs_without_improvement = 0
         else:
@@ -92,6 +92,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     steps, total_rows = plan_epoch(len(train), cfg.train.batch_size)
 
     metric, mode = cfg.run.checkpoint.metric, cfg.run.checkpoint.mode
+    patience = cfg.train.early_stopping_patience
+    if patience is not None and progress.epochs_without_improvement >= patience:
+        return  # restored from the checkpoint where early stopping had already fired
     for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
         seed_everything(cfg.train.seed, epoch, rank)
         started = time.perf_counter()
@@ -106,16 +109,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                   "valid_loss": scores.pop("loss"), **scores, "lr": lr,
                   "epoch_time_s": epoch_time, "rows_per_s": total_rows / epoch_time}
         progress.update(record, metric, mode)
-        stop = (cfg.train.early_stopping_patience is not None
-                and progress.epochs_without_improvement >= cfg.train.early_stopping_patience)
+        stop = patience is not None and progress.epochs_without_improvement >= patience
         save_and_report(record, progress, model, optimizer, scheduler, state, cfg, rank,
                         param_fingerprints=gather(fingerprint(unwrap(model))), run_dir=run_dir, die=die)
         if rank == 0:
             print(format_epoch(record, cfg.train.epochs, metric), flush=True)
         if stop:
             if rank == 0:
+                best = "none" if progress.best_metric is None else f"{progress.best_metric:.4g}"
                 print(f"early stop: no {metric} improvement for {progress.epochs_without_improvement} "
-                      f"epochs (best {progress.best_metric:.4g} at epoch {progress.best_epoch})", flush=True)
+                      f"epochs (best {best} at epoch {progress.best_epoch})", flush=True)
             break
 
 

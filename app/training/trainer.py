@@ -21,8 +21,7 @@ from ray.train.torch import TorchTrainer
 
 from app import cluster
 from app.config import Config
-from app.data.prepare import Inputs, Prepared, inspect_sources, prepare
-from app.data.shards import PresplitShards
+from app.data.prepare import Inputs, Prepared, inspect_sources, prepare, read_step
 from app.data.sources import get_filesystem
 from app.metrics import json_safe
 from app.predict import evaluate_dataset
@@ -49,12 +48,10 @@ def preflight(cfg: Config) -> Inputs:
     return inputs
 
 
-def run_training(cfg: Config, inputs: Inputs | None = None, *, fresh: bool = False) -> dict[str, Any]:
+def run_training(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
     """Train per `cfg` on the connected Ray cluster; return what metrics.json holds."""
     inputs = inputs or preflight(cfg)
     out_dir = run_dir(cfg)
-    if fresh:
-        remove_tree(out_dir)
     finished = finished_metrics(cfg)
     if finished is not None:
         return finished
@@ -69,33 +66,49 @@ def run_training(cfg: Config, inputs: Inputs | None = None, *, fresh: bool = Fal
           f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features")
     write_text(cluster.join(out_dir, CONFIG_FILE), cfg.to_yaml())
 
-    result = build_trainer(cfg, data).fit()
-    best = result.get_best_checkpoint(cfg.run.checkpoint.metric, cfg.run.checkpoint.mode)
-    if best is None:
-        raise RuntimeError(f"run {cfg.name!r} reported no checkpoint")
-    best_uri = checkpoint_uri(out_dir, best)
-    with local_copy(checkpoint_uri(out_dir, result.checkpoint)) as latest:
-        final = load_train_state(latest)
-    best_record = next(r for r in final["progress"]["history"] if r["epoch"] == best_epoch(best_uri))
+    build_trainer(cfg, data).fit()
+    metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
+    metrics["wall_time_s"] = time.time() - started
+    write_text(cluster.join(out_dir, METRICS_FILE), json.dumps(json_safe(metrics), indent=1))
+    print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "loss"))
+    print(f"run folder: {out_dir}")
+    return metrics
 
-    test_metrics = evaluate_dataset(best_uri, data.test_raw, data.state)
-    metrics = {
+
+def summarize(cfg: Config, out_dir: str, data: Prepared, test_source) -> dict[str, Any]:
+    """metrics.json of a finished training run, from what it left in storage: the best and
+    the latest registered checkpoints; the best one scores the test split."""
+    snapshot = read_json(cluster.join(out_dir, RAY_CHECKPOINT_STATE)) or {}
+    registered = [r for r in snapshot.get("checkpoint_results", []) if r.get("checkpoint_dir_name")]
+    if not registered:
+        raise RuntimeError(f"run {cfg.name!r} registered no checkpoint")
+    best = best_result(registered, cfg.run.checkpoint.metric, cfg.run.checkpoint.mode)
+    best_uri = cluster.join(out_dir, best["checkpoint_dir_name"])
+    with local_copy(cluster.join(out_dir, snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])) as latest:
+        final = load_train_state(latest)
+    test_metrics = read_step(lambda: evaluate_dataset(best_uri, data.test_raw, data.state), test_source)
+    return {
         "task": data.state.task,
-        "valid": {k: v for k, v in best_record.items() if k not in ("time", "lr", "epoch_time_s", "rows_per_s")},
+        "valid": {k: v for k, v in best["metrics"].items() if k not in ("time", "lr", "epoch_time_s", "rows_per_s")},
         "test": test_metrics,
         "best_checkpoint": best_uri,
-        "best_epoch": best_record["epoch"],
+        "best_epoch": best["metrics"]["epoch"],
         "epochs_completed": final["epoch"],
         "history": final["progress"]["history"],
         "rows": data.counts,
         "num_workers": final["world_size"],
         "param_fingerprints": final["param_fingerprints"],
-        "wall_time_s": time.time() - started,
     }
-    write_text(cluster.join(out_dir, METRICS_FILE), json.dumps(json_safe(metrics), indent=1))
-    print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if k != "loss"))
-    print(f"run folder: {out_dir}")
-    return metrics
+
+
+def best_result(results: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
+    """The registered checkpoint with the best metric (NaN never wins; ties: the earliest)."""
+    def key(r: dict[str, Any]) -> tuple[bool, float, int]:
+        value = r["metrics"].get(metric)
+        missing = value is None or value != value
+        return missing, (0.0 if missing else value if mode == "min" else -value), r["metrics"]["epoch"]
+
+    return min(results, key=key)
 
 
 @dataclass
@@ -161,7 +174,8 @@ def finished_metrics(cfg: Config) -> dict[str, Any] | None:
     return finished
 
 
-def build_trainer(cfg: Config, data: Prepared) -> TorchTrainer:
+def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None) -> TorchTrainer:
+    """The TorchTrainer of a run: `train` fits it directly, each `tune` trial inside Tune."""
     s, r = cfg.scaling, cfg.run
     num_workers = s.num_workers if isinstance(s.num_workers, int) else tuple(s.num_workers)
     return TorchTrainer(
@@ -179,32 +193,22 @@ def build_trainer(cfg: Config, data: Prepared) -> TorchTrainer:
                 checkpoint_score_order=r.checkpoint.mode),
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
         ),
         datasets={"train": data.train, "valid": data.valid},
-        dataset_config=PresplitShards({"train": data.train, "valid": data.valid},
-                                      range(s.min_workers, s.max_workers + 1)),
+        dataset_config=data.shards,
     )
-
-
-def checkpoint_uri(out_dir: str, checkpoint: ray.train.Checkpoint) -> str:
-    return cluster.join(out_dir, os.path.basename(checkpoint.path.rstrip("/")))
-
-
-def best_epoch(uri: str) -> int:
-    return int(uri.rstrip("/").rsplit("_", 1)[1])
 
 
 def read_json(uri: str) -> dict[str, Any] | None:
     fs, path = get_filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
     try:
         with fs.open_input_stream(path) as f:
             return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-    except OSError:
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return None
-        raise
+    except ValueError as e:
+        raise UserError(f"{uri} is not valid JSON ({e}); delete it or pass --fresh") from None
 
 
 def write_text(uri: str, text: str) -> None:

@@ -83,10 +83,13 @@ def test_worker_killed_mid_epoch_recovers_and_ends_like_an_uninterrupted_run(
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     assert len(workers) == 2
     assert not (run / "checkpoint_epoch_0005").exists()  # the kill lands before the run ends
-    os.kill(workers[-1]["pid"], signal.SIGKILL)
+    victim = workers[-1]["pid"]
+    os.kill(victim, signal.SIGKILL)
     killed_at = time.time()
     thread.join(timeout=600)
     assert "error" not in outcome, outcome.get("error")
+    dead = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "DEAD")], limit=1000)
+    assert victim in {a["pid"] for a in dead}  # the group really lost a worker and started over
 
     metrics = outcome["metrics"]
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4, 5]  # each epoch once
@@ -104,7 +107,7 @@ def test_upload_cut_short_is_never_loaded_and_the_rerun_finishes(ray_session, sy
     cfg = synthetic_config(synthetic, tmp_path, "cut")
     cfg.run.max_failures = 0
     cfg.run.checkpoint.keep = 10  # so that the redone epoch 3 stays to be looked at
-    with pytest.raises(Exception):
+    with pytest.raises(ray_session.train.TrainingFailedError):
         run_training(cfg)
     partial = tmp_path / "cut" / "checkpoint_epoch_0003"
     assert (partial / "model.pt").exists() and not (partial / "manifest.json").exists()

@@ -28,10 +28,12 @@ def main(workdir: Path, data: Path, mode: str) -> None:
     # Give up on a worker group that cannot start sooner than Ray's default 60 s, so that
     # the elastic run shrinks quickly once no node replaces the lost one.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
-    # A head with no CPU (never lost) and 1-CPU worker nodes on this machine; the run
-    # folder is on local disk, which all these nodes share.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(3 if mode == "fixed" else 2)]
+    # A head (never lost) whose one CPU is kept for Ray Data, which must recompute the
+    # blocks lost with a node, and 1-CPU worker nodes that alone host training workers.
+    # The run folder is on local disk, which all these nodes share.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [cluster.add_node(num_cpus=1, resources={"worker_node": 1})
+               for _ in range(3 if mode == "fixed" else 2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
 
@@ -41,7 +43,7 @@ def main(workdir: Path, data: Path, mode: str) -> None:
         "model": {"hidden": [128, 128]},
         "train": {"epochs": 5, "batch_size": 512, "early_stopping_patience": None},
         "scaling": {"num_workers": 2 if mode == "fixed" else [1, 2], "cpus_per_worker": 1,
-                    "placement_strategy": "SPREAD"},
+                    "placement_strategy": "SPREAD", "resources_per_worker": {"worker_node": 1}},
         "run": {"storage": str(workdir / "runs"), "max_failures": 3},
     }, "scenario")
     outcome: dict = {}

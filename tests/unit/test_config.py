@@ -104,3 +104,23 @@ def test_scientific_notation_is_a_number(tmp_path):
     cfg = load_config(write(tmp_path, "name: t\ndata: {train: x.csv, label: y}\ntrain: {lr: 3e-4}\n"),
                       ["train.weight_decay=1e-5"])
     assert cfg.train.lr == 3e-4 and cfg.train.weight_decay == 1e-5
+
+
+def test_user_errors_are_found_inside_ray_train_failures():
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from app.errors import find_user_error
+
+    inner = UserError("checkpoint x: model.pt is corrupt")
+    wrapped = WorkerGroupError("training failed", {1: RuntimeError("other"), 0: inner})
+    assert find_user_error(wrapped) is inner
+    assert find_user_error(ControllerError(wrapped)) is inner
+    assert find_user_error(WorkerGroupError("failed", {0: RuntimeError("bug")})) is None
+
+
+def test_checkpoint_mode_follows_the_metric(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    assert load_config(path, ["run.checkpoint.metric=accuracy"]).run.checkpoint.mode == "max"
+    assert load_config(path).run.checkpoint.mode == "min"
+    with pytest.raises(UserError, match="mode 'min' would keep the worst checkpoints: r2 is better when higher"):
+        load_config(path, ["run.checkpoint.metric=r2", "run.checkpoint.mode=min"])

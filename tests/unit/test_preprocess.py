@@ -26,11 +26,13 @@ def frame(n=200, seed=0):
     return df
 
 
-def fit(df, kinds=KINDS, task="auto", min_count=1, batches=3):
+def fit(df, kinds=KINDS, task="auto", min_count=1, batches=3, label_type=None):
     parts = [json.loads(pp.partial_stats_batch(chunk, kinds, "label")["stats"][0])
              for chunk in (df.iloc[i] for i in np.array_split(np.arange(len(df)), batches))]
     types = {k: "x" for k in kinds}
-    return pp.fit_preprocessor(pp.merge_stats(parts), kinds, "label", task, min_count, True, types, "data.train")
+    label_type = label_type or str(pa.Schema.from_pandas(df[["label"]]).field("label").type)
+    return pp.fit_preprocessor(pp.merge_stats(parts), kinds, "label", task, min_count, True, types, "data.train",
+                               label_type=label_type)
 
 
 def test_fit_matches_pandas_and_merges_batches_exactly():
@@ -114,6 +116,10 @@ def test_task_detection_rule():
     assert state.target_mean == pytest.approx(0.5)
     df["label"] = np.arange(len(df))  # integer, 200 values -> regression
     assert fit(df)[0].task == "regression"
+    df["label"] = np.arange(len(df)) % 3.0
+    df.loc[5, "label"] = np.nan  # read as int64 with a gap: pandas sees floats
+    assert fit(df, label_type="int64")[0].task == "classification"
+    assert fit(df, label_type="double")[0].task == "regression"
 
 
 def test_single_class_is_refused():
@@ -160,6 +166,16 @@ def test_column_kinds_from_schema():
     with pytest.raises(UserError, match="column 'ts' has type timestamp"):
         pp.column_kinds(pa.schema([("ts", pa.timestamp("s")), ("label", pa.string())]), "label", None, [], [],
                         "data.train")
+
+
+def test_split_does_not_depend_on_how_values_were_read():
+    df = frame(500)
+    df["d"] = df["d"].astype("int64")
+    as_floats = df.assign(d=df["d"].astype(float), b=df["b"].astype("float32").astype(float))
+    arrow = df.astype({"c": "string[pyarrow]", "d": "int64[pyarrow]"})
+    codes = assign_split(df, 0.2, 0.1, seed=0)
+    np.testing.assert_array_equal(assign_split(as_floats, 0.2, 0.1, seed=0), codes)
+    np.testing.assert_array_equal(assign_split(arrow, 0.2, 0.1, seed=0), codes)
 
 
 def test_split_is_deterministic_and_order_free():

@@ -31,14 +31,17 @@ def test_bad_sources_are_named(tmp_path):
         sources.resolve(str(tmp_path / "*.json"), "data.test")
 
 
-def test_csv_missing_values_and_integer_columns(tmp_path):
+def test_csv_missing_values_and_column_types(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text("n,s,label\n1,a,1\nNA,NA,0\n3,,1\n")
+    # n is whole-numbered at first, then a decimal; code is numbers read as a category
+    path.write_text("n,s,code,label\n1,a,7,1\nNA,NA,8,0\n3.5,,9,1\n")
     src = sources.resolve(str(path), "data.train")
     schema = sources.read_schema(src)
-    types = sources.csv_column_types(schema, keep={"label"})
-    assert types == {"n": pa.float64()}
+    types = sources.column_types({"n": "numeric", "s": "categorical", "code": "categorical"}, "label",
+                                 schema.field("label").type)
+    assert types == {"n": pa.float64(), "s": pa.string(), "code": pa.string(), "label": pa.int64()}
     table = sources.read_table(src, types)
-    assert table.column("n").type == pa.float64() and table.column("n").null_count == 1
+    assert table.column("n").to_pylist() == [1.0, None, 3.5]
     assert table.column("s").null_count == 2  # "NA" and "" are missing, not text
+    assert table.column("code").to_pylist() == ["7", "8", "9"]
     assert table.column("label").type == pa.int64()

@@ -1,0 +1,345 @@
+"""Hyperparameter sweeps with Ray Tune over the very trainer that `train` uses.
+
+    python -m app tune --config configs/tune.yaml [--resume | --fresh]
+
+Each trial is a Tune function trainable that builds the same `TorchTrainer` as `train`
+(`build_trainer`), as a run named after the trial id under `<storage>/<name>/trials/`,
+with `TuneReportCallback` handing every epoch's report to Tune; schedulers (ASHA) see
+exactly the metrics that `train` records, and each trial keeps its own checkpoints.
+Data is read and preprocessed once per sweep, unless the space searches `data.*` or
+`preprocess.*` keys, in which case each trial prepares its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from typing import Any
+
+import pandas as pd
+
+from app import cluster
+from app.config import HIGHER_IS_BETTER, Config, from_dict, metrics_for_task
+from app.data.prepare import Inputs, Prepared, prepare
+from app.errors import UserError
+from app.metrics import json_safe
+from app.training.trainer import METRICS_FILE, build_trainer, run_dir, summarize, write_text
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
+UNSEARCHABLE = ("name", "run.", "tune.", "scaling.")  # where trials run, not what they learn
+LEADERBOARD = "leaderboard.csv"
+BEST_CONFIG = "best_config.yaml"
+CURVES = "curves.png"
+
+
+# ---------------------------------------------------------------- the search space
+
+
+def search_space(cfg: Config) -> dict[str, Any]:
+    """`tune.space` as Ray Tune domains, after checking every key and distribution."""
+    from ray import tune
+
+    space = cfg.tune.space
+    if not space:
+        raise UserError("tune.space: empty; name at least one config key to search, "
+                        "e.g. train.lr: {loguniform: [1.0e-4, 1.0e-2]}")
+    base = cfg.to_dict()
+    domains = {}
+    for key, spec in space.items():
+        where = f"tune.space.{key}"
+        if key.startswith(UNSEARCHABLE) or not _has_key(base, key):
+            reason = "cannot be searched" if _has_key(base, key) else "is not a config key"
+            raise UserError(f"{where}: {key} {reason}")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise UserError(f"{where}: expected one distribution, one of {', '.join(DISTRIBUTIONS)} "
+                            f"(e.g. {{loguniform: [1.0e-4, 1.0e-2]}}), got {spec!r}")
+        kind, args = next(iter(spec.items()))
+        candidates = _check_args(where, kind, args)
+        for value in candidates:  # the values a trial could get must make a valid config
+            tree = copy.deepcopy(base)
+            _set(tree, key, value)
+            try:
+                Config.model_validate(tree)
+            except Exception as e:  # noqa: BLE001 - pydantic's message, reworded
+                detail = str(e).splitlines()[2].strip() if len(str(e).splitlines()) > 2 else str(e)
+                raise UserError(f"{where}: {value!r} is not a valid {key} ({detail})") from None
+        domains[key] = _domain(tune, kind, args)
+    if cfg.tune.search == "grid":
+        bad = [k for k, s in space.items() if next(iter(s)) not in ("grid", "choice")]
+        if bad:
+            raise UserError(f"tune.search: grid search needs grid or choice axes; {', '.join(bad)} "
+                            f"are continuous")
+        domains = {k: tune.grid_search(space[k][next(iter(space[k]))]) for k in space}
+    if cfg.tune.search == "optuna" and any(next(iter(s)) == "grid" for s in space.values()):
+        raise UserError("tune.search: optuna cannot search grid axes; use choice")
+    return domains
+
+
+def _check_args(where: str, kind: str, args: Any) -> list[Any]:
+    """Validate a distribution's parameters; return the values to try against the config."""
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise UserError(f"{where}: {kind} takes a non-empty list of values, got {args!r}")
+        return args
+    sizes = {"uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3, "qloguniform": 3}
+    if (not isinstance(args, list) or len(args) != sizes[kind]
+            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
+        shape = "[low, high]" if sizes[kind] == 2 else "[low, high, q]"
+        raise UserError(f"{where}: {kind} takes {shape} as numbers, got {args!r}")
+    low, high = args[0], args[1]
+    if not low < high:
+        raise UserError(f"{where}: {kind} needs low < high, got {args!r}")
+    if kind.endswith("loguniform") and low <= 0:
+        raise UserError(f"{where}: {kind} needs low > 0, got {args!r}")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise UserError(f"{where}: randint takes integers [low, high) , got {args!r}")
+    if len(args) == 3 and not args[2] > 0:
+        raise UserError(f"{where}: {kind} needs q > 0, got {args!r}")
+    return [low, high - 1] if kind == "randint" else [low, high]
+
+
+def _domain(tune, kind: str, args: Any):
+    if kind == "choice":
+        return tune.choice(args)
+    if kind == "grid":
+        return tune.grid_search(args)
+    return getattr(tune, kind)(*args)
+
+
+def _has_key(tree: dict[str, Any], key: str) -> bool:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return not isinstance(node, dict)
+
+
+def _set(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree[part]
+    tree[leaf] = value
+
+
+def trial_config(base: dict[str, Any], overrides: dict[str, Any], trial_id: str, trials_dir: str) -> Config:
+    """The complete config a trial trains with: its own run folder under the sweep's."""
+    tree = copy.deepcopy(base)
+    for key, value in overrides.items():
+        _set(tree, key, value.item() if hasattr(value, "item") else value)  # numpy scalars from samplers
+    tree["name"] = trial_id
+    tree["run"]["storage"] = trials_dir
+    return from_dict(tree, f"trial {trial_id}")
+
+
+# ---------------------------------------------------------------- the trainable
+
+
+def run_trial(overrides: dict[str, Any], *, base: dict[str, Any], trials_dir: str, inputs: Inputs,
+              shared: Prepared | None) -> None:
+    """One trial: the `train` path (prepare if needed, build_trainer, fit), reporting to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = trial_config(base, overrides, ray.tune.get_context().get_trial_id(), trials_dir)
+    data = shared if shared is not None else prepare(cfg, inputs)
+    build_trainer(cfg, data, callbacks=[TuneReportCallback()]).fit()
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def trial_concurrency(cfg: Config) -> int:
+    """Trials that really run side by side: each holds its worker group; refuse a sweep in
+    which not even one trial fits."""
+    import ray
+
+    need = cfg.scaling.min_workers * cfg.scaling.cpus_per_worker
+    bundle = cluster.worker_bundle(cfg.scaling)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    workers_that_fit = sum(min(int(node.get(r, 0) // v) for r, v in bundle.items()) for node in nodes)
+    fits = workers_that_fit // cfg.scaling.max_workers
+    if fits < 1:
+        total = sum(node.get("CPU", 0) for node in nodes)
+        raise UserError(f"scaling: one trial needs {cfg.scaling.max_workers} worker(s) x "
+                        f"{cfg.scaling.cpus_per_worker:g} CPU ({need:g}+ CPUs) and the cluster has {total:g}; "
+                        f"lower scaling.num_workers or scaling.cpus_per_worker (fractions work)")
+    return min(cfg.tune.max_concurrent_trials, fits)
+
+
+def metric_and_mode(cfg: Config) -> tuple[str, str]:
+    """tune.metric/mode, defaulting to the checkpoint metric and the metric's own direction."""
+    metric = cfg.tune.metric or cfg.run.checkpoint.metric
+    return metric, cfg.tune.mode or ("max" if metric in HIGHER_IS_BETTER else "min")
+
+
+def check_tune_metric(cfg: Config, task: str) -> None:
+    metric = cfg.tune.metric or cfg.run.checkpoint.metric
+    if metric not in metrics_for_task(task):
+        raise UserError(f"tune.metric: {metric!r} is never reported for {task}; "
+                        f"choose one of {', '.join(metrics_for_task(task))}")
+
+
+def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the sweep; write the leaderboard, the best config and its metrics."""
+    import ray.tune
+    from ray import tune
+
+    if cfg.tune.scheduler.name == "pbt":
+        raise UserError("tune.scheduler.name: pbt is not supported yet; use asha or fifo")
+    space = search_space(cfg)
+    metric, mode = metric_and_mode(cfg)
+    sweep_dir = run_dir(cfg)
+    trials_dir = cluster.join(sweep_dir, "trials")
+    concurrency = trial_concurrency(cfg)
+    started = time.time()
+
+    per_trial_data = any(k.startswith(("data.", "preprocess.")) for k in space)
+    shared = None if per_trial_data else prepare(cfg, inputs)
+    task = shared.state.task if shared else prepare(cfg, inputs).state.task
+    check_tune_metric(cfg, task)
+    print(f"sweep: {cfg.tune.num_samples} sample(s) of {len(space)} key(s), {concurrency} trial(s) at a time, "
+          f"{cfg.tune.scheduler.name} scheduler, {cfg.tune.search} search, {metric} ({mode})")
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=cfg.to_dict(), trials_dir=trials_dir, inputs=inputs, shared=shared),
+        # The trial's driver only waits on its TorchTrainer, whose workers hold the CPUs; Tune
+        # wants a non-empty request, so it asks for one byte of memory instead of a CPU.
+        {"CPU": 0, "memory": 1})
+    if resume:
+        if not ray.tune.Tuner.can_restore(sweep_dir):
+            raise UserError(f"--resume: no sweep to resume at {sweep_dir}")
+        tuner = ray.tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=ray.tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrency,
+                scheduler=scheduler(cfg), search_alg=search_algorithm(cfg, metric, mode)),
+            run_config=ray.tune.RunConfig(
+                name=cfg.name, storage_path=cluster.normalize_storage(cfg.run.storage),
+                failure_config=ray.tune.FailureConfig(max_failures=max(cfg.run.max_failures, 0)),
+                verbose=0),
+        )
+    grid = tuner.fit()
+    return write_outputs(cfg, grid, space, metric, mode, sweep_dir, trials_dir, inputs, shared, started)
+
+
+def scheduler(cfg: Config):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = cfg.tune.scheduler
+    if s.name == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                         grace_period=min(s.grace_period, cfg.train.epochs), reduction_factor=s.reduction_factor)
+
+
+def search_algorithm(cfg: Config, metric: str, mode: str):
+    if cfg.tune.search != "optuna":
+        return None  # random sampling, and grid axes expanded (Tune's basic variant generator)
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=metric, mode=mode, seed=cfg.train.seed)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def leaderboard(grid, space: dict[str, Any], metric: str, mode: str, cfg: Config) -> pd.DataFrame:
+    """One row per trial: id, status, epochs, each searched key, its best metric."""
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        values = history[metric].dropna().tolist() if metric in history else []
+        best = (min(values) if mode == "min" else max(values)) if values else math.nan
+        epochs = int(history["epoch"].max()) if "epoch" in history and len(history) else 0
+        rows.append({
+            "trial_id": result.metrics.get("trial_id") or result.path.rsplit("/", 1)[-1],
+            "status": trial_status(result, values, epochs, mode, cfg),
+            "epochs": epochs,
+            **{key: _plain(result.config.get(key)) for key in space},
+            metric: best,
+        })
+    table = pd.DataFrame(rows)
+    return table.sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+
+
+def trial_status(result, values: list[float], epochs: int, mode: str, cfg: Config) -> str:
+    if result.error is not None:
+        return "error"
+    if epochs >= cfg.train.epochs:
+        return "completed"
+    patience = cfg.train.early_stopping_patience
+    if patience is not None and values:
+        best_at = (values.index(min(values)) if mode == "min" else values.index(max(values))) + 1
+        if epochs - best_at >= patience:
+            return "early stop (patience)"
+    return f"stopped early ({cfg.tune.scheduler.name})"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_outputs(cfg: Config, grid, space, metric, mode, sweep_dir, trials_dir, inputs, shared, started):
+    table = leaderboard(grid, space, metric, mode, cfg)
+    if table.empty or table[metric].isna().all():
+        raise RuntimeError(f"sweep {cfg.name!r}: no trial reported {metric}")
+    write_text(cluster.join(sweep_dir, LEADERBOARD), table.to_csv(index=False))
+    print(table.to_string(index=False))
+
+    best_row = table.iloc[0]
+    overrides = {key: best_row[key] for key in space}
+    best_cfg = trial_config(cfg.to_dict(), overrides, str(best_row["trial_id"]), trials_dir)
+    reproducible = copy.deepcopy(cfg.to_dict())
+    for key, value in overrides.items():
+        _set(reproducible, key, _plain(value))
+    reproducible["name"] = f"{cfg.name}-best"
+    write_text(cluster.join(sweep_dir, BEST_CONFIG), Config.model_validate(reproducible).to_yaml())
+
+    data = shared if shared is not None else prepare(best_cfg, inputs)
+    metrics = summarize(best_cfg, run_dir(best_cfg), data, inputs.test or inputs.train)
+    metrics.update(best_trial=str(best_row["trial_id"]), best_overrides=json_safe(
+        {k: _plain(v) for k, v in overrides.items()}), trials=len(table),
+        trial_epochs=int(table["epochs"].sum()), wall_time_s=time.time() - started)
+    write_text(cluster.join(sweep_dir, METRICS_FILE), json.dumps(json_safe(metrics), indent=1))
+    plot_curves(grid, metric, cluster.join(sweep_dir, CURVES))
+    print(f"best trial {best_row['trial_id']}: {metric} {best_row[metric]:.4f}; "
+          f"train it again with: python -m app train --config {cluster.join(sweep_dir, BEST_CONFIG)}")
+    return metrics
+
+
+def plot_curves(grid, metric: str, uri: str) -> None:
+    """PNG of the validation metric against the epoch, one line per trial."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for result in grid:
+        df = result.metrics_dataframe
+        if df is not None and metric in df and "epoch" in df:
+            ax.plot(df["epoch"], df[metric], marker="o", markersize=3, linewidth=1,
+                    label=result.path.rsplit("/", 1)[-1][-12:])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per trial")
+    ax.grid(alpha=0.3)
+    if len(ax.lines) <= 16:
+        ax.legend(fontsize=6, ncol=2)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    from app.data.sources import get_filesystem
+
+    fs, path = get_filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(buf.getvalue())

@@ -1,0 +1,81 @@
+"""`python -m app tune` in subprocesses: resume after the driver is killed, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO, penguins_tree
+from tests.e2e.test_cli import assert_bad_input, run_cli
+from tests.e2e.test_driver_failure import wait_until_session_gone
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_file(tmp_path, **tune):
+    tree = penguins_tree(tmp_path, name="sweep", train__epochs=6, train__early_stopping_patience=None,
+                         scaling__num_workers=1, scaling__cpus_per_worker=0.5)
+    tree["tune"] = {"num_samples": 6, "max_concurrent_trials": 2, "scheduler": {"name": "fifo"},
+                    "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-2]}}, **tune}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def finished_trials(trials_dir, epochs):
+    done = {}
+    for snapshot in trials_dir.glob("*/checkpoint_manager_snapshot.json"):
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        if latest.get("metrics", {}).get("epoch") == epochs:
+            done[snapshot.parent.name] = snapshot.stat().st_mtime_ns
+    return done
+
+
+def test_resume_after_driver_kill_does_not_rerun_finished_trials(tmp_path, cli_env):
+    path = sweep_file(tmp_path)
+    trials = tmp_path / "runs" / "sweep" / "trials"
+    first = subprocess.Popen([sys.executable, "-m", "app", "tune", "--config", str(path)], cwd=REPO, env=cli_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 400
+    while len(finished_trials(trials, 6)) < 2:
+        assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate()
+    assert wait_until_session_gone(first.pid)
+    done_before = finished_trials(trials, 6)
+    assert 2 <= len(done_before) < 6
+    assert not (tmp_path / "runs" / "sweep" / "leaderboard.csv").exists()
+
+    unfinished = run_cli(["tune", "--config", str(path)], cli_env)  # neither --resume nor --fresh
+    assert_bad_input(unfinished, "holds an unfinished sweep", "--resume")
+
+    resumed = run_cli(["tune", "--config", str(path), "--resume"], cli_env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for trial, mtime in done_before.items():  # finished trials were not trained again
+        assert (trials / trial / "checkpoint_manager_snapshot.json").stat().st_mtime_ns == mtime
+    board = pd.read_csv(tmp_path / "runs" / "sweep" / "leaderboard.csv")
+    assert len(board) == 6 and (board.status == "completed").all()
+    print(f"\ntune resume: {len(done_before)} trials finished before the kill were kept, "
+          f"{6 - len(done_before)} trained after --resume")
+
+
+@pytest.mark.parametrize("space, fragment", [
+    ({}, "tune.space: empty"),
+    ({"train.lrr": {"choice": [0.1]}}, "tune.space.train.lrr: train.lrr is not a config key"),
+    ({"train.lr": {"loguniform": [0, 1]}}, "loguniform needs low > 0"),
+])
+def test_bad_space_fails_before_ray_starts(tmp_path, cli_env, space, fragment):
+    path = sweep_file(tmp_path, space=space)
+    started = time.time()
+    result = run_cli(["tune", "--config", str(path)], cli_env)
+    assert_bad_input(result, fragment)
+    assert time.time() - started < 30

@@ -1,0 +1,34 @@
+"""A regression run with a separate test file, early stopping on a higher-is-better metric."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import from_dict
+from app.training.trainer import run_training
+from tests.conftest import PENGUINS, penguins_tree
+
+
+def test_regression_with_separate_test_file_and_early_stopping(ray_session, tmp_path):
+    header, *rows = PENGUINS.read_text().splitlines()
+    (tmp_path / "train.csv").write_text("\n".join([header] + [r for i, r in enumerate(rows) if i % 5]))  # 275
+    (tmp_path / "test.csv").write_text("\n".join([header] + rows[::5]))  # every 5th bird: 69
+    tree = penguins_tree(tmp_path, name="mass", data__train=str(tmp_path / "train.csv"),
+                         data__test=str(tmp_path / "test.csv"), data__label="body_mass_g",
+                         train__epochs=40, train__lr=0.01, train__early_stopping_patience=3,
+                         scaling__num_workers=1, run__checkpoint={"metric": "r2", "keep": 1})
+    cfg = from_dict(tree, "test")
+    assert cfg.run.checkpoint.mode == "max"
+    metrics = run_training(cfg)
+
+    assert metrics["task"] == "regression"  # int64 label with many values, one gap
+    assert set(metrics["test"]) == {"loss", "rmse", "mae", "r2"}
+    assert metrics["test"]["r2"] > 0.5  # body mass is well predicted by flipper length and species
+    assert 200 < metrics["test"]["rmse"] < 800  # grams, in the label's own units
+    history = metrics["history"]
+    r2 = [r["r2"] for r in history]
+    best = max(range(len(r2)), key=lambda i: (r2[i], -i))
+    assert metrics["best_epoch"] == history[best]["epoch"] and metrics["valid"]["r2"] == r2[best]
+    # stopped early: three epochs without a better r2 after the best, before the 40 allowed
+    assert len(history) < 40 and len(history) == best + 1 + 3
+    assert metrics["rows"]["valid"] + metrics["rows"]["train"] == 273  # 275 birds, two without a mass

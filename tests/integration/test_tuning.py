@@ -1,0 +1,89 @@
+"""Sweeps on one shared local Ray: ASHA stops weak trials, the best config reproduces, Optuna runs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from app.config import from_dict, load_config
+from app.errors import UserError
+from app.training.trainer import preflight, run_training
+from app.tuning import run_tune
+from tests.conftest import penguins_tree
+
+SPACE = {"train.lr": {"loguniform": [1.0e-4, 3.0e-2]}, "model.hidden": {"choice": [[16], [64, 32]]}}
+
+
+def sweep_config(tmp_path, name, **tune):
+    tree = penguins_tree(tmp_path, name=name, train__epochs=8, train__early_stopping_patience=None,
+                         scaling__num_workers=1, scaling__cpus_per_worker=1)
+    tree["tune"] = {"num_samples": 6, "max_concurrent_trials": 4, "space": SPACE,
+                    "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}, **tune}
+    return from_dict(tree, "test")
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("asha")
+    cfg = sweep_config(tmp, "sweep")
+    return cfg, run_tune(cfg, preflight(cfg)), tmp / "runs" / "sweep"
+
+
+def test_asha_stops_weak_trials_early(asha_sweep):
+    cfg, _, sweep = asha_sweep
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert len(board) == 6 and list(board.columns[:3]) == ["trial_id", "status", "epochs"]
+    assert {"train.lr", "model.hidden", "valid_loss"} <= set(board.columns)
+    stopped = board[board.status == "stopped early (asha)"]
+    assert len(stopped) >= 1 and (stopped.epochs < 8).all()
+    assert (board[board.status == "completed"].epochs == 8).all()
+    assert board.valid_loss.is_monotonic_increasing  # sorted best first
+    png = (sweep / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_best_trial_metrics_and_config(asha_sweep):
+    cfg, metrics, sweep = asha_sweep
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    on_disk = json.loads((sweep / "metrics.json").read_text())
+    assert on_disk["best_trial"] == board.trial_id[0]
+    assert on_disk["valid"]["valid_loss"] == pytest.approx(board.valid_loss[0], rel=1e-9)
+    assert set(on_disk["test"]) >= {"accuracy", "f1_macro", "roc_auc", "log_loss"}
+    assert on_disk["trial_epochs"] == board.epochs.sum() < 6 * 8  # ASHA saved work
+    best = yaml.safe_load((sweep / "best_config.yaml").read_text())
+    assert best["train"]["lr"] == pytest.approx(on_disk["best_overrides"]["train.lr"])
+    assert best["model"]["hidden"] == on_disk["best_overrides"]["model.hidden"]
+
+
+def test_best_config_trains_to_the_same_metric(asha_sweep, tmp_path):
+    cfg, metrics, sweep = asha_sweep
+    again = load_config(sweep / "best_config.yaml", [f"run.storage={tmp_path}"])
+    retrained = run_training(again)
+    # same config, seed, data and worker count: the trial's training, replayed
+    assert retrained["valid"]["valid_loss"] == pytest.approx(metrics["valid"]["valid_loss"], rel=1e-6)
+
+
+def test_optuna_search_runs(ray_session, tmp_path):
+    cfg = sweep_config(tmp_path, "optuna", num_samples=3, search="optuna", scheduler={"name": "fifo"})
+    cfg.train.epochs = 3
+    metrics = run_tune(cfg, preflight(cfg))
+    board = pd.read_csv(tmp_path / "runs" / "optuna" / "leaderboard.csv")
+    assert len(board) == 3 and (board.status == "completed").all() and (board.epochs == 3).all()
+    assert board["train.lr"].nunique() == 3
+    assert metrics["valid"]["valid_loss"] == pytest.approx(board.valid_loss.min())
+
+
+def test_metric_that_training_never_reports(ray_session, tmp_path):
+    cfg = sweep_config(tmp_path, "badmetric", metric="rmse")
+    with pytest.raises(UserError, match="tune.metric: 'rmse' is never reported for classification"):
+        run_tune(cfg, preflight(cfg))
+
+
+def test_trial_that_cannot_fit_the_cluster(ray_session, tmp_path):
+    cfg = sweep_config(tmp_path, "toobig")
+    cfg.scaling.num_workers = 8
+    with pytest.raises(UserError, match="one trial needs 8 worker"):
+        run_tune(cfg, preflight(cfg))
