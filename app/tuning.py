@@ -25,13 +25,23 @@ from app.config import HIGHER_IS_BETTER, Config, from_dict, metrics_for_task
 from app.data.prepare import Inputs, Prepared, prepare
 from app.errors import UserError
 from app.metrics import json_safe
-from app.training.trainer import METRICS_FILE, build_trainer, run_dir, summarize, write_text
+from app.training.checkpoint import load_train_state, local_copy
+from app.training.trainer import (
+    METRICS_FILE,
+    build_trainer,
+    latest_checkpoint,
+    read_json,
+    run_dir,
+    summarize,
+    write_text,
+)
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 UNSEARCHABLE = ("name", "run.", "tune.", "scaling.")  # where trials run, not what they learn
 LEADERBOARD = "leaderboard.csv"
 BEST_CONFIG = "best_config.yaml"
 CURVES = "curves.png"
+OVERRIDES = "overrides.json"  # in each trial's run folder: the values the trial searched
 
 
 # ---------------------------------------------------------------- the search space
@@ -144,6 +154,7 @@ def run_trial(overrides: dict[str, Any], *, base: dict[str, Any], trials_dir: st
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(base, overrides, ray.tune.get_context().get_trial_id(), trials_dir)
+    write_text(cluster.join(run_dir(cfg), OVERRIDES), _canonical(overrides))
     data = shared if shared is not None else prepare(cfg, inputs)
     build_trainer(cfg, data, callbacks=[TuneReportCallback()]).fit()
 
@@ -249,20 +260,53 @@ def search_algorithm(cfg: Config, metric: str, mode: str):
 # ---------------------------------------------------------------- outputs
 
 
-def leaderboard(grid, space: dict[str, Any], metric: str, mode: str, cfg: Config) -> pd.DataFrame:
+def trial_runs(trials_dir: str) -> dict[str, dict[str, Any]]:
+    """{canonical overrides: {"trial_id", "history"}} from the trials' own run folders.
+
+    Read from our checkpoints rather than from Tune's results: a trial that finished just
+    before the sweep's driver died keeps its history here even if Tune had not yet saved it.
+    """
+    import pyarrow.fs as pafs
+
+    from app.data.sources import get_filesystem
+
+    fs, path = get_filesystem(trials_dir)
+    runs = {}
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory:
+            continue
+        trial_dir = cluster.join(trials_dir, info.base_name)
+        overrides = read_json(cluster.join(trial_dir, OVERRIDES))
+        if overrides is None:
+            continue
+        latest = latest_checkpoint(trial_dir)
+        history = []
+        if latest is not None:
+            with local_copy(latest) as directory:
+                history = load_train_state(directory)["progress"]["history"]
+        runs[_canonical(overrides)] = {"trial_id": info.base_name, "history": history}
+    return runs
+
+
+def _canonical(overrides: dict[str, Any]) -> str:
+    return json.dumps(json_safe({k: _plain(v) for k, v in overrides.items()}), sort_keys=True)
+
+
+def leaderboard(grid, space: dict[str, Any], metric: str, mode: str, cfg: Config,
+                runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per trial: id, status, epochs, each searched key, its best metric."""
     rows = []
     for result in grid:
-        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
-        values = history[metric].dropna().tolist() if metric in history else []
-        best = (min(values) if mode == "min" else max(values)) if values else math.nan
-        epochs = int(history["epoch"].max()) if "epoch" in history and len(history) else 0
+        overrides = {key: _plain(result.config.get(key)) for key in space}
+        run = runs.get(_canonical(overrides), {"trial_id": None, "history": []})
+        values = [r[metric] for r in run["history"] if r.get(metric) is not None and r[metric] == r[metric]]
+        epochs = len(run["history"])
         rows.append({
-            "trial_id": result.metrics.get("trial_id") or result.path.rsplit("/", 1)[-1],
+            "trial_id": run["trial_id"] or result.metrics.get("trial_id"),
             "status": trial_status(result, values, epochs, mode, cfg),
             "epochs": epochs,
-            **{key: _plain(result.config.get(key)) for key in space},
-            metric: best,
+            **overrides,
+            metric: (min(values) if mode == "min" else max(values)) if values else math.nan,
         })
     table = pd.DataFrame(rows)
     return table.sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
@@ -286,7 +330,8 @@ def _plain(value: Any) -> Any:
 
 
 def write_outputs(cfg: Config, grid, space, metric, mode, sweep_dir, trials_dir, inputs, shared, started):
-    table = leaderboard(grid, space, metric, mode, cfg)
+    runs = trial_runs(trials_dir)
+    table = leaderboard(grid, space, metric, mode, cfg, runs)
     if table.empty or table[metric].isna().all():
         raise RuntimeError(f"sweep {cfg.name!r}: no trial reported {metric}")
     write_text(cluster.join(sweep_dir, LEADERBOARD), table.to_csv(index=False))
@@ -307,13 +352,13 @@ def write_outputs(cfg: Config, grid, space, metric, mode, sweep_dir, trials_dir,
         {k: _plain(v) for k, v in overrides.items()}), trials=len(table),
         trial_epochs=int(table["epochs"].sum()), wall_time_s=time.time() - started)
     write_text(cluster.join(sweep_dir, METRICS_FILE), json.dumps(json_safe(metrics), indent=1))
-    plot_curves(grid, metric, cluster.join(sweep_dir, CURVES))
+    plot_curves(runs, metric, cluster.join(sweep_dir, CURVES))
     print(f"best trial {best_row['trial_id']}: {metric} {best_row[metric]:.4f}; "
           f"train it again with: python -m app train --config {cluster.join(sweep_dir, BEST_CONFIG)}")
     return metrics
 
 
-def plot_curves(grid, metric: str, uri: str) -> None:
+def plot_curves(runs: dict[str, dict[str, Any]], metric: str, uri: str) -> None:
     """PNG of the validation metric against the epoch, one line per trial."""
     import io
 
@@ -323,11 +368,10 @@ def plot_curves(grid, metric: str, uri: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for result in grid:
-        df = result.metrics_dataframe
-        if df is not None and metric in df and "epoch" in df:
-            ax.plot(df["epoch"], df[metric], marker="o", markersize=3, linewidth=1,
-                    label=result.path.rsplit("/", 1)[-1][-12:])
+    for run in sorted(runs.values(), key=lambda r: r["trial_id"]):
+        points = [(r["epoch"], r[metric]) for r in run["history"] if r.get(metric) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, linewidth=1, label=run["trial_id"])
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per trial")
