@@ -48,9 +48,12 @@ OVERRIDES = "overrides.json"  # in each trial's run folder: the values the trial
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
-    """`tune.space` as Ray Tune domains, after checking every key and distribution."""
+    """`tune.space` as Ray Tune domains, after checking the tune section: every key and
+    distribution, and that the search and scheduler can use them."""
     from ray import tune
 
+    if cfg.tune.scheduler.name == "pbt":
+        raise UserError("tune.scheduler.name: pbt is not supported yet; use asha or fifo")
     space = cfg.tune.space
     if not space:
         raise UserError("tune.space: empty; name at least one config key to search, "
@@ -198,8 +201,6 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
     import ray.tune
     from ray import tune
 
-    if cfg.tune.scheduler.name == "pbt":
-        raise UserError("tune.scheduler.name: pbt is not supported yet; use asha or fifo")
     space = search_space(cfg)
     metric, mode = metric_and_mode(cfg)
     sweep_dir = run_dir(cfg)
@@ -207,10 +208,11 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
     concurrency = trial_concurrency(cfg)
     started = time.time()
 
-    per_trial_data = any(k.startswith(("data.", "preprocess.")) for k in space)
-    shared = None if per_trial_data else prepare(cfg, inputs)
-    task = shared.state.task if shared else prepare(cfg, inputs).state.task
-    check_tune_metric(cfg, task)
+    # Prepared once for all trials, unless trials differ in their data or preprocessing;
+    # then this run only finds the task, and each trial prepares its own.
+    prepared = prepare(cfg, inputs)
+    shared = None if any(k.startswith(("data.", "preprocess.")) for k in space) else prepared
+    check_tune_metric(cfg, prepared.state.task)
     print(f"sweep: {cfg.tune.num_samples} sample(s) of {len(space)} key(s), {concurrency} trial(s) at a time, "
           f"{cfg.tune.scheduler.name} scheduler, {cfg.tune.search} search, {metric} ({mode})")
 
@@ -232,7 +234,9 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
                 scheduler=scheduler(cfg), search_alg=search_algorithm(cfg, metric, mode)),
             run_config=ray.tune.RunConfig(
                 name=cfg.name, storage_path=cluster.normalize_storage(cfg.run.storage),
-                failure_config=ray.tune.FailureConfig(max_failures=max(cfg.run.max_failures, 0)),
+                # a trial whose TorchTrainer gave up after run.max_failures restarts is retried
+                # as a whole (resuming from its checkpoints) up to run.max_failures times
+                failure_config=ray.tune.FailureConfig(max_failures=cfg.run.max_failures),
                 verbose=0),
         )
     grid = tuner.fit()

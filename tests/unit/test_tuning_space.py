@@ -62,3 +62,8 @@ def test_search_kind_constraints():
 def test_metric_and_mode_default_to_the_checkpoint_metric():
     assert metric_and_mode(cfg({"train.lr": {"choice": [0.1]}})) == ("valid_loss", "min")
     assert metric_and_mode(cfg({"train.lr": {"choice": [0.1]}}, metric="accuracy")) == ("accuracy", "max")
+
+
+def test_pbt_is_refused_until_supported():
+    with pytest.raises(UserError, match="tune.scheduler.name: pbt is not supported yet"):
+        search_space(cfg({"train.lr": {"choice": [0.1]}}, scheduler={"name": "pbt"}))
