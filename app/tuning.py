@@ -254,11 +254,14 @@ def scheduler(cfg: Config):
 
 
 def search_algorithm(cfg: Config, metric: str, mode: str):
-    if cfg.tune.search != "optuna":
-        return None  # random sampling, and grid axes expanded (Tune's basic variant generator)
-    from ray.tune.search.optuna import OptunaSearch
+    """Seeded by train.seed, so a sweep samples the same configurations every time."""
+    if cfg.tune.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(metric=metric, mode=mode, seed=cfg.train.seed)
+        return OptunaSearch(metric=metric, mode=mode, seed=cfg.train.seed)
+    from ray.tune.search import BasicVariantGenerator  # random sampling; grid axes expanded
+
+    return BasicVariantGenerator(random_state=cfg.train.seed)
 
 
 # ---------------------------------------------------------------- outputs

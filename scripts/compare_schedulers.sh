@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ASHA against FIFO on the same 16 configurations (a 4 x 4 grid) of a synthetic dataset:
-# trial-epochs run, wall time and best validation loss of each sweep.
+# ASHA against FIFO on the same 16 configurations (sampled with the same seed, in the same
+# order) of a synthetic dataset: trial-epochs run, wall time and best validation loss.
 #   scripts/compare_schedulers.sh [ROWS]        (default 50000 rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,9 +13,9 @@ for scheduler in asha fifo; do
         --set name="compare-$scheduler" --set run.storage="$work/runs" \
         --set data.train="$work/data" --set data.label=target --set data.split="{valid: 0.1, test: 0.1}" \
         --set train.epochs=8 --set train.batch_size=512 \
-        --set tune.search=grid --set tune.num_samples=1 --set tune.max_concurrent_trials=2 \
+        --set tune.search=random --set tune.num_samples=16 --set tune.max_concurrent_trials=2 \
         --set tune.scheduler="{name: $scheduler, grace_period: 1, reduction_factor: 2}" \
-        --set tune.space="{train.lr: {grid: [1.0e-4, 1.0e-3, 3.0e-3, 1.0e-2]}, model.hidden: {grid: [[16], [64], [128, 64], [256, 128]]}}" \
+        --set tune.space="{train.lr: {loguniform: [1.0e-4, 3.0e-2]}, model.hidden: {choice: [[16], [64], [128, 64], [256, 128]]}}" \
         > "$work/$scheduler.log" 2>&1 || { tail -20 "$work/$scheduler.log"; exit 1; }
 done
 .venv/bin/python - "$work/runs" <<'PY'
