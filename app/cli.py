@@ -42,15 +42,26 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set train.epochs=3 (value parsed as YAML)")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from app import cluster
+def load_run(args: argparse.Namespace):
+    """The config, or None when a run of this name already finished (and --fresh was not
+    given); --fresh deletes the run folder first."""
     from app.config import load_config
-    from app.training.trainer import finished_metrics, preflight, remove_tree, run_dir, run_training
+    from app.training.trainer import finished_metrics, remove_tree, run_dir
 
     cfg = load_config(args.config, args.overrides)
     if args.fresh:
         remove_tree(run_dir(cfg))
     elif finished_metrics(cfg) is not None:
+        return None
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from app import cluster
+    from app.training.trainer import preflight, run_training
+
+    cfg = load_run(args)
+    if cfg is None:
         return 0
     inputs = preflight(cfg)  # no Ray yet: bad input fails in a second
     cluster.connect(args.address)
@@ -60,14 +71,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from app import cluster
-    from app.config import load_config
-    from app.training.trainer import finished_metrics, preflight, remove_tree, run_dir
+    from app.training.trainer import preflight, run_dir
     from app.tuning import run_tune, search_space
 
-    cfg = load_config(args.config, args.overrides)
-    if args.fresh:
-        remove_tree(run_dir(cfg))
-    elif finished_metrics(cfg) is not None:
+    cfg = load_run(args)
+    if cfg is None:
         return 0
     search_space(cfg)  # a bad space fails before Ray starts
     inputs = preflight(cfg)

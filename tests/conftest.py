@@ -12,6 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 PENGUINS = REPO / "data" / "penguins.csv"
 
 
+def make_synthetic(out: Path, rows: int) -> Path:
+    """A synthetic classification dataset (scripts/make_data.py) of `rows` rows in 4 parts."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_data.py"), "--rows", str(rows), "--parts", "4",
+                    "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
 def penguins_tree(tmp_path: Path, **sections) -> dict:
     """The quickstart config, shrunk for tests, storage under tmp_path."""
     tree = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())

@@ -76,7 +76,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = PreprocessState.from_json(loop_config["preprocess"])
     fault = faults.parse(loop_config.get("fault"))
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ctx.get_world_rank()
     storage = ctx.get_storage()
     run_dir = storage.storage_filesystem, storage.experiment_fs_path
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, make_synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -47,9 +47,7 @@ def wait_until_session_gone(sid: int, timeout: float = 60) -> bool:
 
 
 def test_driver_killed_mid_run_resumes_on_rerun(tmp_path, cli_env):
-    data = tmp_path / "data"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_data.py"), "--rows", "120000", "--parts", "4",
-                    "--out", str(data)], check=True, capture_output=True)
+    data = make_synthetic(tmp_path / "data", 120000)
     run = tmp_path / "runs" / "resumed"
     path = config(tmp_path, data, "resumed")
 

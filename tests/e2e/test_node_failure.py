@@ -8,17 +8,14 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, make_synthetic
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_data.py"), "--rows", "60000", "--parts", "4",
-                    "--out", str(out)], check=True, capture_output=True)
-    return out
+    return make_synthetic(tmp_path_factory.mktemp("data"), 60000)
 
 
 @pytest.mark.parametrize("mode, workers_at_end", [("fixed", 2), ("elastic", 1)])

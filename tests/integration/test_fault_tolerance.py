@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,15 +17,12 @@ from app.config import from_dict
 from app.errors import UserError
 from app.predict import Predictor
 from app.training.trainer import preflight, run_training
-from tests.conftest import REPO
+from tests.conftest import make_synthetic
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_data.py"), "--rows", "120000", "--parts", "4",
-                    "--out", str(out)], check=True, capture_output=True)
-    return out
+    return make_synthetic(tmp_path_factory.mktemp("synth"), 120000)
 
 
 def synthetic_config(data: Path, storage: Path, name: str, **train):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from app.config import from_dict
 from app.training.trainer import run_training
