@@ -2,6 +2,11 @@
 
     python -m app train --config FILE [--set KEY=VALUE ...] [--address ADDR] [--fresh]
     python -m app tune  --config FILE [--set KEY=VALUE ...] [--address ADDR] [--resume | --fresh]
+    python -m app evaluate --checkpoint CKPT --data URI [--output FILE.json]
+    python -m app predict  --checkpoint CKPT --input URI --output URI [--overwrite]
+    python -m app baseline --config FILE [--set KEY=VALUE ...]
+    python -m app report   RUN_DIR
+    python -m app export   --checkpoint CKPT --output DIR [--overwrite]
 
 Exit codes: 0 success; 2 bad usage, config or input (one line on stderr, no
 traceback); 1 anything else.
@@ -21,19 +26,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model as the config says")
     add_config_args(train)
-    train.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded Ray)")
+    add_address_arg(train)
     train.add_argument("--fresh", action="store_true",
                        help="delete the run folder of this name and start over")
     train.set_defaults(handler=cmd_train)
 
     tune = commands.add_parser("tune", help="sweep hyperparameters (the config's tune section) with Ray Tune")
     add_config_args(tune)
-    tune.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded Ray)")
+    add_address_arg(tune)
     again = tune.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
     again.add_argument("--fresh", action="store_true", help="delete the sweep folder of this name and start over")
     tune.set_defaults(handler=cmd_tune)
+
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint on labelled data")
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder (local path or URI)")
+    evaluate.add_argument("--data", required=True, help="labelled CSV/Parquet: file, folder, glob or URI")
+    evaluate.add_argument("--output", help="also write the results to this JSON file")
+    add_address_arg(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="batch predictions from a checkpoint with Ray Data")
+    predict.add_argument("--checkpoint", required=True, help="checkpoint folder (local path or URI)")
+    predict.add_argument("--input", required=True, help="CSV/Parquet: file, folder, glob or URI")
+    predict.add_argument("--output", required=True,
+                         help="a .csv or .parquet file, or else a folder of Parquet parts (local path or URI)")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    predict.add_argument("--batch-size", type=positive_int, default=4096, help="rows per model call")
+    predict.add_argument("--actors", type=positive_int,
+                         help="most scoring actors (default: the cluster's CPUs minus one)")
+    add_address_arg(predict)
+    predict.set_defaults(handler=cmd_predict)
+
+    baseline = commands.add_parser("baseline", help="fit scikit-learn baselines on the config's split")
+    add_config_args(baseline)
+    add_address_arg(baseline)
+    baseline.set_defaults(handler=cmd_baseline)
+
+    report = commands.add_parser("report", help="write RUN_DIR/report.html with plots")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run or sweep folder (local path or URI)")
+    report.set_defaults(handler=cmd_report)
+
+    export = commands.add_parser("export", help="a checkpoint as ONNX + preprocessing, usable without Ray")
+    export.add_argument("--checkpoint", required=True, help="checkpoint folder (local path or URI)")
+    export.add_argument("--output", required=True, help="folder to create")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    export.set_defaults(handler=cmd_export)
     return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded Ray)")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +137,73 @@ def cmd_tune(args: argparse.Namespace) -> int:
                         f"or --fresh to start over")
     cluster.connect(args.address)
     run_tune(cfg, inputs, resume=args.resume)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from app import batch, cluster
+
+    predictor = batch.load_predictor(args.checkpoint)
+    source = batch.check_input(predictor, args.data, "--data", need_label=True)
+    if args.output:
+        cluster.check_storage_writable(cluster.parent(args.output), "--output")
+    cluster.connect(args.address)
+    result = batch.run_evaluate(args.checkpoint, predictor, source)
+    print(batch.format_evaluation(result))
+    if args.output:
+        batch.write_json(args.output, result)
+        print(f"written: {args.output}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import time
+
+    from app import batch, cluster
+
+    predictor = batch.load_predictor(args.checkpoint)
+    source = batch.check_input(predictor, args.input, "--input", need_label=False)
+    output = batch.check_output(args.output, args.overwrite)
+    cluster.check_storage_writable(cluster.parent(args.output), "--output")
+    cluster.connect(args.address)
+    started = time.perf_counter()
+    rows = batch.run_predict(args.checkpoint, predictor, source, output, args.batch_size, args.actors)
+    elapsed = time.perf_counter() - started
+    print(f"{rows} rows predicted in {elapsed:.1f}s ({rows / elapsed:,.0f} rows/s): {args.output}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from app import cluster
+    from app.baselines import comparison_table, run_baselines
+    from app.config import load_config
+    from app.data.prepare import prepare
+    from app.training.trainer import preflight, read_json, run_dir
+
+    cfg = load_config(args.config, args.overrides)
+    inputs = preflight(cfg)
+    cluster.connect(args.address)
+    results = run_baselines(cfg, prepare(cfg, inputs))
+    trained = read_json(cluster.join(run_dir(cfg), "metrics.json"))
+    print(comparison_table(trained["test"] if trained else None, results))
+    print(f"written: {cluster.join(run_dir(cfg), 'baselines.json')}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from app.report import write_report
+
+    print(f"written: {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from app.batch import load_predictor
+    from app.export import export
+
+    load_predictor(args.checkpoint)  # a bad checkpoint is refused with the flag's name
+    out = export(args.checkpoint, args.output, args.overwrite)
+    print(f"exported to {out}; see {out / 'README.md'}")
     return 0
 
 

@@ -34,8 +34,35 @@ def connect(address: str | None = None) -> None:
         except ConnectionError as e:
             raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({e})") from None
     else:
-        # The dashboard also serves the state API that Ray Train polls; keep it on loopback.
+        forget_dead_local_cluster()
+        # Like ray.init(): joins a cluster that `ray start` runs on this machine, else starts
+        # one. The dashboard also serves the state API Ray Train polls; keep it on loopback.
         ray.init(logging_level="WARNING", dashboard_host="127.0.0.1")
+
+
+def forget_dead_local_cluster() -> None:
+    """Delete Ray's record of the last `ray start` on this machine if that cluster is gone.
+
+    `ray start` (and a test Cluster) write its address to <ray temp dir>/ray_current_cluster;
+    a cluster killed without `ray stop` leaves it behind. ray.init() would then wait on the
+    dead address for minutes, and Ray Train's state queries inside the cluster would follow
+    it too.
+    """
+    import socket
+
+    from ray._private.utils import get_ray_address_file, read_ray_address
+
+    address = read_ray_address()
+    if not address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        try:
+            os.remove(get_ray_address_file(None))
+        except OSError:
+            pass
 
 
 def quiet_logs() -> None:
@@ -104,7 +131,7 @@ def normalize_storage(storage: str) -> str:
     return os.path.abspath(os.path.expanduser(storage))
 
 
-def check_storage_writable(storage: str) -> None:
+def check_storage_writable(storage: str, key: str = "run.storage") -> None:
     """Create the storage folder and write, then delete, a probe file there."""
     fs, path = get_filesystem(storage)
     probe = posixpath.join(path, f".write-probe-{uuid.uuid4().hex}")
@@ -114,11 +141,18 @@ def check_storage_writable(storage: str) -> None:
             f.write(b"ok")
         fs.delete_file(probe)
     except (OSError, ValueError) as e:
-        raise UserError(f"run.storage: cannot write to {storage} ({' '.join(str(e).split())})") from None
+        raise UserError(f"{key}: cannot write to {storage} ({' '.join(str(e).split())})") from None
 
 
 def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
+
+
+def parent(uri: str) -> str:
+    """The folder holding `uri` (a local path or a URI)."""
+    if "://" in uri:
+        return posixpath.dirname(uri.rstrip("/"))
+    return os.path.dirname(os.path.abspath(os.path.expanduser(uri)))
 
 
 def exists(uri: str) -> bool:

@@ -208,6 +208,28 @@ class TuneConfig(Section):
     """Dotted config key -> distribution, e.g. train.lr: {loguniform: [1.0e-4, 1.0e-2]}."""
 
 
+class TrackingConfig(Section):
+    mlflow: bool = True
+    """Log the config and every epoch's metrics to MLflow (one MLflow run per training run
+    or sweep trial, in an experiment named after the run or sweep)."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (http://host:5000, sqlite:///path.db, databricks, ...). null: a
+    SQLite store at <run.storage>/mlflow.db when run.storage is local; with remote storage
+    and no URI, MLflow logging is off."""
+    experiment: str | None = None
+    """MLflow experiment. null: the run name (for a sweep, the sweep name)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files to <run folder>/tensorboard."""
+
+
+class ReportConfig(Section):
+    baselines: bool = False
+    """After `train`, also fit the scikit-learn baselines on the same split (as `baseline` does)."""
+    baseline_max_rows: int = Field(200_000, ge=100)
+    """Baselines fit on at most this many training rows (a seeded sample); they score all
+    validation and test rows."""
+
+
 class Config(Section):
     name: str
     """Run name; also the folder under run.storage. Letters, digits, '.', '_', '-'."""
@@ -218,6 +240,8 @@ class Config(Section):
     scaling: ScalingConfig = ScalingConfig()
     run: RunConfig = RunConfig()
     tune: TuneConfig = TuneConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("name")
     @classmethod
@@ -231,6 +255,18 @@ class Config(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
 
 
 def metrics_for_task(task: str) -> tuple[str, ...]:

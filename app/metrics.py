@@ -62,6 +62,26 @@ def regression_metrics(pred_std: np.ndarray, y_std: np.ndarray, state: Preproces
     }
 
 
+def confusion_matrix(outputs: np.ndarray, y: np.ndarray, classes: list) -> dict:
+    """Rows: true class; columns: predicted class; in the order of `classes`."""
+    labels = list(range(len(classes)))
+    matrix = skm.confusion_matrix(y, outputs.argmax(axis=1), labels=labels) if len(y) else \
+        np.zeros((len(labels), len(labels)), dtype=np.int64)
+    return {"labels": list(classes), "matrix": matrix.tolist()}
+
+
+def residual_summary(outputs: np.ndarray, y: np.ndarray, state: PreprocessState) -> dict[str, float]:
+    """Residuals (actual - predicted) in the label's units: mean, spread and quantiles."""
+    pred = outputs.astype(np.float64) * state.target_std + state.target_mean
+    actual = y.astype(np.float64) * state.target_std + state.target_mean
+    r = actual - pred
+    if len(r) == 0:
+        return {}
+    q = np.quantile(r, [0.05, 0.25, 0.5, 0.75, 0.95])
+    return {"mean": float(r.mean()), "std": float(r.std()), "p05": float(q[0]), "p25": float(q[1]),
+            "median": float(q[2]), "p75": float(q[3]), "p95": float(q[4]), "max_abs": float(np.abs(r).max())}
+
+
 def json_safe(value):
     """NaN/inf -> None, recursively, so metrics.json is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):

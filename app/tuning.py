@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from app import cluster
+from app import cluster, tracking
 from app.config import HIGHER_IS_BETTER, Config, from_dict, metrics_for_task
 from app.data.prepare import Inputs, Prepared, prepare
 from app.errors import UserError
@@ -159,10 +159,24 @@ def run_trial(overrides: dict[str, Any], *, base: dict[str, Any], trials_dir: st
     cfg = trial_config(base, overrides, ray.tune.get_context().get_trial_id(), trials_dir)
     write_text(cluster.join(run_dir(cfg), OVERRIDES), _canonical(overrides))
     data = shared if shared is not None else prepare(cfg, inputs)
-    build_trainer(cfg, data, callbacks=[TuneReportCallback()]).fit()
+    spec = tracking.start(cfg, run_dir(cfg))
+    build_trainer(cfg, data, callbacks=[TuneReportCallback()], tracking_spec=spec).fit()
+    tracking.finish(spec, {})
 
 
 # ---------------------------------------------------------------- the sweep
+
+
+def trial_base(cfg: Config) -> dict[str, Any]:
+    """The config every trial starts from: the sweep's, with its tracking target resolved so
+    that all trials log into one MLflow experiment named after the sweep (created here, once,
+    rather than raced by the first trials)."""
+    base = cfg.to_dict()
+    uri = tracking.mlflow_uri(cfg)
+    base["tracking"].update(mlflow=uri is not None, mlflow_uri=uri, experiment=cfg.tracking.experiment or cfg.name)
+    if uri is not None:
+        tracking.ensure_experiment(uri, base["tracking"]["experiment"])
+    return base
 
 
 def trial_concurrency(cfg: Config) -> int:
@@ -217,7 +231,7 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
           f"{cfg.tune.scheduler.name} scheduler, {cfg.tune.search} search, {metric} ({mode})")
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=cfg.to_dict(), trials_dir=trials_dir, inputs=inputs, shared=shared),
+        tune.with_parameters(run_trial, base=trial_base(cfg), trials_dir=trials_dir, inputs=inputs, shared=shared),
         # The trial's driver only waits on its TorchTrainer, whose workers hold the CPUs; Tune
         # wants a non-empty request, so it asks for one byte of memory instead of a CPU.
         {"CPU": 0, "memory": 1})
@@ -367,14 +381,10 @@ def write_outputs(cfg: Config, grid, space, metric, mode, sweep_dir, trials_dir,
 
 def plot_curves(runs: dict[str, dict[str, Any]], metric: str, uri: str) -> None:
     """PNG of the validation metric against the epoch, one line per trial."""
-    import io
+    from app.data.sources import get_filesystem
+    from app.report import png, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(7, 4.5), dpi=110)
     for run in sorted(runs.values(), key=lambda r: r["trial_id"]):
         points = [(r["epoch"], r[metric]) for r in run["history"] if r.get(metric) is not None]
         if points:
@@ -385,12 +395,6 @@ def plot_curves(runs: dict[str, dict[str, Any]], metric: str, uri: str) -> None:
     ax.grid(alpha=0.3)
     if len(ax.lines) <= 16:
         ax.legend(fontsize=6, ncol=2)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    from app.data.sources import get_filesystem
-
     fs, path = get_filesystem(uri)
     with fs.open_output_stream(path) as f:
-        f.write(buf.getvalue())
+        f.write(png(fig))

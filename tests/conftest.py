@@ -43,9 +43,10 @@ def ray_session():
     training workers and Ray Data tasks fit beside each other on a 2-core machine."""
     import ray
 
-    from app.cluster import quiet_logs
+    from app.cluster import forget_dead_local_cluster, quiet_logs
 
     quiet_logs()
+    forget_dead_local_cluster()
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     yield ray
     ray.shutdown()

@@ -3,8 +3,9 @@
 Fitting is a map-reduce: `partial_stats` summarises each batch of training rows (on the
 cluster, via Ray Data), `merge_stats` combines the summaries on the driver and
 `fit_preprocessor` turns them into a `PreprocessState`, which is plain JSON and travels
-inside every checkpoint. `transform` is a pure function from a pandas batch to
-model-ready arrays; training, evaluation, batch prediction and serving all call it.
+inside every checkpoint. `transform` (in app/data/transform.py, which `export` ships
+as it is) is a pure function from a pandas batch to model-ready arrays; training,
+evaluation, batch prediction and serving all call it.
 
 Rules (also in the README):
 - numeric columns: missing values become the training mean, plus a 0/1 indicator column
@@ -24,17 +25,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from app.data.transform import (MISSING, CategoricalColumn, NumericColumn, PreprocessState, _scalar_text,
+                                category_strings, scorable, transform)
 from app.errors import UserError
 
-MISSING = "__missing__"  # the category that missing values fall into
-STATE_VERSION = 1
 NUMERIC_LOOKING = 0.9  # share of numeric values above which a text column is suspicious
 AUTO_CLASSES = 20  # integer labels with at most this many distinct values are classes
 _LABEL_VALUES_CAP = 1000  # distinct label values tracked per batch before giving up
@@ -78,32 +78,6 @@ def column_kinds(schema: pa.Schema, label: str, features: list[str] | None,
 
 def _is_text(dtype: pa.DataType) -> bool:
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_dictionary(dtype)
-
-
-def category_strings(values: pd.Series) -> pd.Series:
-    """Canonical text of categories, so 2007, 2007.0 and "2007" are one category; None if missing."""
-    missing = values.isna().to_numpy()
-    if pd.api.types.is_bool_dtype(values):
-        texts = np.where(values.astype("boolean").fillna(False).to_numpy(bool), "True", "False").astype(object)
-    elif pd.api.types.is_numeric_dtype(values):
-        nums = values.to_numpy(np.float64, na_value=np.nan)
-        integral = (np.floor(nums) == nums) & (np.abs(nums) < 2**53)
-        texts = np.where(integral, np.where(integral, nums, 0).astype(np.int64).astype(str),
-                         nums.astype(str)).astype(object)
-    elif pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
-        texts = values.to_numpy(object, copy=True)
-    else:  # mixed Python objects, e.g. JSON records sent to the server
-        texts = np.array([v if isinstance(v, str) else _scalar_text(v) for v in values], dtype=object)
-    texts[missing] = None
-    return pd.Series(texts, index=values.index, dtype=object)
-
-
-def _scalar_text(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "True" if v else "False"
-    if isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
 
 
 # ---------------------------------------------------------------- fitting: stats pass
@@ -216,72 +190,6 @@ def _merge_moments(t: dict[str, float], s: dict[str, float]) -> None:
     t["n"] = n
 
 
-# ---------------------------------------------------------------- fitted state
-
-
-@dataclass
-class NumericColumn:
-    name: str
-    mean: float
-    std: float
-    indicator: bool  # emit a 0/1 "was missing" column
-
-
-@dataclass
-class CategoricalColumn:
-    name: str
-    categories: list[str]  # index i + 1; 0 is the unknown bucket
-
-    @property
-    def cardinality(self) -> int:
-        return len(self.categories) + 1
-
-
-@dataclass
-class PreprocessState:
-    """Everything needed to turn raw rows into model inputs; JSON round-trips exactly."""
-
-    label: str
-    task: str
-    numeric: list[NumericColumn]
-    categorical: list[CategoricalColumn]
-    classes: list[Any] = field(default_factory=list)  # classification: original label values
-    target_mean: float = 0.0  # regression: the label is standardised for training
-    target_std: float = 1.0
-    dropped: list[str] = field(default_factory=list)  # all-missing in training
-    input_types: dict[str, str] = field(default_factory=dict)  # column -> Arrow type, as read
-    train_rows: int = 0
-    version: int = STATE_VERSION
-
-    @property
-    def features(self) -> list[str]:
-        return [c.name for c in self.numeric] + [c.name for c in self.categorical]
-
-    @property
-    def numeric_width(self) -> int:
-        return len(self.numeric) + sum(c.indicator for c in self.numeric)
-
-    @property
-    def cardinalities(self) -> list[int]:
-        return [c.cardinality for c in self.categorical]
-
-    @property
-    def output_dim(self) -> int:
-        return len(self.classes) if self.task == "classification" else 1
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> PreprocessState:
-        d = json.loads(text)
-        if d.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported preprocessing state version {d.get('version')}")
-        d["numeric"] = [NumericColumn(**c) for c in d["numeric"]]
-        d["categorical"] = [CategoricalColumn(**c) for c in d["categorical"]]
-        return cls(**d)
-
-
 def detect_task(label_stats: dict[str, Any], label_type: str) -> str:
     """auto rule: text/boolean labels, or integers with <= 20 distinct values, are classes.
 
@@ -360,43 +268,6 @@ def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, t
     return state, warnings
 
 
-# ---------------------------------------------------------------- transform
-
-
-def transform(df: pd.DataFrame, state: PreprocessState, with_label: bool = True) -> dict[str, np.ndarray]:
-    """Raw rows -> {"x_num": float32 [n, d], "x_cat": int64 [n, c], "y": ...}.
-
-    Pure and stateless: the same function runs in Ray Data tasks, training workers,
-    the batch predictor and the server.
-    """
-    n = len(df)
-    x_num = np.empty((n, state.numeric_width), dtype=np.float32)
-    j = len(state.numeric)
-    for i, col in enumerate(state.numeric):
-        v = pd.to_numeric(df[col.name], errors="coerce").to_numpy(np.float64, na_value=np.nan)
-        missing = np.isnan(v)
-        x_num[:, i] = np.where(missing, 0.0, (v - col.mean) / col.std)
-        if col.indicator:
-            x_num[:, j] = missing
-            j += 1
-    x_cat = np.empty((n, len(state.categorical)), dtype=np.int64)
-    for i, col in enumerate(state.categorical):
-        text = category_strings(df[col.name]).fillna(MISSING)
-        x_cat[:, i] = pd.Index(col.categories).get_indexer(text) + 1
-    out = {"x_num": x_num, "x_cat": x_cat}
-    if with_label:
-        out["y"] = encode_label(df[state.label], state)
-    return out
-
-
-def encode_label(y: pd.Series, state: PreprocessState) -> np.ndarray:
-    if state.task == "classification":
-        keys = [_scalar_text(c) if not isinstance(c, str) else c for c in state.classes]
-        return pd.Index(keys).get_indexer(category_strings(y)).astype(np.int64)  # -1: unseen class
-    return ((pd.to_numeric(y, errors="coerce").to_numpy(np.float64) - state.target_mean)
-            / state.target_std).astype(np.float32)
-
-
 def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dict[str, np.ndarray]:
     """Ray Data batch function: keep one split's labelled rows, return model-ready arrays."""
     from app.data.split import SPLIT_COLUMN
@@ -408,9 +279,3 @@ def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dic
     out = transform(df, state)
     keep = scorable(out["y"], state)
     return {k: v[keep] for k, v in out.items()} if not keep.all() else out
-
-
-def scorable(y: np.ndarray, state: PreprocessState) -> np.ndarray:
-    """Rows whose encoded label can be trained on or scored: a class seen in training, or
-    a number (a regression label that does not parse is left out, not trained as NaN)."""
-    return y >= 0 if state.task == "classification" else np.isfinite(y)

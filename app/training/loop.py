@@ -32,6 +32,7 @@ from app.metrics import compute_metrics
 from app.model import build_model
 from app.training import checkpoint as ckpt
 from app.training import faults
+from app.tracking import EpochLogger
 
 EVAL_BATCH = 8192  # rows per forward pass when scoring
 
@@ -95,6 +96,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     patience = cfg.train.early_stopping_patience
     if patience is not None and progress.epochs_without_improvement >= patience:
         return  # restored from the checkpoint where early stopping had already fired
+    tracker = EpochLogger(loop_config.get("tracking"), *run_dir) if rank == 0 else None
+    clock = EpochClock(progress.epoch, cfg.train.epochs)
     for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
         seed_everything(cfg.train.seed, epoch, rank)
         started = time.perf_counter()
@@ -113,13 +116,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         save_and_report(record, progress, model, optimizer, scheduler, state, cfg, rank,
                         param_fingerprints=gather(fingerprint(unwrap(model))), run_dir=run_dir, die=die)
         if rank == 0:
-            print(format_epoch(record, cfg.train.epochs, metric), flush=True)
+            tracker.log(record)
+            print(format_epoch(record, cfg.train.epochs, metric) + clock.tick(epoch), flush=True)
         if stop:
             if rank == 0:
                 best = "none" if progress.best_metric is None else f"{progress.best_metric:.4g}"
                 print(f"early stop: no {metric} improvement for {progress.epochs_without_improvement} "
                       f"epochs (best {best} at epoch {progress.best_epoch})", flush=True)
             break
+    if tracker is not None:
+        tracker.close()
 
 
 # ---------------------------------------------------------------- data
@@ -293,6 +299,23 @@ def seed_everything(seed: int, epoch: int, rank: int) -> None:
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
+
+
+class EpochClock:
+    """Elapsed time of this attempt, and the ETA of the remaining epochs at its pace so far."""
+
+    def __init__(self, done: int, epochs: int):
+        self.started, self.first, self.epochs = time.perf_counter(), done, epochs
+
+    def tick(self, epoch: int) -> str:
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / max(1, epoch - self.first) * (self.epochs - epoch)
+        return f"  elapsed {_clock(elapsed)}  eta {_clock(eta)}"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def format_epoch(record: dict[str, Any], epochs: int, metric: str) -> str:

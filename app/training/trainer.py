@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from app import cluster
-from app.config import Config
+from app import cluster, tracking
+from app.config import Config, flatten
 from app.data.prepare import Inputs, Prepared, inspect_sources, prepare, read_step
 from app.data.sources import get_filesystem
 from app.metrics import json_safe
@@ -66,11 +66,17 @@ def run_training(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
           f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features")
     write_text(cluster.join(out_dir, CONFIG_FILE), cfg.to_yaml())
 
-    build_trainer(cfg, data).fit()
+    spec = tracking.start(cfg, out_dir)
+    build_trainer(cfg, data, tracking_spec=spec).fit()
     metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
     metrics["wall_time_s"] = time.time() - started
     write_text(cluster.join(out_dir, METRICS_FILE), json.dumps(json_safe(metrics), indent=1))
+    tracking.finish(spec, metrics)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "loss"))
+    if cfg.report.baselines:
+        from app.baselines import comparison_table, run_baselines
+
+        print(comparison_table(metrics["test"], run_baselines(cfg, data)))
     print(f"run folder: {out_dir}")
     return metrics
 
@@ -86,11 +92,12 @@ def summarize(cfg: Config, out_dir: str, data: Prepared, test_source) -> dict[st
     best_uri = cluster.join(out_dir, best["checkpoint_dir_name"])
     with local_copy(cluster.join(out_dir, snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])) as latest:
         final = load_train_state(latest)
-    test_metrics = read_step(lambda: evaluate_dataset(best_uri, data.test_raw, data.state), test_source)
+    test = read_step(lambda: evaluate_dataset(best_uri, data.test_raw, data.state, details=True), test_source)
     return {
         "task": data.state.task,
         "valid": {k: v for k, v in best["metrics"].items() if k not in ("time", "lr", "epoch_time_s", "rows_per_s")},
-        "test": test_metrics,
+        "test": test.pop("metrics"),
+        "test_details": test,
         "best_checkpoint": best_uri,
         "best_epoch": best["metrics"]["epoch"],
         "epochs_completed": final["epoch"],
@@ -142,8 +149,8 @@ def resume_point(cfg: Config, out_dir: str, inputs: Inputs) -> ResumePoint | Non
         raise UserError(f"checkpoint {uri}: unreadable ({e}){hint}") from None
     # train, scaling and run may change between attempts (more epochs, other workers).
     for section in ("data", "preprocess", "model"):
-        before = _flatten(getattr(saved, section).model_dump(mode="json"), section)
-        now = _flatten(getattr(cfg, section).model_dump(mode="json"), section)
+        before = flatten(getattr(saved, section).model_dump(mode="json"), section)
+        now = flatten(getattr(cfg, section).model_dump(mode="json"), section)
         for key in sorted(set(before) | set(now)):
             if before.get(key) != now.get(key):
                 raise UserError(f"checkpoint {uri} does not fit this run: {key} is {before.get(key)!r} there "
@@ -155,16 +162,6 @@ def resume_point(cfg: Config, out_dir: str, inputs: Inputs) -> ResumePoint | Non
     return ResumePoint(uri, manifest["epoch"], state)
 
 
-def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}.{key}"))
-        else:
-            out[f"{prefix}.{key}"] = value
-    return out
-
-
 def finished_metrics(cfg: Config) -> dict[str, Any] | None:
     """metrics.json of a run of this name that already finished, announced; else None."""
     path = cluster.join(run_dir(cfg), METRICS_FILE)
@@ -174,14 +171,15 @@ def finished_metrics(cfg: Config) -> dict[str, Any] | None:
     return finished
 
 
-def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None) -> TorchTrainer:
+def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None,
+                  tracking_spec: dict[str, Any] | None = None) -> TorchTrainer:
     """The TorchTrainer of a run: `train` fits it directly, each `tune` trial inside Tune."""
     s, r = cfg.scaling, cfg.run
     num_workers = s.num_workers if isinstance(s.num_workers, int) else tuple(s.num_workers)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "preprocess": data.state.to_json(),
-                           "fault": os.environ.get(faults.ENV_VAR)},
+                           "fault": os.environ.get(faults.ENV_VAR), "tracking": tracking_spec},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=s.use_gpu, resources_per_worker=cluster.worker_bundle(s),
             placement_strategy=s.placement_strategy),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -46,6 +48,7 @@ def test_train_quickstart_end_to_end(tmp_path, cli_env):
     first = run_cli(args, cli_env)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "epoch 3/30" not in first.stdout and "epoch 3/3 " in first.stdout + first.stderr
+    assert re.search(r"epoch 2/3 .* elapsed \d+:\d\d  eta \d+:\d\d", first.stdout + first.stderr)
     run = storage / "quickstart"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "classification" and metrics["epochs_completed"] == 3
@@ -59,6 +62,25 @@ def test_train_quickstart_end_to_end(tmp_path, cli_env):
     again = run_cli(args, cli_env)  # finished: says so, does not retrain
     assert again.returncode == 0 and "already finished" in again.stdout
     assert json.loads((run / "metrics.json").read_text())["wall_time_s"] == metrics["wall_time_s"]
+
+    # The other commands, from the run's best checkpoint alone.
+    ckpt = metrics["best_checkpoint"]
+    scored = run_cli(["predict", "--checkpoint", ckpt, "--input", str(PENGUINS), "--output",
+                      str(tmp_path / "scored.csv")], cli_env)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    rows = pd.read_csv(PENGUINS)
+    out = pd.read_csv(tmp_path / "scored.csv")
+    assert len(out) == len(rows) and out["bill_length_mm"].equals(rows["bill_length_mm"])
+    assert set(out["prediction"]) <= {"Adelie", "Chinstrap", "Gentoo"}
+    evaluated = run_cli(["evaluate", "--checkpoint", ckpt, "--data", str(PENGUINS), "--output",
+                         str(tmp_path / "eval.json")], cli_env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["rows"] == len(rows)
+    assert result["metrics"]["accuracy"] == pytest.approx((out["prediction"] == rows["species"]).mean())
+    assert "confusion matrix" in evaluated.stdout
+    report = run_cli(["report", str(run)], cli_env)
+    assert report.returncode == 0 and (run / "report.html").stat().st_size > 10_000
 
 
 def test_missing_file(tmp_path, cli_env):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+import pytest
 
 from app.config import from_dict
+from app.predict import Predictor
 from app.training.trainer import run_training
 from tests.conftest import PENGUINS, penguins_tree
 
@@ -31,3 +35,17 @@ def test_regression_with_separate_test_file_and_early_stopping(ray_session, tmp_
     # stopped early: three epochs without a better r2 after the best, before the 40 allowed
     assert len(history) < 40 and len(history) == best + 1 + 3
     assert metrics["rows"]["valid"] + metrics["rows"]["train"] == 273  # 275 birds, two without a mass
+
+    # Test details for the report: residuals and (actual, predicted) pairs in grams.
+    details = metrics["test_details"]
+    assert details["rows"] == 69  # every 5th bird; all 69 have a mass
+    actual, predicted = np.array(details["sample"]["actual"]), np.array(details["sample"]["predicted"])
+    assert len(actual) == 69 and 2500 < actual.min() and actual.max() < 6500
+    assert np.sqrt(np.mean((actual - predicted) ** 2)) == pytest.approx(metrics["test"]["rmse"])
+    assert details["residuals"]["mean"] == pytest.approx(np.mean(actual - predicted))
+    # The batch path predicts in grams too.
+    predictor = Predictor.from_checkpoint(metrics["best_checkpoint"])
+    test = pd.read_csv(tmp_path / "test.csv").dropna(subset=["body_mass_g"])
+    predicted_again = predictor.prediction_columns(test)["prediction"]
+    assert set(predictor.prediction_columns(test)) == {"prediction"}
+    assert np.sort(predicted_again) == pytest.approx(np.sort(predicted), rel=1e-5)

@@ -1,0 +1,121 @@
+"""`export`: a checkpoint as a folder that predicts without Ray, PyTorch or this package.
+
+    python -m app export --checkpoint runs/quickstart/checkpoint_epoch_0012 --output model/
+    python model/predict.py new.csv predictions.csv        # needs onnxruntime, numpy, pandas
+
+The folder holds model.onnx (prepared arrays -> probabilities or the prediction in the
+label's units), preprocess.json (the fitted state), preprocess.py (a copy of the code
+that prepares rows, app/data/transform.py), predict.py (a runner and a `Model` class),
+schema.json and a README.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from app.errors import UserError
+from app.predict import Predictor
+
+MODEL_FILE = "model.onnx"
+
+
+class _Exported(torch.nn.Module):
+    """The network plus its last step: softmax, or undoing the label's standardisation."""
+
+    def __init__(self, predictor: Predictor):
+        super().__init__()
+        self.model, state = predictor.model, predictor.state
+        self.classification = state.task == "classification"
+        self.mean, self.std = float(state.target_mean), float(state.target_std)
+
+    def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        out = self.model(x_num, x_cat)
+        return torch.softmax(out, dim=1) if self.classification else out * self.std + self.mean
+
+
+def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
+    out = Path(output).expanduser().resolve()
+    if "://" in output:
+        raise UserError(f"--output {output}: export writes a local folder; copy it to object storage after")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"--output {output} already exists and is not empty; remove it or pass --overwrite")
+    predictor = Predictor.from_checkpoint(checkpoint)
+    state = predictor.state
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_onnx(predictor, staging / MODEL_FILE)
+        (staging / "preprocess.json").write_text(state.to_json())
+        (staging / "schema.json").write_text(json.dumps(predictor.schema(), indent=1))
+        here = Path(__file__).resolve().parent
+        shutil.copy(here / "data" / "transform.py", staging / "preprocess.py")
+        shutil.copy(here / "exported" / "predict.py", staging / "predict.py")
+        (staging / "README.md").write_text(readme(predictor, checkpoint))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def write_onnx(predictor: Predictor, path: Path) -> None:
+    state = predictor.state
+    module = _Exported(predictor).eval()
+    rows = 4  # any batch size works: the batch dimension is exported as dynamic
+    example = (torch.zeros(rows, state.numeric_width), torch.zeros(rows, len(state.categorical), dtype=torch.long))
+    batch = torch.export.Dim("batch")
+    output = "probabilities" if state.task == "classification" else "prediction"
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" etc.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and renaming chatter
+        torch.onnx.export(module, example, str(path), dynamo=True, input_names=["x_num", "x_cat"],
+                          output_names=[output], dynamic_shapes=({0: batch}, {0: batch}),
+                          external_data=False, verbose=False)
+
+
+def readme(predictor: Predictor, checkpoint: str) -> str:
+    s = predictor.schema()
+    features = "\n".join(f"| {f['name']} | {f['kind']} | {f['type']} |" for f in s["features"])
+    outputs = (f"`prediction` (one of {', '.join(map(str, s['classes']))}) and `proba_<class>` columns"
+               if s["task"] == "classification" else "`prediction`, in the label's units")
+    return f"""# Exported model: {s['task']} of `{s['label']}`
+
+Exported from `{checkpoint}` (epoch {predictor.epoch}). Predicting needs only
+`pip install onnxruntime numpy pandas` (and `pyarrow` for Parquet); no Ray, no PyTorch.
+
+```
+python predict.py input.csv output.csv
+```
+
+writes the input columns plus {outputs}. From Python:
+
+```python
+import sys; sys.path.insert(0, "path/to/this/folder")
+from predict import Model
+Model("path/to/this/folder").predict(df)      # df: a pandas DataFrame of raw rows
+```
+
+Missing values and categories never seen in training are handled as in training.
+
+## Files
+- `model.onnx`: inputs `x_num` (float32, [rows, {predictor.state.numeric_width}]) and `x_cat` (int64,
+  [rows, {len(predictor.state.categorical)}]), the prepared arrays; output
+  {'`probabilities` [rows, classes]' if s['task'] == 'classification' else '`prediction` [rows]'}.
+- `preprocess.py` + `preprocess.json`: raw rows -> those arrays (the code training used).
+- `predict.py`: the runner and the `Model` class above.
+- `schema.json`: the expected columns.
+
+## Input columns
+| column | kind | type |
+|---|---|---|
+{features}
+"""

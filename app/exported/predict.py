@@ -1,0 +1,69 @@
+"""Predictions from this exported model, without Ray, PyTorch or the training package.
+
+    pip install onnxruntime numpy pandas pyarrow      # pyarrow only for Parquet
+    python predict.py input.csv output.csv            # or .parquet, either side
+
+Or from Python, with this folder on sys.path:
+
+    from predict import Model
+    model = Model("path/to/this/folder")
+    model.predict(pandas_dataframe)                   # -> input columns + prediction (+ proba_<class>)
+
+`preprocess.py` is the very code that prepared the training data; `preprocess.json` is
+its fitted state (means, scales, category vocabularies); `model.onnx` maps the prepared
+arrays to class probabilities, or to the prediction in the label's own units.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preprocess import PreprocessState, transform  # noqa: E402
+
+
+class Model:
+    def __init__(self, folder: str | Path = Path(__file__).resolve().parent):
+        folder = Path(folder)
+        self.state = PreprocessState.from_json((folder / "preprocess.json").read_text())
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
+        absent = [c for c in self.state.features if c not in df.columns]
+        if absent:
+            raise ValueError(f"missing feature column(s): {', '.join(absent)}")
+        arrays = transform(df, self.state, with_label=False)
+        feeds = {i.name: arrays[i.name] for i in self.session.get_inputs()}
+        out = self.session.run(None, feeds)[0]
+        result = df.copy()
+        if self.state.task == "classification":
+            result["prediction"] = np.asarray(self.state.classes, dtype=object)[out.argmax(axis=1)]
+            for i, c in enumerate(self.state.classes):
+                result[f"proba_{c}"] = out[:, i].astype(np.float64)
+        else:
+            result["prediction"] = out.astype(np.float64)
+        return result
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    source, target = argv
+    df = pd.read_parquet(source) if source.endswith((".parquet", ".pq")) else pd.read_csv(source)
+    result = Model().predict(df)
+    if target.endswith((".parquet", ".pq")):
+        result.to_parquet(target, index=False)
+    else:
+        result.to_csv(target, index=False)
+    print(f"{len(result)} rows -> {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

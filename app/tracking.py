@@ -1,0 +1,176 @@
+"""Experiment tracking: every epoch's metrics to MLflow and TensorBoard.
+
+    mlflow ui --backend-store-uri sqlite:///runs/mlflow.db      # needs `pip install mlflow`
+    tensorboard --logdir runs/                                  # every run's <run>/tensorboard
+
+The driver opens (or, on resume, reopens) one MLflow run per training run or sweep trial
+and logs the resolved config as parameters; rank 0 of the worker group logs each epoch as
+it is reported; the driver adds the test metrics and closes the run. A tracking backend
+that fails never fails training: it warns once and goes quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from typing import Any
+
+from app import cluster
+from app.config import Config, flatten
+
+RUN_DIR_TAG = "app.run_dir"  # finds the MLflow run of a run folder again on resume
+SKIPPED_KEYS = ("epoch", "time")  # epoch is the step; time is the timestamp
+
+
+def mlflow_uri(cfg: Config) -> str | None:
+    """The configured tracking URI, else a SQLite store beside the runs on local storage."""
+    if not cfg.tracking.mlflow:
+        return None
+    if cfg.tracking.mlflow_uri:
+        return cfg.tracking.mlflow_uri
+    storage = cluster.normalize_storage(cfg.run.storage)
+    if "://" in storage and not storage.startswith("file://"):
+        return None
+    return f"sqlite:///{storage.removeprefix('file://')}/mlflow.db"
+
+
+def quiet() -> None:
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def start(cfg: Config, out_dir: str) -> dict[str, Any]:
+    """Open the run's MLflow run (the same one again on resume); the spec rank 0 logs with."""
+    spec: dict[str, Any] = {"tensorboard": cfg.tracking.tensorboard, "mlflow_uri": None, "mlflow_run_id": None}
+    uri = mlflow_uri(cfg)
+    if uri is None:
+        if cfg.tracking.mlflow:
+            print("note: MLflow logging is off: run.storage is remote and tracking.mlflow_uri is not set")
+        return spec
+    try:
+        spec["mlflow_run_id"] = _open_run(uri, cfg, out_dir)
+        spec["mlflow_uri"] = uri
+    except Exception as e:  # noqa: BLE001 - tracking is an extra; training goes on
+        print(f"warning: MLflow logging is off: {uri}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+    return spec
+
+
+def ensure_experiment(uri: str, name: str) -> str | None:
+    """The experiment's id, created if new; None (with a warning) if the store fails."""
+    try:
+        return _experiment(uri, name)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: MLflow logging is off: {uri}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        return None
+
+
+def _experiment(uri: str, name: str) -> str:
+    quiet()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def _open_run(uri: str, cfg: Config, out_dir: str) -> str:
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = _experiment(uri, cfg.tracking.experiment or cfg.name)
+    client = MlflowClient(uri)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{out_dir}'",
+                               max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=cfg.name, tags={RUN_DIR_TAG: out_dir})
+    params = flatten({k: v for k, v in cfg.to_dict().items() if k not in ("tune", "tracking")})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+def finish(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Add the test metrics and the best checkpoint to the MLflow run and close it."""
+    if not spec.get("mlflow_run_id"):
+        return
+    try:
+        quiet()
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(spec["mlflow_uri"])
+        now = int(time.time() * 1000)
+        values = [Metric(f"test_{k}", float(v), now, metrics.get("epochs_completed", 0))
+                  for k, v in metrics.get("test", {}).items() if isinstance(v, (int, float))]
+        client.log_batch(spec["mlflow_run_id"], metrics=values)
+        client.set_tag(spec["mlflow_run_id"], "best_checkpoint", metrics.get("best_checkpoint", ""))
+        client.set_terminated(spec["mlflow_run_id"], "FINISHED")
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: MLflow: could not close the run: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+
+
+class EpochLogger:
+    """Rank 0's sinks for each reported epoch record."""
+
+    def __init__(self, spec: dict[str, Any] | None, filesystem, run_path: str):
+        spec = spec or {}
+        self.client, self.run_id = None, spec.get("mlflow_run_id")
+        if self.run_id:
+            self._guard("MLflow", self._open_mlflow, spec["mlflow_uri"])
+        self.writer, self.sync = None, None
+        if spec.get("tensorboard"):
+            self._guard("TensorBoard", self._open_tensorboard, filesystem, f"{run_path}/tensorboard")
+
+    def _open_mlflow(self, uri: str) -> None:
+        quiet()
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(uri)
+
+    def _open_tensorboard(self, filesystem, path: str) -> None:
+        import pyarrow.fs as pafs
+        from torch.utils.tensorboard import SummaryWriter
+
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            self.writer = SummaryWriter(log_dir=path)
+        else:  # written locally, copied to the run folder after each epoch
+            local = tempfile.mkdtemp(prefix="app-tensorboard-")
+            self.writer = SummaryWriter(log_dir=local)
+            self.sync = lambda: pafs.copy_files(local, path, destination_filesystem=filesystem)
+
+    def log(self, record: dict[str, Any]) -> None:
+        step = int(record["epoch"])
+        values = {k: float(v) for k, v in record.items()
+                  if k not in SKIPPED_KEYS and isinstance(v, (int, float)) and v == v}
+        if self.client is not None:
+            from mlflow.entities import Metric
+
+            ts = int(record.get("time", time.time()) * 1000)
+            self._guard("MLflow", self.client.log_batch, self.run_id,
+                        metrics=[Metric(k, v, ts, step) for k, v in values.items()])
+        if self.writer is not None:
+            def write() -> None:
+                for k, v in values.items():
+                    self.writer.add_scalar(k, v, step)
+                self.writer.flush()
+                if self.sync:
+                    self.sync()
+            self._guard("TensorBoard", write)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self._guard("TensorBoard", self.writer.close)
+
+    def _guard(self, what: str, fn, *args, **kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - tracking never stops training
+            print(f"warning: {what} logging is off: {' '.join(str(e).split())[:300]}", file=sys.stderr, flush=True)
+            if what == "MLflow":
+                self.client = None
+            else:
+                self.writer = None
+

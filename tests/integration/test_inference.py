@@ -1,0 +1,156 @@
+"""After training: batch predict, evaluate, baselines, tracking, report and export, on a real Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from app.batch import check_input, check_output, run_evaluate, run_predict
+from app.config import from_dict
+from app.data import sources
+from app.predict import Predictor
+from app.report import write_report
+from app.training.trainer import run_training
+from tests.conftest import PENGUINS, penguins_tree
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, tmp_path_factory):
+    """A finished penguins run with a held-out test file, baselines, MLflow and TensorBoard."""
+    tmp = tmp_path_factory.mktemp("inference")
+    rows = pd.read_csv(PENGUINS).sample(frac=1.0, random_state=0)
+    rows.iloc[:260].to_csv(tmp / "train.csv", index=False)
+    rows.iloc[260:].to_csv(tmp / "test.csv", index=False)
+    tree = penguins_tree(tmp, data__train=str(tmp / "train.csv"), data__test=str(tmp / "test.csv"),
+                         train__epochs=EPOCHS, report__baselines=True)
+    cfg = from_dict(tree, "test")
+    metrics = run_training(cfg)
+    return {"tmp": tmp, "cfg": cfg, "metrics": metrics, "dir": tmp / "runs" / cfg.name,
+            "checkpoint": metrics["best_checkpoint"], "test": rows.iloc[260:]}
+
+
+def test_predict_matches_predictor_in_input_order_across_files(run):
+    tmp, test = run["tmp"], run["test"].drop(columns=["species"]).reset_index(drop=True)
+    test.insert(0, "row_id", np.arange(len(test)))  # an extra column: passed through
+    test.loc[0, "bill_length_mm"] = np.nan  # missing numeric
+    test.loc[1, "island"] = "Atlantis"  # a category never seen in training
+    test.loc[2, "sex"] = None
+    folder = tmp / "to_score"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(test)), 3)):
+        test.iloc[part].to_csv(folder / f"part-{i}.csv", index=False)
+    predictor = Predictor.from_checkpoint(run["checkpoint"])
+    expected = predictor.predict(test)
+
+    source = check_input(predictor, str(folder), "--input", need_label=False)
+    for output in (tmp / "scored.parquet", tmp / "scored_parts"):
+        rows = run_predict(run["checkpoint"], predictor, source, check_output(str(output), False),
+                           batch_size=16, actors=2)
+        assert rows == len(test)
+        got = pq.read_table(output).to_pandas() if output.suffix else \
+            pd.concat(pd.read_parquet(p) for p in sorted(output.glob("part-*.parquet")))
+        got = got.reset_index(drop=True)
+        assert got["row_id"].tolist() == list(range(len(test)))  # input order, extra column kept
+        assert list(got.columns[:len(test.columns)]) == list(test.columns)
+        assert got["prediction"].tolist() == expected["prediction"].tolist()
+        proba = got[[f"proba_{c}" for c in predictor.state.classes]].to_numpy()
+        np.testing.assert_allclose(proba, expected[[f"proba_{c}" for c in predictor.state.classes]], atol=1e-6)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    assert not list(tmp.glob(".scored*"))  # no staging files left behind
+
+
+def test_evaluate_equals_the_test_metrics_of_the_run(run):
+    predictor = Predictor.from_checkpoint(run["checkpoint"])
+    test_file = str(run["tmp"] / "test.csv")
+    result = run_evaluate(run["checkpoint"], predictor, check_input(predictor, test_file, "--data", True))
+    assert result["metrics"] == pytest.approx(run["metrics"]["test"], rel=1e-9)
+    matrix = np.array(result["confusion_matrix"]["matrix"])
+    assert result["confusion_matrix"]["labels"] == predictor.state.classes
+    assert matrix.sum() == result["rows"] == len(run["test"])
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(result["metrics"]["accuracy"])
+    assert run["metrics"]["test_details"]["confusion_matrix"] == result["confusion_matrix"]
+
+
+def test_baselines_are_scored_on_the_same_test_rows(run):
+    baselines = json.loads((run["dir"] / "baselines.json").read_text())
+    assert set(baselines) == {"random_forest", "hist_gradient_boosting"}
+    for result in baselines.values():
+        assert result["train_rows"] == run["metrics"]["rows"]["train"]
+        for split in ("valid", "test"):
+            assert set(result[split]) == {"accuracy", "f1_macro", "roc_auc", "log_loss"}
+            assert 0.8 < result[split]["accuracy"] <= 1.0  # penguins are easy for trees
+
+
+def test_mlflow_and_tensorboard_have_every_epoch(run):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    client = MlflowClient(f"sqlite:///{run['tmp'] / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(run["cfg"].name)
+    (mlflow_run,) = client.search_runs([experiment.experiment_id])
+    assert mlflow_run.info.status == "FINISHED"
+    history = client.get_metric_history(mlflow_run.info.run_id, "valid_loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, EPOCHS + 1))
+    by_epoch = {r["epoch"]: r["valid_loss"] for r in run["metrics"]["history"]}
+    assert all(m.value == pytest.approx(by_epoch[m.step]) for m in history)
+    assert mlflow_run.data.metrics["test_accuracy"] == pytest.approx(run["metrics"]["test"]["accuracy"])
+    assert mlflow_run.data.params["model.hidden"] == str(run["cfg"].model.hidden)
+
+    events = EventAccumulator(str(run["dir"] / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train_loss")] == list(range(1, EPOCHS + 1))
+
+
+def test_report_renders_in_a_browser(run, tmp_path):
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
+        pytest.skip("Debian's chromium package is not installed")
+    report = write_report(str(run["dir"]))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", f"file://{report}"], capture_output=True, text=True,
+                         timeout=120).stdout
+    for text in ("Learning curves", "Confusion matrix", "random_forest", "hist_gradient_boosting"):
+        assert text in dom
+    assert dom.count("data:image/png;base64,") == 2
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, "--window-size=1100,2200", f"--screenshot={shot}", f"file://{report}"],
+                   capture_output=True, timeout=120, check=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    # The plots decoded and were drawn: matplotlib's first line colour (#1f77b4) is on screen.
+    blue = np.abs(pixels - np.array([0x1F, 0x77, 0xB4]) / 255).max(axis=2) < 0.06
+    assert blue.sum() > 200
+
+
+def test_export_predicts_like_the_checkpoint_without_ray_or_torch(run, tmp_path):
+    from app.export import export
+
+    folder = export(run["checkpoint"], str(tmp_path / "exported"))
+    rows = run["test"].drop(columns=["species"])
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('ray', 'torch', 'app')]; "
+    runner = blocked + "import runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", runner, str(folder / "predict.py"), str(tmp_path / "in.csv"),
+                           str(tmp_path / "out.csv")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = pd.read_csv(tmp_path / "out.csv")
+    expected = Predictor.from_checkpoint(run["checkpoint"]).predict(pd.read_csv(tmp_path / "in.csv"))
+    assert got["prediction"].tolist() == expected["prediction"].tolist()
+    columns = [c for c in expected.columns if c.startswith("proba_")]
+    np.testing.assert_allclose(got[columns].to_numpy(), expected[columns].to_numpy(), atol=1e-5)
