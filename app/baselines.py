@@ -67,8 +67,12 @@ def features(arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def make_model(name: str, task: str, state: PreprocessState, seed: int):
-    from sklearn.ensemble import (HistGradientBoostingClassifier, HistGradientBoostingRegressor,
-                                  RandomForestClassifier, RandomForestRegressor)
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
 
     if name == "random_forest":
         cls = RandomForestClassifier if task == "classification" else RandomForestRegressor

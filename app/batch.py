@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -254,7 +253,3 @@ def write_json(uri: str, payload: dict[str, Any]) -> None:
     from app.training.trainer import write_text
 
     write_text(uri, json.dumps(json_safe(payload), indent=1))
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr)

@@ -20,7 +20,6 @@ from app.metrics import compute_metrics, confusion_matrix, residual_summary, sof
 from app.model import build_model
 from app.training import checkpoint as ckpt
 
-
 SAMPLE_POINTS = 1000  # (actual, predicted) pairs kept for a regression's plot
 
 

@@ -31,8 +31,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from app.data.transform import (MISSING, CategoricalColumn, NumericColumn, PreprocessState, _scalar_text,
-                                category_strings, scorable, transform)
+from app.data.transform import (
+    MISSING,
+    CategoricalColumn,
+    NumericColumn,
+    PreprocessState,
+    category_strings,
+    scorable,
+    transform,
+)
 from app.errors import UserError
 
 NUMERIC_LOOKING = 0.9  # share of numeric values above which a text column is suspicious

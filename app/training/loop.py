@@ -30,9 +30,9 @@ from app.config import Config
 from app.data.preprocess import PreprocessState
 from app.metrics import compute_metrics
 from app.model import build_model
+from app.tracking import EpochLogger
 from app.training import checkpoint as ckpt
 from app.training import faults
-from app.tracking import EpochLogger
 
 EVAL_BATCH = 8192  # rows per forward pass when scoring
 

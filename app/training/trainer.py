@@ -22,11 +22,11 @@ from ray.train.torch import TorchTrainer
 from app import cluster, tracking
 from app.config import Config, flatten
 from app.data.prepare import Inputs, Prepared, inspect_sources, prepare, read_step
+from app.data.preprocess import PreprocessState
 from app.data.sources import get_filesystem
+from app.errors import UserError
 from app.metrics import json_safe
 from app.predict import evaluate_dataset
-from app.data.preprocess import PreprocessState
-from app.errors import UserError
 from app.training import faults
 from app.training.checkpoint import load_preprocess_state, load_train_state, local_copy, verify
 from app.training.loop import train_loop_per_worker

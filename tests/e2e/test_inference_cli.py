@@ -11,8 +11,8 @@ from app.config import ModelConfig
 from app.data.preprocess import CategoricalColumn, NumericColumn, PreprocessState
 from app.model import build_model
 from app.training import checkpoint as ckpt
-from tests.e2e.test_cli import assert_bad_input, run_cli, write_config
 from tests.conftest import penguins_tree
+from tests.e2e.test_cli import assert_bad_input, run_cli, write_config
 
 pytestmark = pytest.mark.slow
 

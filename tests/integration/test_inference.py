@@ -15,7 +15,6 @@ import pytest
 
 from app.batch import check_input, check_output, run_evaluate, run_predict
 from app.config import from_dict
-from app.data import sources
 from app.predict import Predictor
 from app.report import write_report
 from app.training.trainer import run_training

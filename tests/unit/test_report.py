@@ -8,8 +8,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from app.batch import Output, write_output
-from app.metrics import confusion_matrix, residual_summary
 from app.data.preprocess import PreprocessState
+from app.metrics import confusion_matrix, residual_summary
 from app.report import render
 
 
