@@ -113,16 +113,21 @@ def finish(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
 
 
 class EpochLogger:
-    """Rank 0's sinks for each reported epoch record."""
+    """Rank 0's sinks for each reported epoch record, written by a background thread so
+    that a slow tracking store never holds up the other ranks."""
 
     def __init__(self, spec: dict[str, Any] | None, filesystem, run_path: str):
+        from concurrent.futures import ThreadPoolExecutor
+
         spec = spec or {}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="app-tracking")
         self.client, self.run_id = None, spec.get("mlflow_run_id")
-        if self.run_id:
-            self._guard("MLflow", self._open_mlflow, spec["mlflow_uri"])
         self.writer, self.sync = None, None
+        # Opening imports MLflow and TensorBoard (about a second each): off the training thread too.
+        if self.run_id:
+            self.pool.submit(self._guard, "MLflow", self._open_mlflow, spec["mlflow_uri"])
         if spec.get("tensorboard"):
-            self._guard("TensorBoard", self._open_tensorboard, filesystem, f"{run_path}/tensorboard")
+            self.pool.submit(self._guard, "TensorBoard", self._open_tensorboard, filesystem, f"{run_path}/tensorboard")
 
     def _open_mlflow(self, uri: str) -> None:
         quiet()
@@ -142,6 +147,9 @@ class EpochLogger:
             self.sync = lambda: pafs.copy_files(local, path, destination_filesystem=filesystem)
 
     def log(self, record: dict[str, Any]) -> None:
+        self.pool.submit(self._log, dict(record))
+
+    def _log(self, record: dict[str, Any]) -> None:
         step = int(record["epoch"])
         values = {k: float(v) for k, v in record.items()
                   if k not in SKIPPED_KEYS and isinstance(v, (int, float)) and v == v}
@@ -161,6 +169,7 @@ class EpochLogger:
             self._guard("TensorBoard", write)
 
     def close(self) -> None:
+        self.pool.shutdown(wait=True)  # every epoch logged before the run reports its end
         if self.writer is not None:
             self._guard("TensorBoard", self.writer.close)
 

@@ -18,12 +18,13 @@ from tests.e2e.test_cli import assert_bad_input, run_cli
 from tests.e2e.test_driver_failure import wait_until_session_gone
 
 pytestmark = pytest.mark.slow
+EPOCHS, TRIALS = 3, 4
 
 
 def sweep_file(tmp_path, **tune):
-    tree = penguins_tree(tmp_path, name="sweep", train__epochs=6, train__early_stopping_patience=None,
+    tree = penguins_tree(tmp_path, name="sweep", train__epochs=EPOCHS, train__early_stopping_patience=None,
                          scaling__num_workers=1, scaling__cpus_per_worker=0.5)
-    tree["tune"] = {"num_samples": 6, "max_concurrent_trials": 2, "scheduler": {"name": "fifo"},
+    tree["tune"] = {"num_samples": TRIALS, "max_concurrent_trials": 2, "scheduler": {"name": "fifo"},
                     "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-2]}}, **tune}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(tree))
@@ -45,14 +46,14 @@ def test_resume_after_driver_kill_does_not_rerun_finished_trials(tmp_path, cli_e
     first = subprocess.Popen([sys.executable, "-m", "app", "tune", "--config", str(path)], cwd=REPO, env=cli_env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 400
-    while len(finished_trials(trials, 6)) < 2:
+    while len(finished_trials(trials, EPOCHS)) < 2:
         assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)
     first.communicate()
     assert wait_until_session_gone(first.pid)
-    done_before = finished_trials(trials, 6)
-    assert 2 <= len(done_before) < 6
+    done_before = finished_trials(trials, EPOCHS)
+    assert 2 <= len(done_before) < TRIALS
     assert not (tmp_path / "runs" / "sweep" / "leaderboard.csv").exists()
 
     unfinished = run_cli(["tune", "--config", str(path)], cli_env)  # neither --resume nor --fresh
@@ -63,9 +64,9 @@ def test_resume_after_driver_kill_does_not_rerun_finished_trials(tmp_path, cli_e
     for trial, mtime in done_before.items():  # finished trials were not trained again
         assert (trials / trial / "checkpoint_manager_snapshot.json").stat().st_mtime_ns == mtime
     board = pd.read_csv(tmp_path / "runs" / "sweep" / "leaderboard.csv")
-    assert len(board) == 6 and (board.status == "completed").all()
+    assert len(board) == TRIALS and (board.status == "completed").all()
     print(f"\ntune resume: {len(done_before)} trials finished before the kill were kept, "
-          f"{6 - len(done_before)} trained after --resume")
+          f"{TRIALS - len(done_before)} trained after --resume")
 
 
 @pytest.mark.parametrize("space, fragment", [
