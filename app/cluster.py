@@ -124,6 +124,42 @@ def check_resources(scaling: ScalingConfig) -> None:
     )
 
 
+def check_shared_storage(storage: str) -> None:
+    """On a cluster of several nodes, a local `run.storage` must be one filesystem that every
+    node sees (an NFS mount, say): workers on other nodes write checkpoints there, and a
+    restarted run reads them back. A probe file written here is looked for on every node."""
+    if "://" in storage:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    probe = os.path.join(storage, f".shared-probe-{uuid.uuid4().hex}")
+    with open(probe, "w") as f:
+        f.write("ok")
+    try:
+        sees = ray.remote(num_cpus=0)(os.path.exists)
+        pending = {f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})": sees.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(probe)
+            for n in nodes}
+        blind = []
+        for name, ref in pending.items():
+            try:
+                if not ray.get(ref, timeout=60):
+                    blind.append(name)
+            except ray.exceptions.GetTimeoutError:
+                blind.append(f"{name}, which did not answer")
+    finally:
+        os.remove(probe)
+    if blind:
+        raise UserError(
+            f"run.storage: {storage} is local to this machine: {', '.join(blind)} cannot see it; on a "
+            f"cluster of {len(nodes)} nodes it must be storage every node reaches (s3://, gs://, or a "
+            f"shared mount such as NFS)")
+
+
 def normalize_storage(storage: str) -> str:
     """Absolute local path, or the URI unchanged (Ray needs absolute paths)."""
     if "://" in storage:

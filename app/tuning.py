@@ -220,6 +220,7 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
     sweep_dir = run_dir(cfg)
     trials_dir = cluster.join(sweep_dir, "trials")
     concurrency = trial_concurrency(cfg)
+    cluster.check_shared_storage(cluster.normalize_storage(cfg.run.storage))
     started = time.time()
 
     # Prepared once for all trials, unless trials differ in their data or preprocessing;

@@ -10,6 +10,24 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PENGUINS = REPO / "data" / "penguins.csv"
+BUCKET = "app-test"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Object storage in tests is a real S3 server (moto) on loopback. Its address goes into the
+# environment now, before any Ray starts, so that Ray workers (which inherit it) and pyarrow
+# find it; real AWS credentials of the machine are never used.
+os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}", AWS_ACCESS_KEY_ID="testing",
+                  AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
 
 
 def make_synthetic(out: Path, rows: int) -> Path:
@@ -50,6 +68,24 @@ def ray_session():
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A moto S3 server on 127.0.0.1 (at $AWS_ENDPOINT_URL) with an empty bucket; its s3:// root."""
+    import logging
+    from urllib.parse import urlparse
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    endpoint = urlparse(os.environ["AWS_ENDPOINT_URL"])
+    server = ThreadedMotoServer(ip_address=endpoint.hostname, port=endpoint.port, verbose=False)
+    server.start()
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    yield f"s3://{BUCKET}"
+    server.stop()
 
 
 @pytest.fixture

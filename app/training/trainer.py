@@ -56,6 +56,7 @@ def run_training(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
     if finished is not None:
         return finished
     cluster.check_resources(cfg.scaling)
+    cluster.check_shared_storage(cluster.normalize_storage(cfg.run.storage))
 
     started = time.time()
     resume = resume_point(cfg, out_dir, inputs)

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO
@@ -29,18 +30,21 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def head():
-    """A one-node Ray cluster of our venv, as `ray start --head` makes it; stopped afterwards."""
+    """A one-node Ray cluster of our venv, as `ray start --head` makes it; stopped afterwards
+    with `ray stop`, which stops every Ray on the machine (tests run one at a time)."""
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = str(REPO)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` in the job: this venv's
-    dashboard = free_port()
+    dashboard, gcs = free_port(), free_port()
     started = subprocess.run(
-        [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=4",
+        [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
          f"--temp-dir={temp}"], env=env, capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr[-3000:]
     env["RAY_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
+    env["TEST_GCS_ADDRESS"] = f"127.0.0.1:{gcs}"
+    env["RAY_AUTH_MODE"] = "token"  # `ray start --head` turned token authentication on
     try:
         yield env
     finally:
@@ -67,6 +71,11 @@ def test_train_and_tune_run_as_ray_jobs(head, tmp_path):
     first_epoch = metrics["history"][0]["time"]
     print(f"\njob submit -> epoch 1 reported: {first_epoch - submitted:.1f}s (with the pip runtime env)")
 
+    scored, _ = submit(head, "predict", "--checkpoint", metrics["best_checkpoint"], "--input", "data/penguins.csv",
+                       "--output", str(tmp_path / "scored.parquet"))
+    assert scored.returncode == 0, (scored.stdout + scored.stderr)[-3000:]
+    assert pq.read_metadata(tmp_path / "scored.parquet").num_rows == 344
+
     swept, _ = submit(head, "tune", "--config", "configs/tune.yaml", "--set", "train.epochs=2",
                       "--set", "tune.num_samples=2", "--set", f"run.storage={storage}")
     assert swept.returncode == 0, (swept.stdout + swept.stderr)[-3000:]
@@ -80,3 +89,38 @@ def test_a_failing_job_fails_the_submission(head, tmp_path):
                        "--set", f"run.storage={tmp_path / 'runs'}", timeout=300)
     assert failed.returncode != 0
     assert "train.epochs (from --set)" in failed.stdout + failed.stderr
+
+
+def alive_nodes(env) -> int:
+    count = "import ray; ray.init(); print(sum(n['Alive'] for n in ray.nodes()))"
+    done = subprocess.run([sys.executable, "-c", count], env=dict(env, RAY_ADDRESS=env["TEST_GCS_ADDRESS"]),
+                          capture_output=True, text=True, timeout=120)
+    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+
+
+def test_local_storage_that_another_node_cannot_see_is_refused(head, tmp_path):
+    """Last in this module: it adds a node to the head's cluster (stopped with the head)."""
+    storage = Path(tempfile.mkdtemp(prefix="app-local-", dir="/tmp"))
+    # A second node in its own mount namespace, where `storage` is an empty tmpfs of its own:
+    # the situation of node-local disks on a real cluster.
+    node = subprocess.Popen(
+        ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs none {storage} && exec {RAY} start "
+         f"--address={head['TEST_GCS_ADDRESS']} --num-cpus=1 --block --disable-usage-stats"],
+        env=head, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while alive_nodes(head) < 2:
+            assert node.poll() is None and time.time() < deadline, "the second node did not join"
+        env = dict(head)
+        env.pop("RAY_ADDRESS")
+        refused = subprocess.run(
+            [sys.executable, "-m", "app", "train", "--config", "configs/quickstart.yaml", "--address",
+             head["TEST_GCS_ADDRESS"], "--set", f"run.storage={storage}"], cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "run.storage" in refused.stderr and "cannot see it" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert not list(storage.iterdir())  # the probe is gone, nothing else was written
+    finally:
+        node.terminate()
+        shutil.rmtree(storage, ignore_errors=True)

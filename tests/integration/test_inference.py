@@ -67,6 +67,12 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
     assert not list(tmp.glob(".scored*"))  # no staging files left behind
 
+    as_parquet = tmp / "to_score.parquet"  # the same rows from Parquet: the same predictions
+    test.to_parquet(as_parquet, index=False)
+    run_predict(run["checkpoint"], predictor, check_input(predictor, str(as_parquet), "--input", False),
+                check_output(str(tmp / "from_parquet.csv"), False), batch_size=64, actors=1)
+    assert pd.read_csv(tmp / "from_parquet.csv")["prediction"].tolist() == expected["prediction"].tolist()
+
 
 def test_evaluate_equals_the_test_metrics_of_the_run(run):
     predictor = Predictor.from_checkpoint(run["checkpoint"])
