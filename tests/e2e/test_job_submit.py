@@ -46,6 +46,10 @@ def head():
     env["TEST_GCS_ADDRESS"] = f"127.0.0.1:{gcs}"
     env["RAY_AUTH_MODE"] = "token"  # `ray start --head` turned token authentication on
     try:
+        deadline = time.time() + 60  # the job API comes up a little after `ray start` returns
+        while subprocess.run([RAY, "job", "list"], env=env, capture_output=True, timeout=60).returncode != 0:
+            assert time.time() < deadline, "the head's job API did not come up"
+            time.sleep(1)
         yield env
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
