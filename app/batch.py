@@ -111,16 +111,20 @@ def check_output(uri: str, overwrite: bool) -> Output:
 def run_predict(checkpoint: str, predictor: Predictor, source: sources.Source, output: Output,
                 batch_size: int, actors: int | None) -> int:
     """Score every input row and write the output; returns the number of rows written."""
-    import ray
-
-    if actors is None:  # leave a CPU for reading the input and for the driver's writer
-        actors = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
-    ds = sources.read_dataset(source, read_types(predictor.state, with_label=False))
     from ray.data import DataContext
 
     DataContext.get_current().execution_options.preserve_order = True
+    actors = actors or default_actors()
+    ds = sources.read_dataset(source, read_types(predictor.state, with_label=False))
     scored = predict_steps(checkpoint, ds, actors, batch_size, source)
     return write_output(scored, output)
+
+
+def default_actors() -> int:
+    """The cluster's CPUs minus one: a CPU stays free for reading the input and for the writer."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
 
 
 def predict_steps(checkpoint: str, ds, actors: int, batch_size: int, source: sources.Source) -> Iterable[pa.Table]:

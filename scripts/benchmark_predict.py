@@ -37,7 +37,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 from benchmark import make_config  # noqa: E402
 
 from app import cluster  # noqa: E402
-from app.batch import check_input, check_output, run_predict  # noqa: E402
+from app.batch import check_input, check_output, default_actors, run_predict  # noqa: E402
 from app.predict import Predictor  # noqa: E402
 from app.training.trainer import run_training  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> int:
         rows = run_predict(checkpoint, predictor, source, check_output(os.path.join(tmp, "out.parquet"), False),
                            batch_size=args.batch_size, actors=None)
         app_s = time.perf_counter() - started
-        actors = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+        actors = default_actors()
         ray.shutdown()
 
         df = pq.read_table(data).to_pandas()
