@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from app.cluster import forget_dead_local_cluster
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def head():
     """A one-node Ray cluster of our venv, as `ray start --head` makes it; stopped afterwards
-    with `ray stop`, which stops every Ray on the machine (tests run one at a time)."""
+    by killing its own processes (`ray stop` would stop every Ray on the machine)."""
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = str(REPO)
@@ -46,14 +47,18 @@ def head():
     env["TEST_GCS_ADDRESS"] = f"127.0.0.1:{gcs}"
     env["RAY_AUTH_MODE"] = "token"  # `ray start --head` turned token authentication on
     try:
-        deadline = time.time() + 60  # the job API comes up a little after `ray start` returns
-        while subprocess.run([RAY, "job", "list"], env=env, capture_output=True, timeout=60).returncode != 0:
+        # The job API, and then the node's agent that runs jobs, come up a while after `ray
+        # start` returns: until a no-op job is accepted, submissions fail.
+        deadline = time.time() + 90
+        while subprocess.run([RAY, "job", "submit", "--no-wait", "--", "true"], env=env, capture_output=True,
+                             timeout=60).returncode != 0:
             assert time.time() < deadline, "the head's job API did not come up"
             time.sleep(1)
         yield env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_of(temp)
         shutil.rmtree(temp, ignore_errors=True)
+        forget_dead_local_cluster()  # `ray start` recorded the head as this machine's cluster
 
 
 def submit(env, *args, pip="0", timeout=600):
@@ -93,6 +98,47 @@ def test_a_failing_job_fails_the_submission(head, tmp_path):
                        "--set", f"run.storage={tmp_path / 'runs'}", timeout=300)
     assert failed.returncode != 0
     assert "train.epochs (from --set)" in failed.stdout + failed.stderr
+
+
+def stop_ray_of(temp: str) -> None:
+    """Stop the Ray processes started with --temp-dir=`temp`, and the workers they spawned."""
+    import signal
+
+    parents: dict[int, int] = {}
+    roots = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+        if temp in cmdline:
+            roots.add(int(entry.name))
+    doomed, frontier = set(roots), list(roots)
+    while frontier:
+        pid = frontier.pop()
+        children = [c for c, parent in parents.items() if parent == pid and c not in doomed]
+        doomed.update(children)
+        frontier += children
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        for pid in doomed:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + grace
+        while any(Path(f"/proc/{pid}").exists() and "Z" != _state(pid) for pid in doomed) and time.time() < deadline:
+            time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "Z"
 
 
 def alive_nodes(env) -> int:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_synthetic
+from tests.conftest import PENGUINS, REPO, make_synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -32,3 +33,15 @@ def test_run_finishes_after_losing_a_worker_node(tmp_path, data, cli_env, mode, 
     after = [t for t in outcome["history_times"] if t > outcome["removed_at"]]
     print(f"\nnode loss ({mode}): next epoch reported {after[0] - outcome['removed_at']:.1f}s after the node was "
           f"removed; {len(after)} epoch(s) trained after it, {workers_at_end} worker(s) at the end")
+
+
+def test_pack_places_both_workers_on_one_node(tmp_path, cli_env):
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "scenarios" / "placement.py"), str(tmp_path),
+                             str(PENGUINS)], cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    # Either worker node could host both workers; PACK puts them on one, SPREAD (above) on two.
+    assert outcome["workers"] == 2 and outcome["nodes_hosting_workers"] == 1
+    assert outcome["hosts_are_worker_nodes"]
+    assert outcome["epochs"] == [1, 2]
+    assert (Path(outcome["best_checkpoint"]) / "manifest.json").exists()

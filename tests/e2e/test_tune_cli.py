@@ -34,7 +34,10 @@ def sweep_file(tmp_path, **tune):
 def finished_trials(trials_dir, epochs):
     done = {}
     for snapshot in trials_dir.glob("*/checkpoint_manager_snapshot.json"):
-        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        except ValueError:  # Ray Train rewrites the file in place: caught mid-write
+            continue
         if latest.get("metrics", {}).get("epoch") == epochs:
             done[snapshot.parent.name] = snapshot.stat().st_mtime_ns
     return done
