@@ -3,10 +3,11 @@
     python -m app train --config FILE [--set KEY=VALUE ...] [--address ADDR] [--fresh]
     python -m app tune  --config FILE [--set KEY=VALUE ...] [--address ADDR] [--resume | --fresh]
     python -m app evaluate --checkpoint CKPT --data URI [--output FILE.json]
-    python -m app predict  --checkpoint CKPT --input URI --output URI [--overwrite]
+    python -m app predict  --checkpoint CKPT --input URI --output URI [--overwrite] [--concurrency N]
     python -m app baseline --config FILE [--set KEY=VALUE ...]
     python -m app report   RUN_DIR
     python -m app export   --checkpoint CKPT --output DIR [--overwrite]
+    python -m app serve    --checkpoint CKPT [--replicas N] [--host 127.0.0.1] [--port 8000]
 
 Exit codes: 0 success; 2 bad usage, config or input (one line on stderr, no
 traceback); 1 anything else.
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a .csv or .parquet file, or else a folder of Parquet parts (local path or URI)")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing output")
     predict.add_argument("--batch-size", type=positive_int, default=4096, help="rows per model call")
-    predict.add_argument("--actors", type=positive_int,
-                         help="most scoring actors (default: the cluster's CPUs minus one)")
+    predict.add_argument("--concurrency", type=positive_int,
+                         help="most input blocks scored at once, one CPU each (default: the cluster's CPUs)")
     add_address_arg(predict)
     predict.set_defaults(handler=cmd_predict)
 
@@ -72,6 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="folder to create")
     export.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     export.set_defaults(handler=cmd_export)
+
+    serve = commands.add_parser("serve", help="real-time predictions over HTTP with Ray Serve")
+    serve.add_argument("--checkpoint", required=True, help="checkpoint folder (local path or URI)")
+    serve.add_argument("--replicas", type=positive_int, default=1, help="copies of the model (default 1)")
+    serve.add_argument("--cpus-per-replica", type=positive_float, default=1.0,
+                       help="logical CPUs reserved per replica, also its torch threads (default 1)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=port_number, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument("--max-rows", type=positive_int, default=10_000,
+                       help="most records per request; more gets 413 (default 10000)")
+    serve.add_argument("--max-body-mb", type=positive_float, default=10.0,
+                       help="largest request body in MiB; larger gets 413 (default 10)")
+    serve.add_argument("--max-batch-size", type=positive_int, default=32,
+                       help="most requests merged into one model call (default 32)")
+    serve.add_argument("--batch-wait-ms", type=non_negative_float, default=5.0,
+                       help="how long a batch waits for more requests after its first (default 5)")
+    add_address_arg(serve)
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -82,6 +102,30 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number up to 65535, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {text!r}")
     return value
 
 
@@ -117,8 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg is None:
         return 0
     inputs = preflight(cfg)  # no Ray yet: bad input fails in a second
-    cluster.connect(args.address)
-    run_training(cfg, inputs)
+    run_training(cfg, inputs, ray_start_s=cluster.connect(args.address))
     return 0
 
 
@@ -167,7 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cluster.check_storage_writable(cluster.parent(args.output), "--output")
     cluster.connect(args.address)
     started = time.perf_counter()
-    rows = batch.run_predict(args.checkpoint, predictor, source, output, args.batch_size, args.actors)
+    rows = batch.run_predict(args.checkpoint, predictor, source, output, args.batch_size, args.concurrency)
     elapsed = time.perf_counter() - started
     print(f"{rows} rows predicted in {elapsed:.1f}s ({rows / elapsed:,.0f} rows/s): {args.output}")
     return 0
@@ -204,6 +247,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     load_predictor(args.checkpoint)  # a bad checkpoint is refused with the flag's name
     out = export(args.checkpoint, args.output, args.overwrite)
     print(f"exported to {out}; see {out / 'README.md'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app import batch
+    from app import serve as serving
+
+    predictor = batch.load_predictor(args.checkpoint)  # a bad checkpoint fails before Ray starts
+    options = serving.ServeOptions(replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
+                                   max_rows=args.max_rows, max_body_bytes=int(args.max_body_mb * 2**20),
+                                   max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000)
+    serving.run(args.checkpoint, predictor.epoch, options, args.host, args.port, args.address)
     return 0
 
 

@@ -20,13 +20,17 @@ from app.data.sources import get_filesystem
 from app.errors import UserError
 
 
-def connect(address: str | None = None) -> None:
-    """Join `address` (or $RAY_ADDRESS); without either, start an embedded local Ray."""
+def connect(address: str | None = None) -> float:
+    """Join `address` (or $RAY_ADDRESS); without either, start an embedded local Ray.
+    Returns the seconds it took (0 when already connected)."""
+    import time
+
     import ray
 
     quiet_logs()
     if ray.is_initialized():
-        return
+        return 0.0
+    started = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
@@ -38,6 +42,7 @@ def connect(address: str | None = None) -> None:
         # Like ray.init(): joins a cluster that `ray start` runs on this machine, else starts
         # one. The dashboard also serves the state API Ray Train polls; keep it on loopback.
         ray.init(logging_level="WARNING", dashboard_host="127.0.0.1")
+    return time.perf_counter() - started
 
 
 def forget_dead_local_cluster() -> None:
@@ -99,11 +104,8 @@ def check_resources(scaling: ScalingConfig) -> None:
     Data is read and preprocessed before the workers start and is handed to them
     already materialized, so Ray Data needs no CPU of its own while they train.
     """
-    import ray
-
     bundle = worker_bundle(scaling)
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    fits = [min(int(node.get(r, 0) // need) for r, need in bundle.items()) for node in nodes]
+    fits, total, nodes = _fits_per_node(bundle)
     if scaling.placement_strategy == "STRICT_PACK":
         capacity = max(fits, default=0)
     elif scaling.placement_strategy == "STRICT_SPREAD":
@@ -113,15 +115,30 @@ def check_resources(scaling: ScalingConfig) -> None:
     wanted = scaling.min_workers
     if capacity >= wanted:
         return
-    total = {r: sum(node.get(r, 0) for node in nodes) for r in bundle}
     have = ", ".join(f"{total[r]:g} {r}" for r in bundle)
     per = " and ".join(f"{v:g} {k}" for k, v in bundle.items())
     raise UserError(
         f"scaling.num_workers: {wanted} worker(s) with {per} each can never be scheduled: the cluster "
-        f"has {have} on {len(nodes)} node(s), room for {capacity} such worker(s) "
+        f"has {have} on {nodes} node(s), room for {capacity} such worker(s) "
         f"(placement {scaling.placement_strategy}); lower scaling.num_workers or "
         f"scaling.cpus_per_worker, or add nodes"
     )
+
+
+def room_for(bundle: dict[str, float]) -> tuple[int, dict[str, float], int]:
+    """How many actors of `bundle` the cluster's live nodes can host at once, spread as
+    needed: (that number, the cluster's total of each resource, the number of nodes)."""
+    fits, total, nodes = _fits_per_node(bundle)
+    return sum(fits), total, nodes
+
+
+def _fits_per_node(bundle: dict[str, float]) -> tuple[list[int], dict[str, float], int]:
+    """(how many `bundle`s each live node holds, the cluster's total of each resource, nodes)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = [min(int(node.get(r, 0) // need) for r, need in bundle.items()) for node in nodes]
+    return fits, {r: sum(node.get(r, 0) for node in nodes) for r in bundle}, len(nodes)
 
 
 def check_shared_storage(storage: str) -> None:

@@ -1,0 +1,55 @@
+"""`serve` from the real CLI: a bad checkpoint exits 2 before Ray starts; a good one serves
+on loopback until SIGINT, then shuts down and exits 0."""
+
+from __future__ import annotations
+
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.conftest import REPO, _free_port
+from tests.e2e.test_cli import assert_bad_input, run_cli
+from tests.integration.test_serve import penguins_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def test_serve_a_folder_that_is_not_a_checkpoint(tmp_path, cli_env):
+    started = time.monotonic()
+    result = run_cli(["serve", "--checkpoint", str(tmp_path)], cli_env)
+    assert_bad_input(result, "--checkpoint", "manifest.json")
+    assert time.monotonic() - started < 30  # refused before any Ray starts
+
+
+def test_serve_answers_until_sigint(tmp_path, cli_env):
+    checkpoint = penguins_checkpoint(tmp_path / "ckpt", seed=0, epoch=3)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--checkpoint", str(checkpoint),
+                               "--port", str(port)], cwd=REPO, env=cli_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        ready, _, _ = select.select([server.stdout], [], [], 120)  # its first line says it serves
+        assert ready and server.poll() is None, server.communicate(timeout=30)
+        first_line = server.stdout.readline()
+        assert f"serving {checkpoint} (epoch 3) with 1 replica(s) at {url}" in first_line
+        health = requests.get(f"{url}/health", timeout=30).json()
+        assert health["status"] == "ok" and health["epoch"] == 3 and health["checkpoint"] == str(checkpoint)
+        record = {"island": "Biscoe", "bill_length_mm": 45.1, "bill_depth_mm": 14.5, "flipper_length_mm": 215,
+                  "body_mass_g": 5000, "sex": None, "year": 2008}
+        answer = requests.post(f"{url}/predict", json={"records": [record]}, timeout=30).json()
+        assert answer["predictions"][0] in ("Adelie", "Chinstrap", "Gentoo")
+        assert sum(answer["probabilities"][0].values()) == pytest.approx(1.0)
+    finally:
+        server.send_signal(signal.SIGINT)
+        stdout, stderr = server.communicate(timeout=120)
+    assert server.returncode == 0, stderr[-3000:]
+    assert "SIGINT: stopped" in stdout
+    assert "Traceback" not in stderr
+    with pytest.raises(requests.ConnectionError):  # nothing listens there any more
+        requests.get(f"{url}/health", timeout=5)
