@@ -4,8 +4,8 @@
     python -m app evaluate --checkpoint runs/quickstart/checkpoint_epoch_0012 --data holdout.csv
 
 Everything that can be wrong with the input (checkpoint, files, columns, output path) is
-checked on the driver before Ray starts. Scoring runs on an autoscaling actor pool that
-loads the model once per actor. Predictions stream back to the driver in input order and
+checked on the driver before Ray starts. Each block of input is read and scored by one
+Ray task; a worker process loads the model once and reuses it for later blocks. Predictions stream back to the driver in input order and
 are written incrementally, so inputs larger than memory work; the output appears under
 its final name only once complete.
 """
@@ -109,29 +109,29 @@ def check_output(uri: str, overwrite: bool) -> Output:
 
 
 def run_predict(checkpoint: str, predictor: Predictor, source: sources.Source, output: Output,
-                batch_size: int, actors: int | None) -> int:
+                batch_size: int, concurrency: int | None) -> int:
     """Score every input row and write the output; returns the number of rows written."""
     from ray.data import DataContext
 
     DataContext.get_current().execution_options.preserve_order = True
-    actors = actors or default_actors()
     ds = sources.read_dataset(source, read_types(predictor.state, with_label=False))
-    scored = predict_steps(checkpoint, ds, actors, batch_size, source)
+    scored = predict_steps(checkpoint, ds, concurrency or default_concurrency(), batch_size, source)
     return write_output(scored, output)
 
 
-def default_actors() -> int:
-    """The cluster's CPUs minus one: a CPU stays free for reading the input and for the writer."""
+def default_concurrency() -> int:
+    """Every CPU of the cluster: a scoring task reads its block and scores it, one CPU each."""
     import ray
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def predict_steps(checkpoint: str, ds, actors: int, batch_size: int, source: sources.Source) -> Iterable[pa.Table]:
+def predict_steps(checkpoint: str, ds, concurrency: int, batch_size: int,
+                  source: sources.Source) -> Iterable[pa.Table]:
     from app.data.prepare import read_step
     from app.predict import predict_dataset
 
-    batches = predict_dataset(checkpoint, ds, actors=actors, batch_size=batch_size) \
+    batches = predict_dataset(checkpoint, ds, concurrency=concurrency, batch_size=batch_size) \
         .iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
     it = iter(batches)
     while True:

@@ -21,6 +21,7 @@ from app.model import build_model
 from app.training import checkpoint as ckpt
 
 SAMPLE_POINTS = 1000  # (actual, predicted) pairs kept for a regression's plot
+SCORE_BATCH = 8192  # rows per model call when scoring labelled data
 
 
 class Predictor:
@@ -48,16 +49,25 @@ class Predictor:
             raise UserError(f"input is missing feature column(s): {', '.join(absent)}")
 
     @torch.no_grad()
-    def outputs(self, df: pd.DataFrame) -> np.ndarray:
-        """Raw model outputs: logits [n, classes], or the standardised prediction [n]."""
+    def outputs(self, df: pd.DataFrame, batch_size: int | None = None) -> np.ndarray:
+        """Raw model outputs: logits [n, classes], or the standardised prediction [n];
+        the model sees at most `batch_size` rows per call (default: all at once)."""
         self.check_columns(df)
         arrays = transform(df, self.state, with_label=False)
-        out = self.model(torch.from_numpy(arrays["x_num"]), torch.from_numpy(arrays["x_cat"]))
-        return out.numpy()
+        return self.forward(arrays["x_num"], arrays["x_cat"], batch_size)
 
-    def prediction_columns(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+    @torch.no_grad()
+    def forward(self, x_num: np.ndarray, x_cat: np.ndarray, batch_size: int | None) -> np.ndarray:
+        x_num, x_cat = torch.from_numpy(x_num), torch.from_numpy(x_cat)
+        step = batch_size or max(1, len(x_num))
+        if len(x_num) <= step:
+            return self.model(x_num, x_cat).numpy()
+        return torch.cat([self.model(x_num[i:i + step], x_cat[i:i + step])
+                          for i in range(0, len(x_num), step)]).numpy()
+
+    def prediction_columns(self, df: pd.DataFrame, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """`prediction` (and `proba_<class>` for classification) for each row of `df`."""
-        out = self.outputs(df)
+        out = self.outputs(df, batch_size)
         if self.state.task == "classification":
             proba = softmax(out.astype(np.float64))
             columns = {"prediction": np.asarray(self.state.classes, dtype=object)[proba.argmax(axis=1)]}
@@ -84,24 +94,33 @@ class Predictor:
         """Outputs and encoded labels of the labelled, scorable rows (for metrics)."""
         arrays = transform(df[df[self.state.label].notna()], self.state)
         keep = scorable(arrays["y"], self.state)
-        with torch.no_grad():
-            out = self.model(torch.from_numpy(arrays["x_num"][keep]), torch.from_numpy(arrays["x_cat"][keep]))
-        return {"outputs": out.numpy(), "y": arrays["y"][keep]}
+        out = self.forward(arrays["x_num"][keep], arrays["x_cat"][keep], SCORE_BATCH)
+        return {"outputs": out, "y": arrays["y"][keep]}
 
     def evaluate(self, df: pd.DataFrame) -> dict[str, float]:
         s = self.score_batch(df)
         return compute_metrics(s["outputs"], s["y"], self.state)
 
 
-class _BatchScorer:
-    """Ray Data actor: loads the checkpoint once, scores batches of raw rows."""
+_LOADED: dict[str, Predictor] = {}  # per process: a Ray worker loads a checkpoint once, then reuses it
 
-    def __init__(self, checkpoint: str):
-        torch.set_num_threads(1)
-        self.predictor = Predictor.from_checkpoint(checkpoint)
 
-    def __call__(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
-        return self.predictor.score_batch(df)
+def cached_predictor(checkpoint: str) -> Predictor:
+    """The Predictor of `checkpoint`, loaded once per process.
+
+    Ray Data runs the scoring functions below as tasks that Ray schedules onto reused
+    worker processes; each of them loads the model on its first block only. Tasks (rather
+    than an actor pool) let Ray Data fuse reading a block and scoring it into one task,
+    so raw rows never travel through the object store, and every CPU can score."""
+    predictor = _LOADED.get(checkpoint)
+    if predictor is None:
+        torch.set_num_threads(1)  # one per task: Ray gives each scoring task one CPU
+        predictor = _LOADED[checkpoint] = Predictor.from_checkpoint(checkpoint)
+    return predictor
+
+
+def _score_block(df: pd.DataFrame, checkpoint: str) -> dict[str, np.ndarray]:
+    return cached_predictor(checkpoint).score_batch(df)
 
 
 def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool = False) -> dict[str, Any]:
@@ -109,10 +128,8 @@ def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool 
 
     With `details`: {"metrics", "rows", and "confusion_matrix", or "residuals" and a
     "sample" of (actual, predicted) pairs} instead of the bare metrics."""
-    import ray.data
-
-    scored = ds.map_batches(_BatchScorer, fn_constructor_args=(checkpoint,), batch_format="pandas",
-                            compute=ray.data.ActorPoolStrategy(size=1), batch_size=4096).to_pandas()
+    scored = ds.map_batches(_score_block, fn_args=(checkpoint,), batch_format="pandas", batch_size=None,
+                            num_cpus=1).to_pandas()
     if scored.empty:
         outputs, y = np.zeros((0, state.output_dim)), np.zeros(0, dtype=np.int64)
     else:
@@ -134,33 +151,28 @@ def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool 
     return out
 
 
-class _BatchPredictor:
-    """Ray Data actor: loads the checkpoint once, appends prediction columns to each batch.
+def _predict_block(batch, checkpoint: str, model_batch: int):
+    """Ray Data batch function: a block of raw rows (Arrow) plus the prediction columns.
 
-    The batch stays Arrow: input columns pass through untouched (types included); only
-    the feature columns go through pandas for the model."""
+    The input columns pass through untouched (types included); only the feature columns
+    go through pandas for the model."""
+    import pyarrow as pa
 
-    def __init__(self, checkpoint: str, threads: int):
-        torch.set_num_threads(threads)
-        self.predictor = Predictor.from_checkpoint(checkpoint)
-
-    def __call__(self, batch):
-        import pyarrow as pa
-
-        features = self.predictor.state.features
-        columns = self.predictor.prediction_columns(batch.select(features).to_pandas())
-        for name, values in columns.items():
-            if name in batch.column_names:  # predicting over an earlier output: replace
-                batch = batch.drop_columns([name])
-            batch = batch.append_column(name, pa.array(values.tolist() if values.dtype == object else values))
-        return batch
+    predictor = cached_predictor(checkpoint)
+    columns = predictor.prediction_columns(batch.select(predictor.state.features).to_pandas(), model_batch)
+    for name, values in columns.items():
+        if name in batch.column_names:  # predicting over an earlier output: replace
+            batch = batch.drop_columns([name])
+        batch = batch.append_column(name, pa.array(values.tolist() if values.dtype == object else values))
+    return batch
 
 
-def predict_dataset(checkpoint: str, ds, actors: int, batch_size: int, threads: int = 1):
-    """A lazy Dataset of the input rows plus predictions, in input order, scored by an
-    autoscaling pool of 1..`actors` actors that each load the model once."""
+def predict_dataset(checkpoint: str, ds, concurrency: int, batch_size: int):
+    """A lazy Dataset of the input rows plus predictions, in the order Ray Data keeps
+    (input order when `preserve_order` is set): at most `concurrency` blocks are scored at
+    once, each by a 1-CPU task that calls the model on `batch_size` rows at a time."""
     import ray.data
 
-    return ds.map_batches(_BatchPredictor, fn_constructor_args=(checkpoint, threads), batch_format="pyarrow",
-                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
-                          batch_size=batch_size, num_cpus=threads, zero_copy_batch=True)
+    return ds.map_batches(_predict_block, fn_args=(checkpoint, batch_size), batch_format="pyarrow",
+                          batch_size=None, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=max(1, concurrency)),
+                          zero_copy_batch=True)

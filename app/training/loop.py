@@ -58,6 +58,9 @@ class Progress:
     best_epoch: int = 0
     epochs_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # One record per start of the worker group (the first, and each restart after a
+    # failure): when it started, how long pulling the shards took, when training began.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def update(self, record: dict[str, Any], metric: str, mode: str) -> None:
         value, best = record[metric], self.best_metric
@@ -83,7 +86,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
 
+    attempt_started = time.time()
     train, valid = load_shard("train", device), load_shard("valid", device)
+    ingest_s = max(gather(time.time() - attempt_started))
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = ray.train.torch.prepare_model(
         build_model(cfg.model, state.numeric_width, state.cardinalities, state.output_dim))
@@ -98,11 +103,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return  # restored from the checkpoint where early stopping had already fired
     tracker = EpochLogger(loop_config.get("tracking"), *run_dir) if rank == 0 else None
     clock = EpochClock(progress.epoch, cfg.train.epochs)
+    progress.attempts.append({"started": attempt_started, "ingest_s": ingest_s,
+                              "ingest_rows": total_rows + sum(gather(len(valid))),
+                              "ready": time.time(), "world_size": ctx.get_world_size(), "from_epoch": progress.epoch})
     for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
         seed_everything(cfg.train.seed, epoch, rank)
         started = time.perf_counter()
         die = functools.partial(faults.maybe_die, fault, run_dir, rank=rank, epoch=epoch)
-        train_loss = train_epoch(model, train, optimizer, loss_fn, steps, cfg, epoch, rank, die)
+        train_loss, batch_wait = train_epoch(model, train, optimizer, loss_fn, steps, cfg, epoch, rank, die)
         epoch_time = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -110,7 +118,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         record = {"epoch": epoch, "time": time.time(), "train_loss": train_loss,
                   "valid_loss": scores.pop("loss"), **scores, "lr": lr,
-                  "epoch_time_s": epoch_time, "rows_per_s": total_rows / epoch_time}
+                  "epoch_time_s": epoch_time, "rows_per_s": total_rows / epoch_time,
+                  "batch_wait_frac": batch_wait / epoch_time, "worker_peak_rss_mb": max(gather(peak_rss_mb()))}
         progress.update(record, metric, mode)
         stop = patience is not None and progress.epochs_without_improvement >= patience
         save_and_report(record, progress, model, optimizer, scheduler, state, cfg, rank,
@@ -165,15 +174,20 @@ def epoch_batches(n: int, steps: int, seed: int, epoch: int, rank: int) -> list[
 
 
 def train_epoch(model: nn.Module, data: Shard, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                steps: int, cfg: Config, epoch: int, rank: int, die=lambda **_: None) -> float:
-    """One pass over the local shard; returns the mean training loss over all ranks."""
+                steps: int, cfg: Config, epoch: int, rank: int, die=lambda **_: None) -> tuple[float, float]:
+    """One pass over the local shard: (mean training loss over all ranks, seconds this
+    rank spent getting batches ready, i.e. not in the model, loss or optimizer)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.y.device)
+    wait = 0.0
     for step, idx in enumerate(epoch_batches(len(data), steps, cfg.train.seed, epoch, rank)):
         die(step=step)
+        t0 = time.perf_counter()
         idx = idx.to(data.y.device)
-        out = model(data.x_num[idx], data.x_cat[idx])
-        loss = loss_fn(out, data.y[idx])
+        x_num, x_cat, y = data.x_num[idx], data.x_cat[idx], data.y[idx]
+        wait += time.perf_counter() - t0
+        out = model(x_num, x_cat)
+        loss = loss_fn(out, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip:
@@ -183,7 +197,7 @@ def train_epoch(model: nn.Module, data: Shard, optimizer: torch.optim.Optimizer,
     totals = torch.stack([loss_sum, torch.tensor(float(len(data)), dtype=torch.float64, device=loss_sum.device)])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(totals)
-    return float(totals[0] / totals[1])
+    return float(totals[0] / totals[1]), wait
 
 
 @torch.no_grad()
@@ -287,6 +301,12 @@ def fingerprint(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def derive_seed(*parts: int) -> int:

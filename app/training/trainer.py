@@ -34,6 +34,8 @@ from app.training.loop import train_loop_per_worker
 METRICS_FILE = "metrics.json"
 RAY_CHECKPOINT_STATE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 CONFIG_FILE = "config.yaml"
+# Keys of an epoch record that describe the run, not the model: left out of "valid".
+EPOCH_STATS = ("time", "lr", "epoch_time_s", "rows_per_s", "batch_wait_frac", "worker_peak_rss_mb")
 
 
 def run_dir(cfg: Config) -> str:
@@ -48,8 +50,10 @@ def preflight(cfg: Config) -> Inputs:
     return inputs
 
 
-def run_training(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
-    """Train per `cfg` on the connected Ray cluster; return what metrics.json holds."""
+def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float | None = None) -> dict[str, Any]:
+    """Train per `cfg` on the connected Ray cluster; return what metrics.json holds.
+
+    `ray_start_s`: how long connecting to Ray took, for the timings in metrics.json."""
     inputs = inputs or preflight(cfg)
     out_dir = run_dir(cfg)
     finished = finished_metrics(cfg)
@@ -68,9 +72,14 @@ def run_training(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
     write_text(cluster.join(out_dir, CONFIG_FILE), cfg.to_yaml())
 
     spec = tracking.start(cfg, out_dir)
+    fit_started = time.time()
     build_trainer(cfg, data, tracking_spec=spec).fit()
+    fit_ended = time.time()
     metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
     metrics["wall_time_s"] = time.time() - started
+    metrics["timings"] = timings(metrics, ray_start_s, started, fit_started, fit_ended)
+    print("timings: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}s"
+                                  for k, v in metrics["timings"].items() if v is not None))
     write_text(cluster.join(out_dir, METRICS_FILE), json.dumps(json_safe(metrics), indent=1))
     tracking.finish(spec, metrics)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "loss"))
@@ -80,6 +89,25 @@ def run_training(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
         print(comparison_table(metrics["test"], run_baselines(cfg, data)))
     print(f"run folder: {out_dir}")
     return metrics
+
+
+def timings(metrics: dict[str, Any], ray_start_s: float | None, started: float, fit_started: float,
+            fit_ended: float) -> dict[str, float | None]:
+    """Where the wall time of this invocation went, in seconds: Ray start, data read and
+    preprocessing, worker-group start (until its first attempt here began), shard ingest,
+    training (epochs with validation and checkpoints), scoring the test split."""
+    ours = [a for a in metrics.get("attempts", []) if a["started"] >= fit_started]
+    first = ours[0] if ours else None
+    epochs = [r for r in metrics["history"] if r["time"] >= fit_started]
+    return {
+        "ray_start_s": ray_start_s,
+        "data_s": fit_started - started,
+        "worker_start_s": first["started"] - fit_started if first else None,
+        "ingest_s": first["ingest_s"] if first else None,
+        "train_s": fit_ended - first["ready"] if first else None,
+        "train_steps_s": sum(r["epoch_time_s"] for r in epochs),
+        "test_s": started + metrics["wall_time_s"] - fit_ended,
+    }
 
 
 def summarize(cfg: Config, out_dir: str, data: Prepared, test_source) -> dict[str, Any]:
@@ -96,13 +124,14 @@ def summarize(cfg: Config, out_dir: str, data: Prepared, test_source) -> dict[st
     test = read_step(lambda: evaluate_dataset(best_uri, data.test_raw, data.state, details=True), test_source)
     return {
         "task": data.state.task,
-        "valid": {k: v for k, v in best["metrics"].items() if k not in ("time", "lr", "epoch_time_s", "rows_per_s")},
+        "valid": {k: v for k, v in best["metrics"].items() if k not in EPOCH_STATS},
         "test": test.pop("metrics"),
         "test_details": test,
         "best_checkpoint": best_uri,
         "best_epoch": best["metrics"]["epoch"],
         "epochs_completed": final["epoch"],
         "history": final["progress"]["history"],
+        "attempts": final["progress"].get("attempts", []),
         "rows": data.counts,
         "num_workers": final["world_size"],
         "param_fingerprints": final["param_fingerprints"],

@@ -54,7 +54,7 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
     source = check_input(predictor, str(folder), "--input", need_label=False)
     for output in (tmp / "scored.parquet", tmp / "scored_parts"):
         rows = run_predict(run["checkpoint"], predictor, source, check_output(str(output), False),
-                           batch_size=16, actors=2)
+                           batch_size=16, concurrency=2)
         assert rows == len(test)
         got = pq.read_table(output).to_pandas() if output.suffix else \
             pd.concat(pd.read_parquet(p) for p in sorted(output.glob("part-*.parquet")))
@@ -70,7 +70,7 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
     as_parquet = tmp / "to_score.parquet"  # the same rows from Parquet: the same predictions
     test.to_parquet(as_parquet, index=False)
     run_predict(run["checkpoint"], predictor, check_input(predictor, str(as_parquet), "--input", False),
-                check_output(str(tmp / "from_parquet.csv"), False), batch_size=64, actors=1)
+                check_output(str(tmp / "from_parquet.csv"), False), batch_size=64, concurrency=1)
     assert pd.read_csv(tmp / "from_parquet.csv")["prediction"].tolist() == expected["prediction"].tolist()
 
 

@@ -38,7 +38,7 @@ def test_train_and_predict_with_everything_on_s3(ray_session, s3, tmp_path):
     expected = predictor.predict(pd.read_csv(PENGUINS))
     source = check_input(predictor, f"{s3}/data/penguins.csv", "--input", need_label=False)
     for output in (f"{s3}/scored/one.parquet", f"{s3}/scored/parts"):
-        assert run_predict(best, predictor, source, check_output(output, False), batch_size=64, actors=1) == 344
+        assert run_predict(best, predictor, source, check_output(output, False), batch_size=64, concurrency=1) == 344
     with fs.open_input_file(f"{bucket}/scored/one.parquet") as f:
         assert pq.read_table(f)["prediction"].to_pylist() == expected["prediction"].tolist()
     parts = {i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{bucket}/scored/parts"))}
