@@ -43,6 +43,24 @@ def test_run_leaves_config_metrics_and_checkpoints(two_worker_run):
     assert best in checkpoints and "checkpoint_epoch_0004" in checkpoints and len(checkpoints) <= 3
 
 
+def test_metrics_say_where_the_time_went(two_worker_run):
+    _, metrics = two_worker_run
+    (attempt,) = metrics["attempts"]  # one worker-group start, no restart
+    assert attempt["world_size"] == 2 and attempt["from_epoch"] == 0
+    assert attempt["ingest_rows"] == metrics["rows"]["train"] + metrics["rows"]["valid"]
+    assert attempt["ingest_s"] > 0 and attempt["ready"] >= attempt["started"]
+    t = metrics["timings"]
+    assert t["ray_start_s"] is None  # the test connected to Ray itself
+    for key in ("data_s", "worker_start_s", "ingest_s", "train_s", "test_s"):
+        assert t[key] > 0, key
+    steps = sum(r["epoch_time_s"] for r in metrics["history"])
+    assert t["train_steps_s"] == pytest.approx(steps) and steps < t["train_s"]
+    assert sum(t[k] for k in ("data_s", "worker_start_s", "train_s", "test_s")) <= metrics["wall_time_s"] + 1e-6
+    for record in metrics["history"]:
+        assert 0 < record["batch_wait_frac"] < 1
+        assert record["worker_peak_rss_mb"] > 50  # a process with torch loaded
+
+
 def test_parameters_are_identical_on_every_rank(two_worker_run):
     _, metrics = two_worker_run
     prints = metrics["param_fingerprints"]
