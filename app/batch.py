@@ -114,8 +114,11 @@ def run_predict(checkpoint: str, predictor: Predictor, source: sources.Source, o
     from ray.data import DataContext
 
     DataContext.get_current().execution_options.preserve_order = True
-    ds = sources.read_dataset(source, read_types(predictor.state, with_label=False))
-    scored = predict_steps(checkpoint, ds, concurrency or default_concurrency(), batch_size, source)
+    concurrency = concurrency or default_concurrency()
+    # The same task limit on both steps: Ray Data then fuses reading a block and scoring
+    # it into one task, and raw rows never pass through the object store.
+    ds = sources.read_dataset(source, read_types(predictor.state, with_label=False), concurrency)
+    scored = predict_steps(checkpoint, ds, concurrency, batch_size, source)
     return write_output(scored, output)
 
 

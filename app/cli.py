@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=positive_int, default=4096, help="rows per model call")
     predict.add_argument("--concurrency", type=positive_int,
                          help="most input blocks scored at once, one CPU each (default: the cluster's CPUs)")
+    predict.add_argument("--actors", type=positive_int, dest="concurrency", help=argparse.SUPPRESS)  # old name
     add_address_arg(predict)
     predict.set_defaults(handler=cmd_predict)
 
@@ -253,7 +254,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from app import batch
     from app import serve as serving
+    from app.cluster import normalize_storage
 
+    args.checkpoint = normalize_storage(args.checkpoint)  # replicas do not run in this directory
     predictor = batch.load_predictor(args.checkpoint)  # a bad checkpoint fails before Ray starts
     options = serving.ServeOptions(replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
                                    max_rows=args.max_rows, max_body_bytes=int(args.max_body_mb * 2**20),

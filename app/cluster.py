@@ -137,7 +137,8 @@ def _fits_per_node(bundle: dict[str, float]) -> tuple[list[int], dict[str, float
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    fits = [min(int(node.get(r, 0) // need) for r, need in bundle.items()) for node in nodes]
+    # Rounded: 1.0 // 0.1 is 9.0 in floating point; Ray counts resources in 1/10000 units.
+    fits = [min(int(round(node.get(r, 0) / need, 4) // 1) for r, need in bundle.items()) for node in nodes]
     return fits, {r: sum(node.get(r, 0) for node in nodes) for r in bundle}, len(nodes)
 
 

@@ -103,19 +103,21 @@ class Predictor:
 
 
 _LOADED: dict[str, Predictor] = {}  # per process: a Ray worker loads a checkpoint once, then reuses it
+_KEEP_LOADED = 2  # models kept per process (a sweep scores many checkpoints in one job)
 
 
 def cached_predictor(checkpoint: str) -> Predictor:
     """The Predictor of `checkpoint`, loaded once per process.
 
-    Ray Data runs the scoring functions below as tasks that Ray schedules onto reused
-    worker processes; each of them loads the model on its first block only. Tasks (rather
-    than an actor pool) let Ray Data fuse reading a block and scoring it into one task,
-    so raw rows never travel through the object store, and every CPU can score."""
-    predictor = _LOADED.get(checkpoint)
+    Ray Data runs the scoring functions below as 1-CPU tasks on reused worker processes;
+    each process loads the model on its first block only, and scores with one thread."""
+    torch.set_num_threads(1)  # every call: the process may have run other work since
+    predictor = _LOADED.pop(checkpoint, None)
     if predictor is None:
-        torch.set_num_threads(1)  # one per task: Ray gives each scoring task one CPU
-        predictor = _LOADED[checkpoint] = Predictor.from_checkpoint(checkpoint)
+        predictor = Predictor.from_checkpoint(checkpoint)
+    _LOADED[checkpoint] = predictor  # most recently used last
+    while len(_LOADED) > _KEEP_LOADED:
+        _LOADED.pop(next(iter(_LOADED)))
     return predictor
 
 

@@ -33,6 +33,7 @@ from starlette.responses import Response
 from app import cluster
 from app.data.transform import PreprocessState
 from app.errors import UserError
+from app.predict import SCORE_BATCH
 
 APP_NAME = "app"  # the Serve application; a second `serve` on the same cluster updates it
 DEPLOYMENT = "Predictor"
@@ -128,7 +129,16 @@ def _categorical_column(name: str, records: list[dict]) -> np.ndarray:
         if v is not None and not isinstance(v, (str, int, float)):  # bool is an int
             raise BadRequest(422, f"column {name!r}, records[{i}]: got {_short(v)}; "
                                   f"expected a string, number, boolean or null")
+        if type(v) is int and not np.isfinite(_as_float(v)):  # canonical category text goes through float
+            raise BadRequest(422, f"column {name!r}, records[{i}]: a number out of range")
     return np.array(values, dtype=object)
+
+
+def _as_float(v: int) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return float("inf")
 
 
 def response_body(columns: dict[str, np.ndarray], state: PreprocessState) -> dict[str, Any]:
@@ -223,7 +233,7 @@ class PredictorDeployment:
         """One model call for the rows of several requests; each gets its own slice back."""
         rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         # In a thread: the replica keeps reading and checking requests while the model runs.
-        columns = await asyncio.to_thread(self.predictor.prediction_columns, rows)
+        columns = await asyncio.to_thread(self.predictor.prediction_columns, rows, SCORE_BATCH)
         bounds = np.cumsum([0] + [len(f) for f in frames])
         return [{k: v[a:b] for k, v in columns.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -271,6 +281,7 @@ def check_port_free(host: str, port: int) -> None:
 
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy does: TIME_WAIT is no obstacle
             s.bind((host, port))
     except OSError as e:
         raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
@@ -292,7 +303,11 @@ def deploy(checkpoint: str, options: ServeOptions, host: str = "127.0.0.1", port
     """Start Serve (if it is not running yet) and run the application, or roll the running
     one over to `checkpoint`. Returns when every replica answers; the URL it serves at."""
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no INFO lines on this terminal
-    surge = cluster.room_for({"CPU": options.cpus_per_replica})[0] > options.replicas
+    import ray
+
+    # Room for one replica more than the update needs, and that much CPU free right now.
+    surge = (cluster.room_for({"CPU": options.cpus_per_replica})[0] > options.replicas
+             and ray.available_resources().get("CPU", 0) >= options.cpus_per_replica)
     if not is_running():  # Serve's HTTP settings are fixed once it runs
         serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(checkpoint, options, surge), name=APP_NAME, route_prefix="/")

@@ -132,8 +132,10 @@ def column_types(kinds: dict[str, str], label: str, label_type: pa.DataType) -> 
     return types
 
 
-def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = None):
-    """A lazy Ray Dataset over the source's files."""
+def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = None,
+                 concurrency: int | None = None):
+    """A lazy Ray Dataset over the source's files; `concurrency`: most read tasks at once
+    (a map with the same limit fuses into the read)."""
     import ray.data
 
     paths = list(source.paths)
@@ -149,12 +151,13 @@ def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = N
         context = ray.data.DataContext.get_current()
         v2, context.use_datasource_v2 = context.use_datasource_v2, False
         try:
-            return ray.data.read_parquet(paths, filesystem=source.filesystem, override_num_blocks=blocks)
+            return ray.data.read_parquet(paths, filesystem=source.filesystem, override_num_blocks=blocks,
+                                         concurrency=concurrency)
         finally:
             context.use_datasource_v2 = v2
     return ray.data.read_csv(
         paths, filesystem=source.filesystem, convert_options=csv_convert_options(column_types),
-        override_num_blocks=blocks,
+        override_num_blocks=blocks, concurrency=concurrency,
     )
 
 

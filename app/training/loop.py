@@ -28,6 +28,7 @@ from torch import nn
 from app.cluster import quiet_logs
 from app.config import Config
 from app.data.preprocess import PreprocessState
+from app.data.sources import get_filesystem
 from app.metrics import compute_metrics
 from app.model import build_model
 from app.tracking import EpochLogger
@@ -93,7 +94,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(
         build_model(cfg.model, state.numeric_width, state.cardinalities, state.output_dim))
     optimizer, scheduler = make_optimizer(model, cfg)
-    progress = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
+    # Ray Train's latest checkpoint of this run; else one the driver chose (its record of
+    # the run's checkpoints was cut short); else none.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume_from"):
+        filesystem, path = get_filesystem(loop_config["resume_from"])
+        checkpoint = ray.train.Checkpoint(path, filesystem=filesystem)
+    progress = restore(checkpoint, model, optimizer, scheduler)
     loss_fn = nn.CrossEntropyLoss() if state.task == "classification" else nn.MSELoss()
     steps, total_rows = plan_epoch(len(train), cfg.train.batch_size)
 

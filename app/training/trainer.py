@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,8 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     cluster.check_shared_storage(cluster.normalize_storage(cfg.run.storage))
 
     started = time.time()
-    resume = resume_point(cfg, out_dir, inputs)
+    restart_from = set_aside_cut_snapshot(out_dir)
+    resume = resume_point(cfg, out_dir, inputs, restart_from)
     if resume is not None:
         print(f"resuming from {resume.checkpoint} (epoch {resume.epoch} done); --fresh starts over")
     data = prepare(cfg, inputs, fitted=resume.state if resume else None)
@@ -73,7 +75,7 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
 
     spec = tracking.start(cfg, out_dir)
     fit_started = time.time()
-    build_trainer(cfg, data, tracking_spec=spec).fit()
+    build_trainer(cfg, data, tracking_spec=spec, resume_from=restart_from).fit()
     fit_ended = time.time()
     metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
     metrics["wall_time_s"] = time.time() - started
@@ -162,9 +164,43 @@ def latest_checkpoint(out_dir: str) -> str | None:
     return cluster.join(out_dir, name) if name else None
 
 
-def resume_point(cfg: Config, out_dir: str, inputs: Inputs) -> ResumePoint | None:
-    """Check the checkpoint an interrupted run would resume from: intact, and made by this config."""
-    uri = latest_checkpoint(out_dir)
+def set_aside_cut_snapshot(out_dir: str) -> str | None:
+    """Ray Train rewrites its record of the run's checkpoints in place; on a local disk, a
+    driver killed in the middle leaves it empty or cut short, and Ray could not resume from
+    it. Such a record is moved aside; the newest intact checkpoint folder, returned here,
+    is then where training resumes (None: there is none, or the record is fine)."""
+    path = cluster.join(out_dir, RAY_CHECKPOINT_STATE)
+    fs, fs_path = get_filesystem(path)
+    if fs.get_file_info(fs_path).type == pafs.FileType.NotFound:
+        return None
+    try:
+        with fs.open_input_stream(fs_path) as f:
+            json.loads(f.read())
+        return None
+    except ValueError:
+        pass
+    fs.move(fs_path, f"{fs_path}.cut-short-{int(time.time())}")
+    _, run_path = get_filesystem(out_dir)
+    folders = sorted((i.base_name for i in fs.get_file_info(pafs.FileSelector(run_path))
+                      if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_epoch_")),
+                     reverse=True)
+    for name in folders:
+        uri = cluster.join(out_dir, name)
+        try:
+            with local_copy(uri) as directory:
+                verify(directory, uri)
+        except UserError:
+            continue  # cut short too: an older one then
+        print(f"warning: {path} was cut short (the driver died while Ray Train wrote it); set aside, resuming "
+              f"from the newest intact checkpoint", file=sys.stderr)
+        return uri
+    return None
+
+
+def resume_point(cfg: Config, out_dir: str, inputs: Inputs, uri: str | None = None) -> ResumePoint | None:
+    """Check the checkpoint an interrupted run would resume from (`uri`, else Ray Train's
+    latest registered one): intact, and made by this config."""
+    uri = uri or latest_checkpoint(out_dir)
     if uri is None:
         return None
     hint = "; pass --fresh to start over"
@@ -202,14 +238,16 @@ def finished_metrics(cfg: Config) -> dict[str, Any] | None:
 
 
 def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None,
-                  tracking_spec: dict[str, Any] | None = None) -> TorchTrainer:
-    """The TorchTrainer of a run: `train` fits it directly, each `tune` trial inside Tune."""
+                  tracking_spec: dict[str, Any] | None = None, resume_from: str | None = None) -> TorchTrainer:
+    """The TorchTrainer of a run: `train` fits it directly, each `tune` trial inside Tune.
+    `resume_from`: a checkpoint to start from when Ray Train has no record of the run's own."""
     s, r = cfg.scaling, cfg.run
     num_workers = s.num_workers if isinstance(s.num_workers, int) else tuple(s.num_workers)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "preprocess": data.state.to_json(),
-                           "fault": os.environ.get(faults.ENV_VAR), "tracking": tracking_spec},
+                           "fault": os.environ.get(faults.ENV_VAR), "tracking": tracking_spec,
+                           "resume_from": resume_from},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=s.use_gpu, resources_per_worker=cluster.worker_bundle(s),
             placement_strategy=s.placement_strategy),

@@ -47,7 +47,7 @@ def wait_until_session_gone(sid: int, timeout: float = 60) -> bool:
 
 
 def test_driver_killed_mid_run_resumes_on_rerun(tmp_path, cli_env):
-    data = make_synthetic(tmp_path / "data", 60000)
+    data = make_synthetic(tmp_path / "data", 120000)
     run = tmp_path / "runs" / "resumed"
     path = config(tmp_path, data, "resumed")
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from app.cluster import forget_dead_local_cluster
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -57,8 +56,7 @@ def head():
         yield env
     finally:
         stop_ray_of(temp)
-        shutil.rmtree(temp, ignore_errors=True)
-        forget_dead_local_cluster()  # `ray start` recorded the head as this machine's cluster
+        shutil.rmtree(temp, ignore_errors=True)  # with the record of the head that `ray start` wrote there
 
 
 def submit(env, *args, pip="0", timeout=600):

@@ -67,6 +67,16 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
     assert not list(tmp.glob(".scored*"))  # no staging files left behind
 
+    # Reading a file and scoring it run as one task per file: raw rows never go through
+    # the object store, and each CPU reads what it scores.
+    from app.batch import read_types
+    from app.data.sources import read_dataset
+    from app.predict import predict_dataset
+
+    ds = read_dataset(source, read_types(predictor.state, with_label=False), concurrency=2)
+    stats = predict_dataset(run["checkpoint"], ds, concurrency=2, batch_size=16).materialize().stats()
+    assert "ReadCSV->MapBatches(_predict_block): 3 tasks executed" in stats, stats
+
     as_parquet = tmp / "to_score.parquet"  # the same rows from Parquet: the same predictions
     test.to_parquet(as_parquet, index=False)
     run_predict(run["checkpoint"], predictor, check_input(predictor, str(as_parquet), "--input", False),

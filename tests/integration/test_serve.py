@@ -112,6 +112,7 @@ def health_of_replicas(url: str, replicas: int) -> dict[str, dict]:
         seen[h["replica"]] = h
         if len(seen) == replicas:
             break
+    assert len(seen) == replicas, seen
     return seen
 
 
