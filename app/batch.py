@@ -5,9 +5,9 @@
 
 Everything that can be wrong with the input (checkpoint, files, columns, output path) is
 checked on the driver before Ray starts. Each block of input is read and scored by one
-Ray task; a worker process loads the model once and reuses it for later blocks. Predictions stream back to the driver in input order and
-are written incrementally, so inputs larger than memory work; the output appears under
-its final name only once complete.
+Ray task; a worker process loads the model once and reuses it for later blocks.
+Predictions stream back to the driver in input order and are written incrementally, so
+inputs larger than memory work; the output appears under its final name only once complete.
 """
 
 from __future__ import annotations
