@@ -19,6 +19,19 @@ from app.config import ScalingConfig
 from app.data.sources import get_filesystem
 from app.errors import UserError
 
+# Settings of the Ray this command starts for itself (not of a cluster it joins): fewer
+# background wake-ups beside training, which on a small machine shares the cores with
+# Ray's own processes. Measured in docs/benchmarks.md.
+EMBEDDED_RAY_CONFIG = {
+    # Ray runs its workers at nice 15 so that its daemons win on a shared cluster; here the
+    # training worker would then yield to every daemon wake-up. A plain script runs at 0.
+    "worker_niceness": 0,
+    # Nothing scrapes the metrics of a Ray that lives as long as one command.
+    "enable_metrics_collection": False,
+    # Task events feed the dashboard's task table: every 5 s instead of every second.
+    "task_events_report_interval_ms": 5000,
+}
+
 
 def connect(address: str | None = None) -> float:
     """Join `address` (or $RAY_ADDRESS); without either, start an embedded local Ray.
@@ -38,15 +51,20 @@ def connect(address: str | None = None) -> float:
         except ConnectionError as e:
             raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({e})") from None
     else:
-        forget_dead_local_cluster()
-        # Like ray.init(): joins a cluster that `ray start` runs on this machine, else starts
-        # one. The dashboard also serves the state API Ray Train polls; keep it on loopback.
-        ray.init(logging_level="WARNING", dashboard_host="127.0.0.1")
+        if local_cluster_running():
+            ray.init(logging_level="WARNING")  # a `ray start` on this machine: join it, as ray.init() does
+        else:
+            import logging
+
+            # Its notice that a new local Ray turns token authentication on by default.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+            ray.init(logging_level="WARNING", dashboard_host="127.0.0.1", _system_config=EMBEDDED_RAY_CONFIG)
     return time.perf_counter() - started
 
 
-def forget_dead_local_cluster() -> None:
-    """Delete Ray's record of the last `ray start` on this machine if that cluster is gone.
+def local_cluster_running() -> bool:
+    """Whether a `ray start` cluster of this machine answers. Ray's record of the last one
+    is deleted if that cluster is gone.
 
     `ray start` (and a test Cluster) write its address to <ray temp dir>/ray_current_cluster;
     a cluster killed without `ray stop` leaves it behind. ray.init() would then wait on the
@@ -59,15 +77,17 @@ def forget_dead_local_cluster() -> None:
 
     address = read_ray_address()
     if not address:
-        return
+        return False
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=2).close()
+        return True
     except (OSError, ValueError):
         try:
             os.remove(get_ray_address_file(None))
         except OSError:
             pass
+        return False
 
 
 def quiet_logs() -> None:
@@ -86,6 +106,8 @@ def quiet_logs() -> None:
     # spend most of their time waiting.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # ... and its one-time notice that a dataset runs without progress bars (the shards).
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # Ray Train logs each report (all metrics) at INFO under a logger named after its file.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     DataContext.get_current().print_on_execution_start = False

@@ -16,7 +16,9 @@ One run measures, in this order:
    (shuffle, batch gather, forward, loss, backward, step); validation, checkpointing and
    reporting are not. Throughput is the median rows/s over epochs 2..E (epoch 1 is
    warm-up, on both sides). Also the share of the training pass spent getting batches
-   ready (the app's `batch_wait_frac`).
+   ready (the app's `batch_wait_frac`); the plain loop with torch's default (unfused)
+   AdamW; and, for DDP, the plain DDP step without its gradient all-reduce and the
+   all-reduce alone.
 3. Ingest: the app's data step (read, split, preprocess with Ray Data) and the workers
    pulling their shards into memory, against pyarrow reading the same Parquet files, and
    pyarrow + the same transform in pandas in one process.
@@ -66,7 +68,7 @@ from app.data.split import SPLIT_COLUMN, TRAIN, assign_split  # noqa: E402
 from app.model import build_model  # noqa: E402
 from app.predict import Predictor  # noqa: E402
 from app.training.checkpoint import load_preprocess_state, local_copy  # noqa: E402
-from app.training.loop import peak_rss_mb  # noqa: E402
+from app.training.loop import make_optimizer, peak_rss_mb  # noqa: E402
 from app.training.trainer import run_training  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
@@ -157,11 +159,17 @@ def training_rows(data: str, cfg: Config, state: PreprocessState) -> dict[str, n
 
 
 def plain_torch(arrays: dict[str, np.ndarray], state: PreprocessState, cfg: Config, threads: int,
-                rank: int = 0, world: int = 1, label: str = "plain") -> list[float]:
+                rank: int = 0, world: int = 1, label: str = "plain", app_optimizer: bool = True,
+                sync: bool = True) -> list[float]:
     """rows/s per epoch (over all ranks) of a plain loop doing the app's work per step.
 
     With world > 1 it runs as rank `rank` of an initialised torch.distributed group: DDP,
-    and this rank's contiguous part of the rows, as the app's shards."""
+    and this rank's contiguous part of the rows, as the app's shards. The optimizer is the
+    app's (`make_optimizer`), or with app_optimizer=False torch's AdamW with its defaults.
+    sync=False skips DDP's gradient all-reduce (`no_sync`): not training, but the compute
+    alone, to show what the all-reduce costs."""
+    import contextlib
+
     import torch.distributed as dist
 
     torch.set_num_threads(threads)
@@ -172,7 +180,8 @@ def plain_torch(arrays: dict[str, np.ndarray], state: PreprocessState, cfg: Conf
     model = build_model(cfg.model, state.numeric_width, state.cardinalities, state.output_dim)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = (make_optimizer(model, cfg)[0] if app_optimizer else
+                 torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay))
     loss_fn = nn.CrossEntropyLoss() if state.task == "classification" else nn.MSELoss()
     n = len(y)
     steps = max(1, min(math.ceil(n_all / cfg.train.batch_size), n_all // world))  # app.training.loop.plan_epoch
@@ -183,10 +192,11 @@ def plain_torch(arrays: dict[str, np.ndarray], state: PreprocessState, cfg: Conf
         loss_sum = torch.zeros((), dtype=torch.float64)
         g = torch.Generator().manual_seed(epoch * world + rank)
         for idx in torch.tensor_split(torch.randperm(n, generator=g), steps):  # like epoch_batches
-            out = model(x_num[idx], x_cat[idx])
-            loss = loss_fn(out, y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with contextlib.nullcontext() if sync else model.no_sync():
+                out = model(x_num[idx], x_cat[idx])
+                loss = loss_fn(out, y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             loss_sum += loss.detach().double() * len(idx)
         if world > 1:
@@ -227,14 +237,30 @@ def _ddp_rank(rank: int, world: int, port: int, arrays, state, cfg, out: str) ->
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    rates = plain_torch(arrays, state, cfg, max(1, CORES // world), rank, world, label=f"plain DDP x{world}")
+    threads = max(1, CORES // world)
+    rates = plain_torch(arrays, state, cfg, threads, rank, world, label=f"plain DDP x{world}")
+    compute = plain_torch(arrays, state, cfg, threads, rank, world, label=f"plain DDP x{world}, no all-reduce",
+                          sync=False)
+    # One all-reduce of a buffer the size of the model's gradients, as DDP does once a step.
+    model = build_model(cfg.model, state.numeric_width, state.cardinalities, state.output_dim)
+    grads = torch.zeros(sum(p.numel() for p in model.parameters()))
+    for _ in range(20):
+        dist.all_reduce(grads)
+    dist.barrier()
+    started = time.perf_counter()
+    for _ in range(200):
+        dist.all_reduce(grads)
+    allreduce_ms = (time.perf_counter() - started) / 200 * 1e3
     if rank == 0:
-        Path(out).write_text(json.dumps(rates))
+        Path(out).write_text(json.dumps({"rates": rates, "no_sync": compute, "allreduce_ms": allreduce_ms,
+                                         "grad_bytes": grads.numel() * 4, "steps": math.ceil(len(arrays["y"]) /
+                                                                                          cfg.train.batch_size)}))
     dist.destroy_process_group()
 
 
-def plain_ddp(arrays, state, cfg, tmp: str, world: int = 2) -> list[float]:
-    """Plain PyTorch DDP (gloo) in `world` processes of CORES / world threads, no Ray."""
+def plain_ddp(arrays, state, cfg, tmp: str, world: int = 2) -> dict:
+    """Plain PyTorch DDP (gloo) in `world` processes of CORES / world threads, no Ray; then
+    the same without the gradient all-reduce, and the all-reduce alone."""
     import socket
 
     import torch.multiprocessing as mp
@@ -264,9 +290,17 @@ def training_table(runs: dict[int, dict], plain: dict[str, list[float]]) -> list
         setup = "**app**, Ray Train" + (" DDP" if workers > 1 else "")
         rows.append(f"| {setup} | {workers} | {threads} | {steady(rates):,.0f} | {steady(rates) / base:.2f} "
                     f"| {wait:.1%} |")
+    if plain.get("default_adamw"):
+        rate = steady(plain["default_adamw"])
+        rows.append(f"| the yardstick with `torch.optim.AdamW` as constructed by default, not fused like the app's "
+                    f"| 1 | {CORES} | {rate:,.0f} | {rate / base:.2f} | - |")
     if plain.get("ddp"):
         rows.append(f"| plain PyTorch DDP (gloo), 2 processes, no Ray | 2 | {max(1, CORES // 2)} "
                     f"| {steady(plain['ddp']):,.0f} | {steady(plain['ddp']) / base:.2f} | - |")
+    if plain.get("ddp_no_sync"):
+        rate = steady(plain["ddp_no_sync"])
+        rows.append(f"| the same without the gradient all-reduce (`no_sync`: the compute alone, not a valid "
+                    f"training) | 2 | {max(1, CORES // 2)} | {rate:,.0f} | {rate / base:.2f} | - |")
     return ["| setup | workers | torch threads each | rows/s | ratio to plain | waiting for batches |",
             "|---|---:|---:|---:|---:|---:|", *rows]
 
@@ -382,7 +416,9 @@ def main() -> int:
 
         print("== training with the app", flush=True)
         cluster.quiet_logs()  # before ray.init, so its environment reaches the Ray processes
-        ray.init(num_cpus=CORES, logging_level="WARNING", dashboard_host="127.0.0.1")
+        # The Ray that `python -m app train` starts for itself.
+        ray.init(num_cpus=CORES, logging_level="WARNING", dashboard_host="127.0.0.1",
+                 _system_config=cluster.EMBEDDED_RAY_CONFIG)
         runs: dict[int, dict] = {}
         for workers, cpus in SETUPS:
             cfg = make_config(data, os.path.join(tmp, "runs"), workers, cpus, args)
@@ -411,7 +447,10 @@ def main() -> int:
         ray.shutdown()
         wait_for_ray_exit()
         plain["plain"] = plain_torch(arrays, state, cfg, CORES)
-        plain["ddp"] = plain_ddp(arrays, state, cfg, tmp)
+        plain["default_adamw"] = plain_torch(arrays, state, cfg, CORES, label="plain, default AdamW",
+                                             app_optimizer=False)
+        ddp = plain_ddp(arrays, state, cfg, tmp)
+        plain["ddp"], plain["ddp_no_sync"] = ddp["rates"], ddp["no_sync"]
         direct_rows, direct_s = predict_direct(checkpoint, data)
         script_s = predict_script(checkpoint, data, tmp)
         ingest = ingest_table(data, state, runs, total_rows)
@@ -442,9 +481,10 @@ def main() -> int:
         "## Training throughput",
         "",
         f"{len(arrays['y']):,} training rows, MLP [256, 256] with categorical embeddings, batch {args.batch_size} "
-        f"(global), AdamW, {args.epochs} epochs. rows/s: median over epochs 2..{args.epochs} of training rows / "
-        "time of the training pass (epoch 1 is warm-up on both sides); validation and checkpoints untimed on both "
-        "sides. Waiting for batches: share of the training pass spent gathering the next batch.",
+        f"(global), fused AdamW (the app's optimizer, on both sides), {args.epochs} epochs. rows/s: median over "
+        f"epochs 2..{args.epochs} of training rows / time of the training pass (epoch 1 is warm-up on both "
+        "sides); validation and checkpoints untimed on both sides. Waiting for batches: share of the training "
+        "pass spent gathering the next batch.",
         "",
         *training_table(runs, plain),
         "",
@@ -452,6 +492,12 @@ def main() -> int:
         + "; ".join(f"app {w} worker(s) " + ", ".join(f"{r['rows_per_s']:,.0f}" for r in m["history"])
                     for w, m in runs.items() if "error" not in m),
         *[f"\nFailed: {w} worker(s): `{m['error']}`" for w, m in runs.items() if "error" in m],
+        "",
+        f"Where DDP's time goes (plain, no Ray): one gloo all-reduce of the model's gradients "
+        f"({ddp['grad_bytes'] / 1024:,.0f} KiB) between the 2 processes takes {ddp['allreduce_ms']:.2f} ms on its own; "
+        f"the step with it takes {1e3 * cfg.train.batch_size / steady(plain['ddp']):.2f} ms, without it "
+        f"{1e3 * cfg.train.batch_size / steady(plain['ddp_no_sync']):.2f} ms, against "
+        f"{1e3 * cfg.train.batch_size / steady(plain['plain']):.2f} ms for one process with {CORES} threads.",
         "",
         "## Ingest",
         "",

@@ -61,11 +61,12 @@ def ray_session():
     training workers and Ray Data tasks fit beside each other on a 2-core machine."""
     import ray
 
-    from app.cluster import forget_dead_local_cluster, quiet_logs
+    from app.cluster import EMBEDDED_RAY_CONFIG, local_cluster_running, quiet_logs
 
     quiet_logs()
-    forget_dead_local_cluster()
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    local_cluster_running()  # forgets a dead `ray start` of this machine that ray.init would wait for
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING",
+             _system_config=EMBEDDED_RAY_CONFIG)
     yield ray
     ray.shutdown()
 

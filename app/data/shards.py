@@ -37,4 +37,8 @@ class PresplitShards(ray.train.DataConfig):
         if world_size not in self._parts:  # not planned for: cut now (needs a free CPU)
             self._parts[world_size] = {name: cut(ds, world_size) for name, ds in datasets.items()}
         parts = self._parts[world_size]
+        for ds in (p for by_name in parts.values() for p in by_name):
+            # A worker pulls its part once, as a small Ray Data job; progress bars of that
+            # would reach the driver's terminal as noise between the per-epoch lines.
+            ds.context.enable_progress_bars = False
         return [{name: parts[name][rank].iterator() for name in datasets} for rank in range(world_size)]

@@ -49,6 +49,9 @@ def test_train_quickstart_end_to_end(tmp_path, cli_env):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "epoch 3/30" not in first.stdout and "epoch 3/3 " in first.stdout + first.stderr
     assert re.search(r"epoch 2/3 .* elapsed \d+:\d\d  eta \d+:\d\d", first.stdout + first.stderr)
+    # Our own lines only: no Ray Data progress bars from the workers' shard pulls, no notices.
+    for noise in ("Running Dataset", "Progress bars disabled", "Token authentication"):
+        assert noise not in first.stdout + first.stderr
     run = storage / "quickstart"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "classification" and metrics["epochs_completed"] == 3
@@ -160,3 +163,16 @@ def test_more_workers_than_the_cluster_can_host(tmp_path, cli_env):
     result = run_cli(["train", "--config", str(cfg), "--set", "scaling.num_workers=3"], cli_env, timeout=120)
     assert_bad_input(result, "scaling.num_workers: 3 worker(s)", "can never be scheduled",
                      run_dir=tmp_path / "runs" / "quickstart")
+
+
+def test_embedded_ray_runs_workers_at_normal_priority(cli_env):
+    """Ray nices its workers to 15 unless told otherwise; the Ray the app starts for itself
+    runs them at 0, like a plain script, so training does not yield to Ray's daemons."""
+    probe = ("import os, ray\n"
+             "from app import cluster\n"
+             "cluster.connect()\n"
+             "print('nice', ray.get(ray.remote(lambda: os.nice(0)).remote()), os.nice(0))\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=cli_env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "nice 0 0" in done.stdout
