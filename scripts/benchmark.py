@@ -253,8 +253,7 @@ def _ddp_rank(rank: int, world: int, port: int, arrays, state, cfg, out: str) ->
     allreduce_ms = (time.perf_counter() - started) / 200 * 1e3
     if rank == 0:
         Path(out).write_text(json.dumps({"rates": rates, "no_sync": compute, "allreduce_ms": allreduce_ms,
-                                         "grad_bytes": grads.numel() * 4, "steps": math.ceil(len(arrays["y"]) /
-                                                                                          cfg.train.batch_size)}))
+                                         "grad_bytes": grads.numel() * 4}))
     dist.destroy_process_group()
 
 
