@@ -108,9 +108,9 @@ def score(model, arrays: dict[str, np.ndarray], state: PreprocessState) -> dict[
     return metrics
 
 
-def comparison_table(model_metrics: dict[str, float] | None, baselines: dict[str, Any]) -> str:
+def comparison_table(model_metrics: dict[str, float] | None, baselines: dict[str, Any], kind: str = "model") -> str:
     """Test metrics of the network (when trained) beside the baselines, as plain text."""
-    rows = ([("mlp (this run)", model_metrics)] if model_metrics else []) + \
+    rows = ([(f"{kind} (this run)", model_metrics)] if model_metrics else []) + \
         [(name, result["test"]) for name, result in baselines.items()]
     names = [k for k in (model_metrics or next(iter(baselines.values()))["test"]) if k != "loss"]
     width = max(len(r[0]) for r in rows)

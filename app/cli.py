@@ -229,7 +229,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     cluster.connect(args.address)
     results = run_baselines(cfg, prepare(cfg, inputs))
     trained = read_json(cluster.join(run_dir(cfg), "metrics.json"))
-    print(comparison_table(trained["test"] if trained else None, results))
+    print(comparison_table(trained["test"] if trained else None, results, cfg.model.kind))
     print(f"written: {cluster.join(run_dir(cfg), 'baselines.json')}")
     return 0
 

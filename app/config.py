@@ -9,6 +9,7 @@ Every field's docstring is its documentation (the README's config reference mirr
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,10 @@ REGRESSION_METRICS = ("rmse", "mae", "r2")
 LOSS_METRICS = ("valid_loss", "train_loss")
 HIGHER_IS_BETTER = frozenset({"accuracy", "f1_macro", "roc_auc", "r2"})
 LOWER_IS_BETTER = frozenset({"valid_loss", "train_loss", "log_loss", "rmse", "mae"})
+# train.epochs: auto aims at this many training rows seen (a TabM on 2 CPU cores passes
+# about 3k rows/s, so a 50k-row table trains in about 5 minutes), within these bounds.
+AUTO_ROWS_SEEN = 1_000_000
+AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 10, 200
 
 
 class _Loader(yaml.SafeLoader):
@@ -84,16 +89,46 @@ class PreprocessConfig(Section):
     """Add a 0/1 column for each numeric column that had missing values in training."""
     min_category_count: int = Field(1, ge=1)
     """Categories seen fewer times than this in training go to the unknown bucket."""
+    numeric_scaling: Literal["quantile", "standard"] = "quantile"
+    """quantile: map each numeric column through its training quantiles onto a standard
+    normal (robust to skew and outliers); standard: subtract the mean, divide by the std."""
+    sample_rows: int = Field(100_000, ge=100)
+    """Quantiles and embedding bins are fitted on a seeded sample of at most this many
+    training rows (the same rows on any cluster and block layout)."""
+    embedding_bins: int = Field(48, ge=2, le=256)
+    """Bins per numeric column for model.num_embeddings: piecewise_linear (quantile edges
+    of the normalised training sample)."""
 
 
 class ModelConfig(Section):
-    hidden: list[int] = [128, 64]
-    """Widths of the hidden layers of the MLP."""
+    kind: Literal["tabm", "mlp"] = "tabm"
+    """tabm: an ensemble of k MLPs trained at once with shared weights (TabM, Gorishniy et
+    al., ICLR 2025), numeric columns through piecewise-linear embeddings, categorical
+    columns one-hot; mlp: one MLP with a learned embedding per categorical column."""
     dropout: float = Field(0.1, ge=0, lt=1)
-    """Dropout after each hidden layer."""
+    """Dropout after each hidden layer (both kinds)."""
+    hidden: list[int] = [128, 64]
+    """mlp: widths of the hidden layers."""
     embedding_dim: int | None = Field(None, ge=1)
-    """Width of each categorical embedding; null: min(16, 1.6 * cardinality ** 0.56)."""
+    """mlp: width of each categorical embedding; null: min(16, 1.6 * cardinality ** 0.56)."""
     activation: Literal["relu", "gelu", "silu"] = "relu"
+    """mlp: activation after each hidden layer."""
+    k: int = Field(16, ge=1)
+    """tabm: ensemble members. Cost per row grows about linearly with k."""
+    d_block: int = Field(256, ge=1)
+    """tabm: width of each hidden layer."""
+    n_blocks: int = Field(2, ge=1)
+    """tabm: number of hidden layers."""
+    arch: Literal["tabm-mini", "tabm"] = "tabm-mini"
+    """tabm: tabm-mini adapts only the input per member; tabm adapts every layer."""
+    num_embeddings: Literal["piecewise_linear", "none"] = "piecewise_linear"
+    """tabm: encoding of numeric columns; piecewise_linear uses the bins fitted in
+    preprocessing (preprocess.embedding_bins)."""
+    d_embedding: int = Field(16, ge=1)
+    """tabm: width of each numeric column's embedding (and of a large categorical's)."""
+    one_hot_max: int = Field(32, ge=1)
+    """tabm: categorical columns with at most this many categories (the unknown bucket
+    included) are one-hot; larger ones get a learned embedding of width d_embedding."""
 
     @field_validator("hidden")
     @classmethod
@@ -104,25 +139,44 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(20, ge=1)
-    """Maximum number of passes over the training split."""
-    batch_size: int = Field(512, ge=1)
+    epochs: int | Literal["auto"] = "auto"
+    """Maximum number of passes over the training split. auto: enough passes for about
+    1M training rows seen, at least 10 and at most 200 (recorded in the run's config.yaml)."""
+    batch_size: int | Literal["auto"] = "auto"
     """Global batch: rows per optimizer step summed over all workers, so a config trains
-    the same way at any worker count (each worker takes batch_size / num_workers)."""
-    lr: float = Field(1.0e-3, gt=0)
+    the same way at any worker count (each worker takes batch_size / num_workers).
+    auto: 256 up to 50k training rows, 512 up to 200k, 1024 above (recorded in config.yaml)."""
+    lr: float = Field(2.0e-3, gt=0)
     """Peak learning rate of AdamW."""
-    weight_decay: float = Field(1.0e-4, ge=0)
+    weight_decay: float = Field(3.0e-4, ge=0)
     """AdamW decoupled weight decay."""
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     """Per-epoch schedule after warm-up: constant, or cosine decay to 1% of `lr` at `epochs`."""
     warmup_epochs: int = Field(0, ge=0)
     """Epochs of linear warm-up from lr / (warmup_epochs + 1) to lr."""
-    early_stopping_patience: int | None = Field(5, ge=1)
+    early_stopping_patience: int | None = Field(16, ge=1)
     """Stop after this many epochs without improvement of run.checkpoint.metric; null: never."""
     grad_clip: float | None = Field(None, gt=0)
     """Clip the gradient norm to this value; null: no clipping."""
     seed: int = 0
     """Seeds weights, dropout and the data order (which derives from seed and epoch)."""
+
+    @field_validator("epochs", "batch_size", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, value: Any) -> Any:
+        if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"must be a positive integer or auto (got {value!r})")
+        return value
+
+    def resolved(self, train_rows: int) -> TrainConfig:
+        """A copy with `auto` epochs and batch size derived from the training rows."""
+        batch = self.batch_size
+        if batch == "auto":
+            batch = 256 if train_rows <= 50_000 else 512 if train_rows <= 200_000 else 1024
+        epochs = self.epochs
+        if epochs == "auto":
+            epochs = min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, math.ceil(AUTO_ROWS_SEEN / max(1, train_rows))))
+        return self.model_copy(update={"epochs": epochs, "batch_size": batch})
 
 
 class ScalingConfig(Section):
@@ -252,6 +306,10 @@ class Config(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def resolved(self, train_rows: int) -> Config:
+        """This config with every `auto` value that depends on the data made concrete."""
+        return self.model_copy(update={"train": self.train.resolved(train_rows)})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -3,8 +3,8 @@
     python -m app export --checkpoint runs/quickstart/checkpoint_epoch_0012 --output model/
     python model/predict.py new.csv predictions.csv        # needs onnxruntime, numpy, pandas
 
-The folder holds model.onnx (prepared arrays -> probabilities or the prediction in the
-label's units), preprocess.json (the fitted state), preprocess.py (a copy of the code
+The folder holds model.onnx and model_torchscript.pt (the same network, prepared arrays ->
+probabilities or the prediction in the label's units), preprocess.json (the fitted state), preprocess.py (a copy of the code
 that prepares rows, app/data/transform.py), predict.py (a runner and a `Model` class),
 schema.json and a README.
 """
@@ -24,6 +24,7 @@ from app.errors import UserError
 from app.predict import Predictor
 
 MODEL_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model_torchscript.pt"
 
 
 class _Exported(torch.nn.Module):
@@ -52,6 +53,7 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         write_onnx(predictor, staging / MODEL_FILE)
+        write_torchscript(predictor, staging / TORCHSCRIPT_FILE)
         (staging / "preprocess.json").write_text(state.to_json())
         (staging / "schema.json").write_text(json.dumps(predictor.schema(), indent=1))
         here = Path(__file__).resolve().parent
@@ -67,11 +69,24 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
     return out
 
 
+def example_inputs(predictor: Predictor, rows: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    state = predictor.state
+    return torch.zeros(rows, state.numeric_width), torch.zeros(rows, len(state.categorical), dtype=torch.long)
+
+
+def write_torchscript(predictor: Predictor, path: Path) -> None:
+    """A traced TorchScript module with the ONNX model's inputs and output, for PyTorch
+    runtimes (torch.jit.load; C++ through libtorch). Any batch size works."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks inside the model
+        traced = torch.jit.trace(_Exported(predictor).eval(), example_inputs(predictor), check_trace=False)
+    traced.save(str(path))
+
+
 def write_onnx(predictor: Predictor, path: Path) -> None:
     state = predictor.state
     module = _Exported(predictor).eval()
-    rows = 4  # any batch size works: the batch dimension is exported as dynamic
-    example = (torch.zeros(rows, state.numeric_width), torch.zeros(rows, len(state.categorical), dtype=torch.long))
+    example = example_inputs(predictor)  # any batch size works: the batch dimension is exported as dynamic
     batch = torch.export.Dim("batch")
     output = "probabilities" if state.task == "classification" else "prediction"
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" etc.
@@ -107,7 +122,7 @@ Model("path/to/this/folder").predict(df)      # df: a pandas DataFrame of raw ro
 Missing values and categories never seen in training are handled as in training.
 
 ## Files
-- `model.onnx`: inputs `x_num` (float32, [rows, {predictor.state.numeric_width}]) and `x_cat` (int64,
+- `model.onnx` (and `model_torchscript.pt`, the same for `torch.jit.load`): inputs `x_num` (float32, [rows, {predictor.state.numeric_width}]) and `x_cat` (int64,
   [rows, {len(predictor.state.categorical)}]), the prepared arrays; output
   {'`probabilities` [rows, classes]' if s['task'] == 'classification' else '`prediction` [rows]'}.
 - `preprocess.py` + `preprocess.json`: raw rows -> those arrays (the code training used).

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from app.config import ModelConfig
 from app.data.preprocess import PreprocessState, scorable, transform
 from app.errors import UserError
 from app.metrics import compute_metrics, confusion_matrix, residual_summary, softmax
@@ -35,11 +34,10 @@ class Predictor:
         with ckpt.local_copy(str(uri)) as directory:
             manifest = ckpt.verify(directory, str(uri))
             state = ckpt.load_preprocess_state(directory)
-            model = build_model(ModelConfig.model_validate(manifest["model"]), manifest["numeric_width"],
-                                manifest["cardinalities"], manifest["output_dim"])
             try:
+                model = build_model(ckpt.model_config(manifest), state)
                 model.load_state_dict(ckpt.load_model_weights(directory))
-            except RuntimeError as e:
+            except (RuntimeError, ValueError) as e:
                 raise UserError(f"checkpoint {uri}: weights do not fit its model config ({e})") from None
         return cls(state, model, manifest["epoch"])
 

@@ -226,6 +226,7 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
     # Prepared once for all trials, unless trials differ in their data or preprocessing;
     # then this run only finds the task, and each trial prepares its own.
     prepared = prepare(cfg, inputs)
+    cfg = cfg.resolved(prepared.counts["train"])  # auto epochs and batch size, the same for every trial
     shared = None if any(k.startswith(("data.", "preprocess.")) for k in space) else prepared
     check_tune_metric(cfg, prepared.state.task)
     print(f"sweep: {cfg.tune.num_samples} sample(s) of {len(space)} key(s), {concurrency} trial(s) at a time, "

@@ -80,7 +80,7 @@ def make_config(data: str, storage: str, workers: int, cpus: int, args: argparse
     tree = {
         "name": f"bench-{workers}w-{uuid.uuid4().hex[:8]}",
         "data": {"train": data, "label": "target", "split": {"valid": 0.1, "test": 0.1, "seed": 0}},
-        "model": {"hidden": [256, 256], "dropout": 0.0},
+        "model": {"kind": "mlp", "hidden": [256, 256], "dropout": 0.0},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3,
                   "early_stopping_patience": None, "lr_schedule": "constant"},
         "scaling": {"num_workers": workers, "cpus_per_worker": cpus},
@@ -177,7 +177,7 @@ def plain_torch(arrays: dict[str, np.ndarray], state: PreprocessState, cfg: Conf
     lo, hi = n_all * rank // world, n_all * (rank + 1) // world
     x_num, x_cat, y = (torch.from_numpy(np.ascontiguousarray(arrays[k][lo:hi])) for k in ("x_num", "x_cat", "y"))
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, state.numeric_width, state.cardinalities, state.output_dim)
+    model = build_model(cfg.model, state)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model)
     optimizer = (make_optimizer(model, cfg)[0] if app_optimizer else
@@ -242,7 +242,7 @@ def _ddp_rank(rank: int, world: int, port: int, arrays, state, cfg, out: str) ->
     compute = plain_torch(arrays, state, cfg, threads, rank, world, label=f"plain DDP x{world}, no all-reduce",
                           sync=False)
     # One all-reduce of a buffer the size of the model's gradients, as DDP does once a step.
-    model = build_model(cfg.model, state.numeric_width, state.cardinalities, state.output_dim)
+    model = build_model(cfg.model, state)
     grads = torch.zeros(sum(p.numel() for p in model.parameters()))
     for _ in range(20):
         dist.all_reduce(grads)

@@ -17,5 +17,5 @@ fi
 
 .venv/bin/python -m pip install --quiet --upgrade pip
 # constraints.txt pins the versions the test suite ran with (torch is the CPU build).
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 echo "$want" > "$stamp"

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from app.config import Config, check_metric
@@ -108,21 +109,37 @@ def prepare(cfg: Config, inputs: Inputs, fitted: preprocess.PreprocessState | No
 def fit(cfg: Config, inputs: Inputs, tagged) -> preprocess.PreprocessState:
     """Map: stats of each batch of training rows, on the cluster; reduce: on the driver."""
     d = cfg.data
-    parts = read_step(lambda: tagged.map_batches(
-        _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label},
-        batch_format="pandas", batch_size=None).take_all(), inputs.train)
-    stats = preprocess.merge_stats([json.loads(row["stats"]) for row in parts])
+    sample_rows = cfg.preprocess.sample_rows
+    summaries = tagged.map_batches(
+        _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label, "sample_rows": sample_rows},
+        batch_format="pandas", batch_size=None)
+    parts, sample = read_step(lambda: _collect(summaries, sample_rows), inputs.train)
+    stats = preprocess.merge_stats(parts)
     state, warnings = preprocess.fit_preprocessor(
         stats, inputs.kinds, d.label, d.task, cfg.preprocess.min_category_count,
         cfg.preprocess.missing_indicators, inputs.input_types, f"data.train ({d.train})",
         frozenset(d.categorical), inputs.label_type)
+    numeric = [n for n, k in inputs.kinds.items() if k == "numeric"]
+    preprocess.fit_numeric_scaling(state, sample.result(numeric), cfg.preprocess.numeric_scaling,
+                                   cfg.preprocess.embedding_bins)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     return state
 
 
-def _train_stats(df, kinds, label):
-    return preprocess.partial_stats_batch(df, kinds, label, train_mask=(df[SPLIT_COLUMN] == TRAIN).to_numpy())
+def _collect(summaries, sample_rows: int) -> tuple[list[dict[str, Any]], preprocess.SampleMerger]:
+    """Per-batch stats, and the sample merged as the batches stream in (the driver holds
+    at most 2 x sample_rows rows of it at any time)."""
+    parts, sample = [], preprocess.SampleMerger(sample_rows)
+    for row in summaries.iter_rows():
+        parts.append(json.loads(row["stats"]))
+        sample.add(np.frombuffer(row["sample"], dtype=np.float64).reshape(-1, row["sample_columns"]))
+    return parts, sample
+
+
+def _train_stats(df, kinds, label, sample_rows):
+    return preprocess.partial_stats_batch(df, kinds, label, train_mask=(df[SPLIT_COLUMN] == TRAIN).to_numpy(),
+                                          sample_rows=sample_rows)
 
 
 def _only_split(df, split):

@@ -8,9 +8,13 @@ as it is) is a pure function from a pandas batch to model-ready arrays; training
 evaluation, batch prediction and serving all call it.
 
 Rules (also in the README):
-- numeric columns: missing values become the training mean, plus a 0/1 indicator column
-  when the column had gaps in training (`preprocess.missing_indicators`); then
-  standardised with the training mean and standard deviation.
+- numeric columns: mapped onto a standard normal through their training quantiles
+  (`preprocess.numeric_scaling: quantile`, the default) or standardised with the training
+  mean and standard deviation (`standard`); missing values become the centre (0), plus a
+  0/1 indicator column when the column had gaps in training (`preprocess.missing_indicators`).
+  Quantiles, and the bins of the piecewise-linear embeddings, are fitted on a seeded
+  sample of at most `preprocess.sample_rows` training rows: the rows with the smallest
+  hash of their values, so the sample is the same on any cluster and block layout.
 - categorical columns (text, boolean, or listed in `data.categorical`): each category
   seen in training (at least `preprocess.min_category_count` times) gets an index;
   missing is a category of its own; anything else goes to the unknown bucket 0.
@@ -37,6 +41,7 @@ from app.data.transform import (
     NumericColumn,
     PreprocessState,
     category_strings,
+    numeric_inputs,
     scorable,
     transform,
 )
@@ -45,6 +50,8 @@ from app.errors import UserError
 NUMERIC_LOOKING = 0.9  # share of numeric values above which a text column is suspicious
 AUTO_CLASSES = 20  # integer labels with at most this many distinct values are classes
 _LABEL_VALUES_CAP = 1000  # distinct label values tracked per batch before giving up
+MAX_QUANTILES = 1000  # quantile levels per numeric column (scikit-learn's default)
+_SAMPLE_SEED = 0x5A4D91E  # the sample's row hash, independent of the split's
 
 
 # ---------------------------------------------------------------- column kinds
@@ -138,11 +145,51 @@ def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str,
 
 
 def partial_stats_batch(df: pd.DataFrame, kinds: dict[str, str], label: str,
-                        train_mask: np.ndarray | None = None) -> pd.DataFrame:
-    """Ray Data batch function: one row holding the stats of the batch's training rows as JSON."""
+                        train_mask: np.ndarray | None = None, sample_rows: int = 0) -> pd.DataFrame:
+    """Ray Data batch function: one row holding the stats of the batch's training rows as
+    JSON, and (`sample_rows` > 0) this batch's candidates for the seeded sample."""
     train = df if train_mask is None else df[train_mask]
     stats = partial_stats(train, kinds, label, all_rows=df)
-    return pd.DataFrame({"stats": [json.dumps(stats)]})
+    sample = sample_candidates(train, kinds, label, sample_rows) if sample_rows else np.zeros((0, 0))
+    return pd.DataFrame({"stats": [json.dumps(stats)], "sample": [sample.tobytes()],
+                         "sample_columns": [sample.shape[1]]})
+
+
+def sample_candidates(df: pd.DataFrame, kinds: dict[str, str], label: str, size: int) -> np.ndarray:
+    """[hash, numeric feature values...] of the `size` labelled rows with the smallest hash
+    of their values: the global sample is then the `size` smallest over all batches."""
+    numeric = [n for n, k in kinds.items() if k == "numeric"]
+    df = df[df[label].notna()]
+    from app.data.split import row_uniforms
+
+    u = row_uniforms(df[[*kinds, label]], _SAMPLE_SEED)
+    keep = np.argsort(u, kind="stable")[:size]
+    values = [pd.to_numeric(df[n].iloc[keep], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+              for n in numeric]
+    return np.column_stack([u[keep], *values]) if len(keep) else np.zeros((0, 1 + len(numeric)))
+
+
+class SampleMerger:
+    """Keeps the `size` rows with the smallest hash among the candidates it is given."""
+
+    def __init__(self, size: int):
+        self.size, self.rows = size, None
+
+    def add(self, candidates: np.ndarray) -> None:
+        self.rows = candidates if self.rows is None else np.concatenate([self.rows, candidates])
+        if len(self.rows) > 2 * self.size:
+            self.rows = self._smallest()
+
+    def _smallest(self) -> np.ndarray:
+        # Sort by hash, then by the values, so ties fall the same way whatever the order
+        # the batches came in.
+        order = np.lexsort(tuple(np.nan_to_num(self.rows[:, c], nan=np.inf) for c in
+                                 range(self.rows.shape[1] - 1, -1, -1)))
+        return self.rows[order[:self.size]]
+
+    def result(self, numeric: list[str]) -> pd.DataFrame:
+        rows = self._smallest() if self.rows is not None else np.zeros((0, 1 + len(numeric)))
+        return pd.DataFrame(rows[:, 1:], columns=numeric)
 
 
 def _json_scalar(v: Any) -> Any:
@@ -273,6 +320,47 @@ def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, t
         std = math.sqrt(m["m2"] / m["n"])
         state.target_mean, state.target_std = m["mean"], std if std > 1e-12 else 1.0
     return state, warnings
+
+
+def fit_numeric_scaling(state: PreprocessState, sample: pd.DataFrame, scaling: str, n_bins: int) -> None:
+    """Quantiles (for `quantile` scaling) and embedding bins, fitted on the training sample.
+
+    Quantile levels follow the TabM paper's rule, n / 30 clipped to [10, 1000]; bins are
+    the `n_bins` quantile edges of each prepared numeric input (rtdl_num_embeddings)."""
+    if not state.numeric:
+        return
+    if scaling == "quantile":
+        from scipy.special import ndtri
+
+        levels = np.linspace(0.0, 1.0, int(np.clip(len(sample) // 30, 10, MAX_QUANTILES)))
+        # Clipped like scikit-learn's QuantileTransformer: the end levels map to +-5.2, not inf.
+        state.quantile_normal = ndtri(np.clip(levels, 1e-7, 1 - 1e-7)).tolist()
+        for col in state.numeric:
+            v = sample[col.name].to_numpy(np.float64)
+            v = v[np.isfinite(v)]
+            col.quantiles = np.quantile(v, levels).tolist() if len(v) else [col.mean] * len(levels)
+    state.bins = embedding_bins(numeric_inputs(sample, state), n_bins)
+
+
+def embedding_bins(x: np.ndarray, n_bins: int) -> list[list[float]]:
+    """Bin edges per column of `x` for piecewise-linear embeddings: quantile edges from
+    rtdl_num_embeddings.compute_bins; a column with a single value gets one unit bin."""
+    import warnings
+
+    import torch
+    from rtdl_num_embeddings import compute_bins
+
+    warnings.filterwarnings("ignore", message=".*just two bin edges")  # a 0/1 column: one bin is right
+    edges = []
+    for column in x.T.astype(np.float32):
+        distinct = np.unique(column)
+        if len(distinct) < 2 or len(column) < 3:
+            centre = float(distinct[0]) if len(distinct) else 0.0
+            edges.append([centre - 0.5, centre + 0.5])
+            continue
+        bins = compute_bins(torch.from_numpy(column[:, None].copy()), n_bins=min(n_bins, len(column) - 1))
+        edges.append(bins[0].tolist())
+    return edges
 
 
 def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dict[str, np.ndarray]:

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 MISSING = "__missing__"  # the category that missing values fall into
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: standard scaling only, no embedding bins
 
 
 @dataclass
@@ -24,6 +25,9 @@ class NumericColumn:
     mean: float
     std: float
     indicator: bool  # emit a 0/1 "was missing" column
+    # Quantile scaling: the column's training quantiles at the levels whose standard-normal
+    # values are PreprocessState.quantile_normal; None: standard scaling with mean and std.
+    quantiles: list[float] | None = None
 
 
 @dataclass
@@ -50,6 +54,10 @@ class PreprocessState:
     dropped: list[str] = field(default_factory=list)  # all-missing in training
     input_types: dict[str, str] = field(default_factory=dict)  # column -> Arrow type, as read
     train_rows: int = 0
+    quantile_normal: list[float] = field(default_factory=list)  # standard-normal value of each quantile level
+    # Edges of the piecewise-linear embedding bins of each model input column (x_num),
+    # fitted on the prepared training sample; empty when there are no numeric inputs.
+    bins: list[list[float]] = field(default_factory=list)
     version: int = STATE_VERSION
 
     @property
@@ -74,8 +82,9 @@ class PreprocessState:
     @classmethod
     def from_json(cls, text: str) -> PreprocessState:
         d = json.loads(text)
-        if d.get("version") != STATE_VERSION:
+        if d.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"unsupported preprocessing state version {d.get('version')}")
+        d["version"] = STATE_VERSION
         d["numeric"] = [NumericColumn(**c) for c in d["numeric"]]
         d["categorical"] = [CategoricalColumn(**c) for c in d["categorical"]]
         return cls(**d)
@@ -113,24 +122,45 @@ def transform(df: pd.DataFrame, state: PreprocessState, with_label: bool = True)
     Pure and stateless: the same function runs in Ray Data tasks, training workers,
     the batch predictor and the server.
     """
-    n = len(df)
-    x_num = np.empty((n, state.numeric_width), dtype=np.float32)
+    out = {"x_num": numeric_inputs(df, state), "x_cat": categorical_inputs(df, state)}
+    if with_label:
+        out["y"] = encode_label(df[state.label], state)
+    return out
+
+
+def quantile_scale(v: np.ndarray, quantiles: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """Values -> standard-normal scores through the training quantiles, linear between them
+    and clipped outside. A value shared by several quantiles (a spike in the data) maps to
+    the middle of their scores: interpolating from both ends and averaging, as
+    scikit-learn's QuantileTransformer does."""
+    up = np.interp(v, quantiles, normal)
+    down = -np.interp(-v, -quantiles[::-1], -normal[::-1])
+    return 0.5 * (up + down)
+
+
+def numeric_inputs(df: pd.DataFrame, state: PreprocessState) -> np.ndarray:
+    """The numeric columns scaled (missing: 0, the training centre), then their indicators."""
+    x_num = np.empty((len(df), state.numeric_width), dtype=np.float32)
     j = len(state.numeric)
     for i, col in enumerate(state.numeric):
         v = pd.to_numeric(df[col.name], errors="coerce").to_numpy(np.float64, na_value=np.nan)
         missing = np.isnan(v)
-        x_num[:, i] = np.where(missing, 0.0, (v - col.mean) / col.std)
+        scaled = (v - col.mean) / col.std if col.quantiles is None else \
+            quantile_scale(v, np.asarray(col.quantiles), np.asarray(state.quantile_normal))
+        x_num[:, i] = np.where(missing, 0.0, scaled)
         if col.indicator:
             x_num[:, j] = missing
             j += 1
-    x_cat = np.empty((n, len(state.categorical)), dtype=np.int64)
+    return x_num
+
+
+def categorical_inputs(df: pd.DataFrame, state: PreprocessState) -> np.ndarray:
+    """Category indices: 1 + position in the training categories; 0 for unknown."""
+    x_cat = np.empty((len(df), len(state.categorical)), dtype=np.int64)
     for i, col in enumerate(state.categorical):
         text = category_strings(df[col.name]).fillna(MISSING)
         x_cat[:, i] = pd.Index(col.categories).get_indexer(text) + 1
-    out = {"x_num": x_num, "x_cat": x_cat}
-    if with_label:
-        out["y"] = encode_label(df[state.label], state)
-    return out
+    return x_cat
 
 
 def encode_label(y: pd.Series, state: PreprocessState) -> np.ndarray:

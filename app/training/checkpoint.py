@@ -62,6 +62,12 @@ def write_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer
     return directory
 
 
+def model_config(manifest: dict[str, Any]) -> ModelConfig:
+    """The model config a checkpoint was trained with (one written before model.kind
+    existed holds an mlp)."""
+    return ModelConfig.model_validate({"kind": "mlp"} | manifest["model"])
+
+
 def upload(local_dir: str | Path, filesystem: pafs.FileSystem, destination: str,
            after_first_file: Callable[[], None] | None = None) -> None:
     """Copy a checkpoint folder to storage with its manifest last.

@@ -30,7 +30,7 @@ from app.config import Config
 from app.data.preprocess import PreprocessState
 from app.data.sources import get_filesystem
 from app.metrics import compute_metrics
-from app.model import build_model
+from app.model import build_model, member_loss
 from app.tracking import EpochLogger
 from app.training import checkpoint as ckpt
 from app.training import faults
@@ -91,8 +91,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train, valid = load_shard("train", device), load_shard("valid", device)
     ingest_s = max(gather(time.time() - attempt_started))
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = ray.train.torch.prepare_model(
-        build_model(cfg.model, state.numeric_width, state.cardinalities, state.output_dim))
+    model = ray.train.torch.prepare_model(build_model(cfg.model, state))
     optimizer, scheduler = make_optimizer(model, cfg)
     # Ray Train's latest checkpoint of this run; else one the driver chose (its record of
     # the run's checkpoints was cut short); else none.
@@ -194,7 +193,7 @@ def train_epoch(model: nn.Module, data: Shard, optimizer: torch.optim.Optimizer,
         x_num, x_cat, y = data.x_num[idx], data.x_cat[idx], data.y[idx]
         wait += time.perf_counter() - t0
         out = model(x_num, x_cat)
-        loss = loss_fn(out, y)
+        loss = member_loss(loss_fn, out, y, unwrap(model).members)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip:

@@ -69,8 +69,10 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     if resume is not None:
         print(f"resuming from {resume.checkpoint} (epoch {resume.epoch} done); --fresh starts over")
     data = prepare(cfg, inputs, fitted=resume.state if resume else None)
+    cfg = cfg.resolved(data.counts["train"])
     print(f"data: {data.counts['train']} train / {data.counts['valid']} valid rows, task {data.state.task}, "
-          f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features")
+          f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features; "
+          f"model {cfg.model.kind}, {cfg.train.epochs} epochs at most, batch {cfg.train.batch_size}")
     write_text(cluster.join(out_dir, CONFIG_FILE), cfg.to_yaml())
 
     spec = tracking.start(cfg, out_dir)
@@ -88,7 +90,7 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     if cfg.report.baselines:
         from app.baselines import comparison_table, run_baselines
 
-        print(comparison_table(metrics["test"], run_baselines(cfg, data)))
+        print(comparison_table(metrics["test"], run_baselines(cfg, data), cfg.model.kind))
     print(f"run folder: {out_dir}")
     return metrics
 
@@ -207,7 +209,9 @@ def resume_point(cfg: Config, out_dir: str, inputs: Inputs, uri: str | None = No
     try:
         with local_copy(uri) as directory:
             manifest = verify(directory, uri)
-            saved = Config.model_validate(load_train_state(directory)["config"])
+            saved_tree = load_train_state(directory)["config"]
+            saved_tree["model"] = {"kind": "mlp"} | saved_tree.get("model", {})  # from before model.kind
+            saved = Config.model_validate(saved_tree)
             state = load_preprocess_state(directory)
     except UserError as e:
         raise UserError(f"{e}{hint}") from None
@@ -241,6 +245,7 @@ def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None,
                   tracking_spec: dict[str, Any] | None = None, resume_from: str | None = None) -> TorchTrainer:
     """The TorchTrainer of a run: `train` fits it directly, each `tune` trial inside Tune.
     `resume_from`: a checkpoint to start from when Ray Train has no record of the run's own."""
+    cfg = cfg.resolved(data.counts["train"])
     s, r = cfg.scaling, cfg.run
     num_workers = s.num_workers if isinstance(s.num_workers, int) else tuple(s.num_workers)
     return TorchTrainer(

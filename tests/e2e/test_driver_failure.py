@@ -21,7 +21,7 @@ def config(tmp_path, data, name):
     tree = {
         "name": name,
         "data": {"train": str(data), "label": "target", "split": {"valid": 0.1, "test": 0.1}},
-        "model": {"hidden": [256, 256]},
+        "model": {"kind": "mlp", "hidden": [256, 256]},
         "train": {"epochs": 5, "batch_size": 512, "early_stopping_patience": None},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
         "run": {"storage": str(tmp_path / "runs")},

@@ -23,8 +23,8 @@ def checkpoint(tmp_path):
     state = PreprocessState(label="y", task="classification", numeric=[NumericColumn("a", 0.0, 1.0, False)],
                             categorical=[CategoricalColumn("c", ["p", "q"])], classes=["n", "y"],
                             input_types={"a": "double", "c": "string"})
-    cfg = ModelConfig(hidden=[4])
-    model = build_model(cfg, state.numeric_width, state.cardinalities, state.output_dim)
+    cfg = ModelConfig(kind="mlp", hidden=[4])
+    model = build_model(cfg, state)
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
     return ckpt.write_checkpoint(tmp_path / "ckpt", model=model, optimizer=opt, scheduler=sched, state=state,

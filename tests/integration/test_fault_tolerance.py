@@ -29,7 +29,7 @@ def synthetic_config(data: Path, storage: Path, name: str, **train):
     tree = {
         "name": name,
         "data": {"train": str(data), "label": "target", "split": {"valid": 0.1, "test": 0.1}},
-        "model": {"hidden": [256, 256], "dropout": 0.1},
+        "model": {"kind": "mlp", "hidden": [256, 256], "dropout": 0.1},  # the penguins tests below run tabm
         "train": {"epochs": 5, "batch_size": 512, "lr": 2.0e-3, "early_stopping_patience": None, **train},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
         "run": {"storage": str(storage), "max_failures": 2},
@@ -122,7 +122,8 @@ def interrupted_run(ray_session, tmp_path):
     """A finished penguins run with metrics.json removed: as if the driver died at the end."""
     from tests.conftest import penguins_tree
 
-    cfg = from_dict(penguins_tree(tmp_path, name="resumable", train__epochs=2), "test")
+    # a constant lr: two epochs continued for two more then train exactly like four at once
+    cfg = from_dict(penguins_tree(tmp_path, name="resumable", train__epochs=2, train__lr_schedule="constant"), "test")
     run_training(cfg)
     (tmp_path / "runs" / "resumable" / "metrics.json").unlink()
     return cfg, tmp_path / "runs" / "resumable"
@@ -131,8 +132,8 @@ def interrupted_run(ray_session, tmp_path):
 def test_checkpoint_of_another_config_or_corrupt_is_refused_by_name(interrupted_run):
     cfg, run = interrupted_run
     other = cfg.model_copy(deep=True)
-    other.model.hidden = [8]
-    with pytest.raises(UserError, match=r"does not fit this run: model.hidden is \[64, 32\] there and \[8\] here"):
+    other.model.k = 8
+    with pytest.raises(UserError, match=r"does not fit this run: model.k is 16 there and 8 here"):
         run_training(other, preflight(other))
 
     model = run / "checkpoint_epoch_0002" / "model.pt"
@@ -154,3 +155,9 @@ def test_resume_keeps_history_and_does_not_refit(interrupted_run, record, capfd)
     assert metrics["history"][:2] == before  # earlier records kept as they were
     assert (run / "checkpoint_epoch_0004" / "preprocess.json").read_text() == state_before
     assert f"resuming from {run / 'checkpoint_epoch_0002'} (epoch 2 done)" in capfd.readouterr().out
+    if record == "intact":  # the default kind (tabm) resumes bit-identically
+        straight = cfg.model_copy(update={"name": "straight"}, deep=True)
+        assert cfg.model.kind == "tabm"
+        uninterrupted = run_training(straight, preflight(straight))
+        assert uninterrupted["param_fingerprints"] == metrics["param_fingerprints"]
+        assert uninterrupted["valid"] == metrics["valid"]

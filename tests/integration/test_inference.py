@@ -23,15 +23,16 @@ from tests.conftest import PENGUINS, penguins_tree
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module")
-def run(ray_session, tmp_path_factory):
-    """A finished penguins run with a held-out test file, baselines, MLflow and TensorBoard."""
-    tmp = tmp_path_factory.mktemp("inference")
+@pytest.fixture(scope="module", params=["tabm", "mlp"])
+def run(request, ray_session, tmp_path_factory):
+    """A finished penguins run of each model kind with a held-out test file, baselines,
+    MLflow and TensorBoard."""
+    tmp = tmp_path_factory.mktemp(f"inference-{request.param}")
     rows = pd.read_csv(PENGUINS).sample(frac=1.0, random_state=0)
     rows.iloc[:260].to_csv(tmp / "train.csv", index=False)
     rows.iloc[260:].to_csv(tmp / "test.csv", index=False)
     tree = penguins_tree(tmp, data__train=str(tmp / "train.csv"), data__test=str(tmp / "test.csv"),
-                         train__epochs=EPOCHS, report__baselines=True)
+                         train__epochs=EPOCHS, report__baselines=True, model__kind=request.param)
     cfg = from_dict(tree, "test")
     metrics = run_training(cfg)
     return {"tmp": tmp, "cfg": cfg, "metrics": metrics, "dir": tmp / "runs" / cfg.name,
@@ -169,3 +170,20 @@ def test_export_predicts_like_the_checkpoint_without_ray_or_torch(run, tmp_path)
     assert got["prediction"].tolist() == expected["prediction"].tolist()
     columns = [c for c in expected.columns if c.startswith("proba_")]
     np.testing.assert_allclose(got[columns].to_numpy(), expected[columns].to_numpy(), atol=1e-5)
+
+    # The TorchScript file is the same network: probabilities from the prepared arrays.
+    import torch
+
+    from app.data.transform import transform
+
+    scripted = torch.jit.load(str(folder / "model_torchscript.pt"))
+    predictor = Predictor.from_checkpoint(run["checkpoint"])
+    arrays = transform(rows, predictor.state, with_label=False)
+    with torch.no_grad():
+        proba = scripted(torch.from_numpy(arrays["x_num"]), torch.from_numpy(arrays["x_cat"])).numpy()
+    np.testing.assert_allclose(proba, expected[columns].to_numpy(), atol=1e-5)
+
+
+def test_each_kind_beats_the_majority_class(run):
+    majority = run["test"]["species"].value_counts(normalize=True).max()
+    assert run["metrics"]["test"]["accuracy"] > majority + 0.1  # a constant model would score `majority`

@@ -18,9 +18,9 @@ import requests
 import torch
 
 from app.config import ModelConfig
-from app.data.preprocess import CategoricalColumn, NumericColumn, PreprocessState
+from app.data.preprocess import CategoricalColumn, NumericColumn, PreprocessState, fit_numeric_scaling, transform
 from app.errors import UserError
-from app.model import build_model
+from app.model import build_model, member_loss
 from app.predict import Predictor
 from app.training import checkpoint as ckpt
 from tests.conftest import PENGUINS, REPO, _free_port
@@ -31,9 +31,9 @@ MAX_ROWS, MAX_BODY_MB = 100, 0.04  # small limits, so that passing them costs li
 MAX_BODY = int(MAX_BODY_MB * 2**20)
 
 
-def penguins_checkpoint(directory: Path, seed: int, epoch: int) -> Path:
-    """A real checkpoint of an untrained penguins model (weights from `seed`): fitting
-    would only cost time, and its predictions already differ from row to row."""
+def penguins_checkpoint(directory: Path, seed: int, epoch: int, kind: str) -> Path:
+    """A real checkpoint of a penguins model (weights from `seed`), fitted with a few
+    full-batch steps so that its predictions differ from row to row."""
     df = pd.read_csv(PENGUINS)
     state = PreprocessState(
         label="species", task="classification",
@@ -42,11 +42,19 @@ def penguins_checkpoint(directory: Path, seed: int, epoch: int) -> Path:
         categorical=[CategoricalColumn(c, sorted(df[c].dropna().unique().tolist())) for c in CATEGORICAL],
         classes=sorted(df["species"].unique().tolist()),
         input_types={**{c: "double" for c in NUMERIC}, "year": "int64", "island": "string", "sex": "string"})
+    fit_numeric_scaling(state, df[NUMERIC], "quantile", n_bins=16)  # quantiles, and bins for tabm
     torch.manual_seed(seed)
-    cfg = ModelConfig(hidden=[16])
-    model = build_model(cfg, state.numeric_width, state.cardinalities, state.output_dim)
-    opt = torch.optim.AdamW(model.parameters())
+    cfg = ModelConfig(kind=kind, hidden=[16], k=4, d_block=32)
+    model = build_model(cfg, state)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    arrays = {k: torch.from_numpy(v) for k, v in transform(df, state).items()}
+    for _ in range(5):
+        out = model.train()(arrays["x_num"], arrays["x_cat"])
+        loss = member_loss(torch.nn.CrossEntropyLoss(), out, arrays["y"], model.members)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return ckpt.write_checkpoint(directory, model=model, optimizer=opt, scheduler=sched, state=state,
                                  model_cfg=cfg, train_state={"epoch": epoch, "progress": {}})
 
@@ -63,7 +71,9 @@ def service(ray_session, tmp_path_factory):
     from app import serve as serving
 
     tmp = tmp_path_factory.mktemp("serve")
-    first, second = penguins_checkpoint(tmp / "a", seed=1, epoch=1), penguins_checkpoint(tmp / "b", seed=2, epoch=2)
+    # The two model kinds: the service first serves a tabm, then rolls over to an mlp.
+    first = penguins_checkpoint(tmp / "a", seed=1, epoch=1, kind="tabm")
+    second = penguins_checkpoint(tmp / "b", seed=2, epoch=2, kind="mlp")
     options = serving.ServeOptions(replicas=2, max_rows=MAX_ROWS, max_body_bytes=MAX_BODY)
     url = serving.deploy(str(first), options, host="127.0.0.1", port=_free_port())
     yield {"url": url, "first": str(first), "second": str(second), "options": options,

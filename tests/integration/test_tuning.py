@@ -14,7 +14,9 @@ from app.training.trainer import preflight, run_training
 from app.tuning import run_tune
 from tests.conftest import penguins_tree
 
-SPACE = {"train.lr": {"loguniform": [1.0e-4, 3.0e-2]}, "model.hidden": {"choice": [[16], [64, 32]]}}
+# Both model kinds, and a key of each: trials of either kind share the prepared data.
+SPACE = {"train.lr": {"loguniform": [1.0e-4, 3.0e-2]}, "model.kind": {"choice": ["mlp", "tabm"]},
+         "model.hidden": {"choice": [[16], [64, 32]]}, "model.k": {"choice": [4, 8]}}
 
 
 def sweep_config(tmp_path, name, **tune):
@@ -36,7 +38,8 @@ def test_asha_stops_weak_trials_early(asha_sweep):
     cfg, _, sweep = asha_sweep
     board = pd.read_csv(sweep / "leaderboard.csv")
     assert len(board) == 6 and list(board.columns[:3]) == ["trial_id", "status", "epochs"]
-    assert {"train.lr", "model.hidden", "valid_loss"} <= set(board.columns)
+    assert {"train.lr", "model.kind", "model.hidden", "model.k", "valid_loss"} <= set(board.columns)
+    assert set(board["model.kind"]) == {"mlp", "tabm"}
     stopped = board[board.status == "stopped early (asha)"]
     assert len(stopped) >= 1 and (stopped.epochs < 8).all()
     assert (board[board.status == "completed"].epochs == 8).all()
@@ -56,6 +59,7 @@ def test_best_trial_metrics_and_config(asha_sweep):
     best = yaml.safe_load((sweep / "best_config.yaml").read_text())
     assert best["train"]["lr"] == pytest.approx(on_disk["best_overrides"]["train.lr"])
     assert best["model"]["hidden"] == on_disk["best_overrides"]["model.hidden"]
+    assert best["model"]["kind"] == on_disk["best_overrides"]["model.kind"]
 
 
 def test_best_config_trains_to_the_same_metric(asha_sweep, tmp_path):

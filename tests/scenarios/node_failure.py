@@ -40,7 +40,7 @@ def main(workdir: Path, data: Path, mode: str) -> None:
     cfg = from_dict({
         "name": "nodes",
         "data": {"train": str(data), "label": "target", "split": {"valid": 0.1, "test": 0.1}},
-        "model": {"hidden": [128, 128]},
+        "model": {"kind": "mlp", "hidden": [128, 128]},
         "train": {"epochs": 5, "batch_size": 512, "early_stopping_patience": None},
         "scaling": {"num_workers": 2 if mode == "fixed" else [1, 2], "cpus_per_worker": 1,
                     "placement_strategy": "SPREAD", "resources_per_worker": {"worker_node": 1}},

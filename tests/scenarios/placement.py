@@ -36,7 +36,7 @@ def main(workdir: Path, data: Path) -> None:
     cfg = from_dict({
         "name": "packed",
         "data": {"train": str(data), "label": "species"},
-        "model": {"hidden": [16]},
+        "model": {"kind": "mlp", "hidden": [16]},
         "train": {"epochs": 2, "batch_size": 64},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1, "placement_strategy": "PACK",
                     "resources_per_worker": {"worker_node": 1}},

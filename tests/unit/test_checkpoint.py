@@ -28,8 +28,8 @@ def state():
 @pytest.fixture
 def written(tmp_path):
     s = state()
-    cfg = ModelConfig(hidden=[4])
-    model = build_model(cfg, s.numeric_width, s.cardinalities, s.output_dim)
+    cfg = ModelConfig(kind="mlp", hidden=[4])
+    model = build_model(cfg, s)
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
     return ckpt.write_checkpoint(tmp_path / "local", model=model, optimizer=opt, scheduler=sched, state=s,

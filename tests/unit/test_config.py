@@ -21,7 +21,9 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.model.hidden == [64, 32]
     assert (cfg.scaling.min_workers, cfg.scaling.max_workers) == (1, 4)
     assert cfg.data.split.seed == 7
-    assert cfg.train.batch_size == 512  # default kept
+    assert cfg.train.batch_size == "auto"  # default kept
+    assert cfg.resolved(40_000).train.batch_size == 256 and cfg.resolved(40_000).train.epochs == 3
+    assert cfg.resolved(1_000_000).train.batch_size == 1024
     assert cfg.run.checkpoint.metric == "valid_loss"
 
 
@@ -33,8 +35,8 @@ def test_resolved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("override, fragment", [
     ("train.epoch=3", "train.epoch (from --set): unknown key"),
-    ("train.epochs=abc", "train.epochs (from --set): Input should be a valid integer"),
-    ("train.epochs=0", "train.epochs (from --set): Input should be greater than or equal to 1"),
+    ("train.epochs=abc", "train.epochs (from --set): must be a positive integer or auto (got 'abc')"),
+    ("train.epochs=0", "train.epochs (from --set): must be a positive integer or auto (got 0)"),
     ("train.lr=-0.1", "train.lr (from --set): Input should be greater than 0"),
     ("scaling.num_workers=[3, 1]", "scaling.num_workers (from --set): must be an integer or [min, max]"),
     ("data.split.valid=0.9", "data.split: valid + test must be below 1"),
@@ -71,7 +73,7 @@ def test_malformed_yaml(tmp_path):
 
 def test_strings_are_not_numbers(tmp_path):
     path = write(tmp_path, dict(MINIMAL, train={"epochs": "5"}))
-    with pytest.raises(UserError, match=r"train.epochs: Input should be a valid integer"):
+    with pytest.raises(UserError, match=r"train.epochs: must be a positive integer or auto \(got '5'\)"):
         load_config(path)
 
 
@@ -124,3 +126,14 @@ def test_checkpoint_mode_follows_the_metric(tmp_path):
     assert load_config(path).run.checkpoint.mode == "min"
     with pytest.raises(UserError, match="mode 'min' would keep the worst checkpoints: r2 is better when higher"):
         load_config(path, ["run.checkpoint.metric=r2", "run.checkpoint.mode=min"])
+
+
+def test_auto_epochs_and_batch_follow_the_training_rows(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert (cfg.train.epochs, cfg.train.batch_size) == ("auto", "auto")
+    sizes = {rows: (c.train.epochs, c.train.batch_size) for rows in (700, 40_000, 150_000, 1_000_000)
+             for c in [cfg.resolved(rows)]}
+    assert sizes == {700: (200, 256), 40_000: (25, 256), 150_000: (10, 512), 1_000_000: (10, 1024)}
+    assert cfg.train.epochs == "auto"  # resolved() returns a copy
+    set_by_user = load_config(write(tmp_path, MINIMAL), ["train.epochs=3", "train.batch_size=64"])
+    assert (set_by_user.resolved(1_000_000).train.epochs, set_by_user.resolved(1_000_000).train.batch_size) == (3, 64)

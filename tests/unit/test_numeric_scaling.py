@@ -1,0 +1,97 @@
+"""Quantile scaling, the seeded training sample it is fitted on, and the embedding bins."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from app.data import preprocess as pp
+from app.data.transform import PreprocessState, numeric_inputs, quantile_scale
+
+KINDS = {"skewed": "numeric", "spiky": "numeric", "c": "categorical"}
+
+
+def frame(n=6000, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "skewed": rng.lognormal(0, 1.5, n),  # heavy right tail
+        "spiky": np.where(rng.random(n) < 0.6, 0.0, rng.normal(5, 1, n)),  # 60% exact zeros
+        "c": rng.choice(["x", "y"], n).astype(object),
+        "label": rng.choice(["no", "yes"], n).astype(object),
+    })
+    df.loc[::9, "skewed"] = np.nan
+    return df
+
+
+def fitted(df, scaling="quantile", sample_rows=100_000, batches=3):
+    chunks = [df.iloc[i] for i in np.array_split(np.arange(len(df)), batches)]
+    outs = [pp.partial_stats_batch(chunk, KINDS, "label", sample_rows=sample_rows) for chunk in chunks]
+    merger = pp.SampleMerger(sample_rows)
+    for out in outs:
+        merger.add(np.frombuffer(out["sample"][0]).reshape(-1, out["sample_columns"][0]))
+    state, _ = pp.fit_preprocessor(pp.merge_stats([json.loads(o["stats"][0]) for o in outs]), KINDS, "label",
+                                   "auto", 1, True, {}, "data.train")
+    sample = merger.result(["skewed", "spiky"])
+    pp.fit_numeric_scaling(state, sample, scaling, n_bins=16)
+    return state, sample
+
+
+def test_quantile_scaling_makes_a_skewed_column_normal():
+    df = frame()
+    state, _ = fitted(df)
+    x = numeric_inputs(df, state)
+    present = df["skewed"].notna().to_numpy()
+    scaled = x[present, 0]
+    assert abs(scaled.mean()) < 0.05 and abs(scaled.std() - 1) < 0.05
+    assert stats.kstest(scaled, "norm").statistic < 0.02  # a normal shape, not just moments
+    assert (x[~present, 0] == 0).all() and (x[:, 2] == ~present).all()  # missing: centre + indicator
+    order = np.argsort(df["skewed"].to_numpy()[present])
+    assert (np.diff(scaled[order]) >= 0).all()  # monotone
+
+
+def test_a_spike_maps_to_one_value_in_the_middle_of_its_quantiles():
+    q = np.array([0.0, 0.0, 0.0, 1.0, 2.0])
+    normal = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    assert quantile_scale(np.array([0.0]), q, normal)[0] == pytest.approx(-1.0)  # mid of -2..0
+    assert quantile_scale(np.array([-5.0, 9.0]), q, normal).tolist() == [-2.0, 2.0]  # clipped to the ends
+    df = frame()
+    state, _ = fitted(df)
+    zeros = numeric_inputs(df[df["spiky"] == 0], state)[:, 1]
+    assert np.unique(zeros).size == 1
+
+
+def test_sample_does_not_depend_on_the_batch_layout_and_is_bounded():
+    df = frame(3000)
+    _, one = fitted(df, sample_rows=500, batches=1)
+    _, seven = fitted(df, sample_rows=500, batches=7)
+    assert len(one) == 500
+    pd.testing.assert_frame_equal(one, seven)
+    _, everything = fitted(df, sample_rows=10_000, batches=4)
+    assert len(everything) == len(df)
+
+
+def test_standard_scaling_is_kept_and_state_round_trips():
+    df = frame()
+    state, _ = fitted(df, scaling="standard")
+    assert all(c.quantiles is None for c in state.numeric)
+    v = df["skewed"].to_numpy()
+    present = ~np.isnan(v)
+    x = numeric_inputs(df, state)
+    np.testing.assert_allclose(x[present, 0], (v[present] - np.nanmean(v)) / np.nanstd(v), rtol=1e-4, atol=1e-5)
+    quantile, _ = fitted(df)
+    assert PreprocessState.from_json(quantile.to_json()) == quantile
+
+
+def test_bins_cover_every_model_input_and_are_sorted():
+    state, _ = fitted(frame())
+    assert len(state.bins) == state.numeric_width == 3  # two columns and one missing indicator
+    for edges in state.bins:
+        assert len(edges) >= 2 and all(a < b for a, b in zip(edges, edges[1:]))
+    assert len(state.bins[0]) == 17  # 16 bins of a continuous column
+    assert state.bins[2] == [0.0, 1.0]  # the 0/1 indicator: one bin
+
+
+def test_a_constant_column_gets_one_unit_bin():
+    assert pp.embedding_bins(np.full((50, 1), 3.0), 8) == [[2.5, 3.5]]
