@@ -24,8 +24,8 @@ REGRESSION_METRICS = ("rmse", "mae", "r2")
 LOSS_METRICS = ("valid_loss", "train_loss")
 HIGHER_IS_BETTER = frozenset({"accuracy", "f1_macro", "roc_auc", "r2"})
 LOWER_IS_BETTER = frozenset({"valid_loss", "train_loss", "log_loss", "rmse", "mae"})
-# train.epochs: auto aims at this many training rows seen (a TabM on 2 CPU cores passes
-# about 3k rows/s, so a 50k-row table trains in about 5 minutes), within these bounds.
+# train.epochs: auto aims at this many training rows seen (the default TabM trains 4k-6k
+# rows/s on 2 CPU cores, so a 50k-row table trains in about 5 minutes), within these bounds.
 AUTO_ROWS_SEEN = 1_000_000
 AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 10, 200
 
@@ -92,9 +92,9 @@ class PreprocessConfig(Section):
     numeric_scaling: Literal["quantile", "standard"] = "quantile"
     """quantile: map each numeric column through its training quantiles onto a standard
     normal (robust to skew and outliers); standard: subtract the mean, divide by the std."""
-    sample_rows: int = Field(100_000, ge=100)
+    sample_rows: int = Field(100_000, ge=100, le=10_000_000)
     """Quantiles and embedding bins are fitted on a seeded sample of at most this many
-    training rows (the same rows on any cluster and block layout)."""
+    training rows: those with the smallest hash of their values."""
     embedding_bins: int = Field(48, ge=2, le=256)
     """Bins per numeric column for model.num_embeddings: piecewise_linear (quantile edges
     of the normalised training sample)."""

@@ -47,9 +47,10 @@ class Predictor:
             raise UserError(f"input is missing feature column(s): {', '.join(absent)}")
 
     @torch.no_grad()
-    def outputs(self, df: pd.DataFrame, batch_size: int | None = None) -> np.ndarray:
+    def outputs(self, df: pd.DataFrame, batch_size: int | None = SCORE_BATCH) -> np.ndarray:
         """Raw model outputs: logits [n, classes], or the standardised prediction [n];
-        the model sees at most `batch_size` rows per call (default: all at once)."""
+        the model sees at most `batch_size` rows per call (None: all at once). Bounded by
+        default: an ensemble's activations take k times a single network's memory per row."""
         self.check_columns(df)
         arrays = transform(df, self.state, with_label=False)
         return self.forward(arrays["x_num"], arrays["x_cat"], batch_size)
@@ -63,7 +64,7 @@ class Predictor:
         return torch.cat([self.model(x_num[i:i + step], x_cat[i:i + step])
                           for i in range(0, len(x_num), step)]).numpy()
 
-    def prediction_columns(self, df: pd.DataFrame, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    def prediction_columns(self, df: pd.DataFrame, batch_size: int | None = SCORE_BATCH) -> dict[str, np.ndarray]:
         """`prediction` (and `proba_<class>` for classification) for each row of `df`."""
         out = self.outputs(df, batch_size)
         if self.state.task == "classification":

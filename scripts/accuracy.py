@@ -108,7 +108,8 @@ def render(rows: list[dict], baselines: dict, command: str, elapsed: float) -> s
         f"Reproduce: `{command}` ({elapsed / 60:.0f} min on this machine: {platform.machine()}, "
         f"{_cores()} cores). Every kind runs its default config; only the data keys are set per table.",
         "The baselines are the `baseline` command's RandomForest (100 trees) and HistGradientBoosting,",
-        "fitted on the same training split and scored on the same test split. Accuracy: higher is",
+        "fitted on the same training split (a seeded sample of at most 200,000 of its rows, the",
+        "`report.baseline_max_rows` default) and scored on the same test split. Accuracy: higher is",
         "better, `vs HGB` is the difference; RMSE (label units): lower is better, `vs HGB` is the ratio.",
         "`rows/s` is the median training throughput per epoch; `to best` the training time until the",
         "best epoch (the checkpoint that is scored); `wall` the whole `train` run, Ray start excluded.",

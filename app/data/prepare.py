@@ -6,7 +6,8 @@
 
 `inspect_sources` does the cheap checks that need no Ray (files exist, not empty,
 columns present); `prepare` does the rest on the cluster. The driver only ever holds
-per-batch summaries, never the rows.
+per-batch summaries and a bounded, seeded sample of the numeric columns (for quantiles
+and embedding bins), never the whole split.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def fit(cfg: Config, inputs: Inputs, tagged) -> preprocess.PreprocessState:
 
 def _collect(summaries, sample_rows: int) -> tuple[list[dict[str, Any]], preprocess.SampleMerger]:
     """Per-batch stats, and the sample merged as the batches stream in (the driver holds
-    at most 2 x sample_rows rows of it at any time)."""
+    at most 3 x sample_rows rows of it at any time)."""
     parts, sample = [], preprocess.SampleMerger(sample_rows)
     for row in summaries.iter_rows():
         parts.append(json.loads(row["stats"]))

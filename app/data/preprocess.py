@@ -14,7 +14,7 @@ Rules (also in the README):
   0/1 indicator column when the column had gaps in training (`preprocess.missing_indicators`).
   Quantiles, and the bins of the piecewise-linear embeddings, are fitted on a seeded
   sample of at most `preprocess.sample_rows` training rows: the rows with the smallest
-  hash of their values, so the sample is the same on any cluster and block layout.
+  hash of their values (and of their rank among a repeated row's copies in a batch).
 - categorical columns (text, boolean, or listed in `data.categorical`): each category
   seen in training (at least `preprocess.min_category_count` times) gets an index;
   missing is a category of its own; anything else goes to the unknown bucket 0.
@@ -52,6 +52,7 @@ AUTO_CLASSES = 20  # integer labels with at most this many distinct values are c
 _LABEL_VALUES_CAP = 1000  # distinct label values tracked per batch before giving up
 MAX_QUANTILES = 1000  # quantile levels per numeric column (scikit-learn's default)
 _SAMPLE_SEED = 0x5A4D91E  # the sample's row hash, independent of the split's
+_GOLDEN_RATIO = (5**0.5 - 1) / 2  # spreads the copies of a repeated row evenly over [0, 1)
 
 
 # ---------------------------------------------------------------- column kinds
@@ -163,6 +164,11 @@ def sample_candidates(df: pd.DataFrame, kinds: dict[str, str], label: str, size:
     from app.data.split import row_uniforms
 
     u = row_uniforms(df[[*kinds, label]], _SAMPLE_SEED)
+    # Copies of a row share its hash, so all of them would be in the sample or none. Moving
+    # each copy along by its rank among the batch's copies keeps a repeated row in the
+    # sample about as often as in the data (a spike of zeros stays a spike).
+    copy = pd.Series(u).groupby(u).cumcount().to_numpy()
+    u = (u + copy * _GOLDEN_RATIO) % 1.0
     keep = np.argsort(u, kind="stable")[:size]
     values = [pd.to_numeric(df[n].iloc[keep], errors="coerce").to_numpy(np.float64, na_value=np.nan)
               for n in numeric]
@@ -332,13 +338,21 @@ def fit_numeric_scaling(state: PreprocessState, sample: pd.DataFrame, scaling: s
     if scaling == "quantile":
         from scipy.special import ndtri
 
-        levels = np.linspace(0.0, 1.0, int(np.clip(len(sample) // 30, 10, MAX_QUANTILES)))
-        # Clipped like scikit-learn's QuantileTransformer: the end levels map to +-5.2, not inf.
-        state.quantile_normal = ndtri(np.clip(levels, 1e-7, 1 - 1e-7)).tolist()
+        n_levels = int(np.clip(len(sample) // 30, 10, MAX_QUANTILES))
+        levels = np.linspace(0.0, 1.0, n_levels)
+        # As in scikit-learn's QuantileTransformer, a value's level is linear between two
+        # fitted quantiles and its score is the normal quantile of that level. Each gap is
+        # cut into `steps` pieces, so that transform's linear interpolation of scores
+        # follows that curve even with few levels. Levels are clipped to [1e-7, 1 - 1e-7]:
+        # the ends map to +-5.2, not to infinity.
+        steps = max(1, math.ceil((MAX_QUANTILES - 1) / (n_levels - 1)))
+        fine = np.linspace(0.0, 1.0, (n_levels - 1) * steps + 1)
+        state.quantile_normal = ndtri(np.clip(fine, 1e-7, 1 - 1e-7)).tolist()
         for col in state.numeric:
             v = sample[col.name].to_numpy(np.float64)
             v = v[np.isfinite(v)]
-            col.quantiles = np.quantile(v, levels).tolist() if len(v) else [col.mean] * len(levels)
+            if len(v):  # else no value of this column is in the sample: it keeps standard scaling
+                col.quantiles = np.interp(fine, levels, np.quantile(v, levels)).tolist()
     state.bins = embedding_bins(numeric_inputs(sample, state), n_bins)
 
 
@@ -350,15 +364,17 @@ def embedding_bins(x: np.ndarray, n_bins: int) -> list[list[float]]:
     import torch
     from rtdl_num_embeddings import compute_bins
 
-    warnings.filterwarnings("ignore", message=".*just two bin edges")  # a 0/1 column: one bin is right
     edges = []
     for column in x.T.astype(np.float32):
+        column = column[np.isfinite(column)]
         distinct = np.unique(column)
         if len(distinct) < 2 or len(column) < 3:
             centre = float(distinct[0]) if len(distinct) else 0.0
             edges.append([centre - 0.5, centre + 0.5])
             continue
-        bins = compute_bins(torch.from_numpy(column[:, None].copy()), n_bins=min(n_bins, len(column) - 1))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*just two bin edges")  # a 0/1 column: one bin is right
+            bins = compute_bins(torch.from_numpy(column[:, None].copy()), n_bins=min(n_bins, len(column) - 1))
         edges.append(bins[0].tolist())
     return edges
 

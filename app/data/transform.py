@@ -25,8 +25,9 @@ class NumericColumn:
     mean: float
     std: float
     indicator: bool  # emit a 0/1 "was missing" column
-    # Quantile scaling: the column's training quantiles at the levels whose standard-normal
-    # values are PreprocessState.quantile_normal; None: standard scaling with mean and std.
+    # Quantile scaling: the column's training quantiles at evenly spaced levels from 0 to 1,
+    # whose standard-normal scores are PreprocessState.quantile_normal; None: standard
+    # scaling with mean and std.
     quantiles: list[float] | None = None
 
 
@@ -54,7 +55,7 @@ class PreprocessState:
     dropped: list[str] = field(default_factory=list)  # all-missing in training
     input_types: dict[str, str] = field(default_factory=dict)  # column -> Arrow type, as read
     train_rows: int = 0
-    quantile_normal: list[float] = field(default_factory=list)  # standard-normal value of each quantile level
+    quantile_normal: list[float] = field(default_factory=list)  # standard-normal score of each quantile level
     # Edges of the piecewise-linear embedding bins of each model input column (x_num),
     # fitted on the prepared training sample; empty when there are no numeric inputs.
     bins: list[list[float]] = field(default_factory=list)
@@ -129,13 +130,16 @@ def transform(df: pd.DataFrame, state: PreprocessState, with_label: bool = True)
 
 
 def quantile_scale(v: np.ndarray, quantiles: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """Values -> standard-normal scores through the training quantiles, linear between them
-    and clipped outside. A value shared by several quantiles (a spike in the data) maps to
-    the middle of their scores: interpolating from both ends and averaging, as
-    scikit-learn's QuantileTransformer does."""
-    up = np.interp(v, quantiles, normal)
-    down = -np.interp(-v, -quantiles[::-1], -normal[::-1])
-    return 0.5 * (up + down)
+    """Values -> standard-normal scores, as scikit-learn's QuantileTransformer (normal
+    output) maps them: the level of a value is linear between the training quantiles
+    (taken at evenly spaced levels) and clipped outside them, then the score is the normal
+    quantile of that level, here interpolated from the scores of the quantiles' levels. A
+    value shared by several quantiles (a spike in the data) gets the middle of their
+    levels: interpolating from both ends and averaging."""
+    levels = np.linspace(0.0, 1.0, len(normal))
+    up = np.interp(v, quantiles, levels)
+    down = -np.interp(-v, -quantiles[::-1], -levels[::-1])
+    return np.interp(0.5 * (up + down), levels, normal)
 
 
 def numeric_inputs(df: pd.DataFrame, state: PreprocessState) -> np.ndarray:

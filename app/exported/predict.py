@@ -10,7 +10,8 @@ Or from Python, with this folder on sys.path:
     model.predict(pandas_dataframe)                   # -> input columns + prediction (+ proba_<class>)
 
 `preprocess.py` is the very code that prepared the training data; `preprocess.json` is
-its fitted state (means, scales, category vocabularies); `model.onnx` maps the prepared
+its fitted state (quantiles or means and scales, category vocabularies, embedding bins);
+`model.onnx` maps the prepared
 arrays to class probabilities, or to the prediction in the label's own units.
 """
 
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+
+CHUNK = 8192  # rows per model call: an ensemble's activations grow with the rows in one call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess import PreprocessState, transform  # noqa: E402
@@ -38,8 +41,9 @@ class Model:
         if absent:
             raise ValueError(f"missing feature column(s): {', '.join(absent)}")
         arrays = transform(df, self.state, with_label=False)
-        feeds = {i.name: arrays[i.name] for i in self.session.get_inputs()}
-        out = self.session.run(None, feeds)[0]
+        names = [i.name for i in self.session.get_inputs()]
+        out = np.concatenate([self.session.run(None, {n: arrays[n][i:i + CHUNK] for n in names})[0]
+                              for i in range(0, max(1, len(df)), CHUNK)])
         result = df.copy()
         if self.state.task == "classification":
             result["prediction"] = np.asarray(self.state.classes, dtype=object)[out.argmax(axis=1)]

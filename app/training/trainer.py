@@ -210,7 +210,9 @@ def resume_point(cfg: Config, out_dir: str, inputs: Inputs, uri: str | None = No
         with local_copy(uri) as directory:
             manifest = verify(directory, uri)
             saved_tree = load_train_state(directory)["config"]
-            saved_tree["model"] = {"kind": "mlp"} | saved_tree.get("model", {})  # from before model.kind
+            # A run from before model kinds and quantile scaling: an mlp on standard scaling.
+            saved_tree["model"] = {"kind": "mlp"} | saved_tree.get("model", {})
+            saved_tree["preprocess"] = {"numeric_scaling": "standard"} | saved_tree.get("preprocess", {})
             saved = Config.model_validate(saved_tree)
             state = load_preprocess_state(directory)
     except UserError as e:

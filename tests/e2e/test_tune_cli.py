@@ -22,8 +22,9 @@ EPOCHS, TRIALS = 3, 4
 
 
 def sweep_file(tmp_path, **tune):
+    # the cheaper kind: this is about resuming a sweep (tests/integration/test_tuning.py sweeps both kinds)
     tree = penguins_tree(tmp_path, name="sweep", train__epochs=EPOCHS, train__early_stopping_patience=None,
-                         scaling__num_workers=1, scaling__cpus_per_worker=0.5)
+                         scaling__num_workers=1, scaling__cpus_per_worker=0.5, model__kind="mlp")
     tree["tune"] = {"num_samples": TRIALS, "max_concurrent_trials": 2, "scheduler": {"name": "fifo"},
                     "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-2]}}, **tune}
     path = tmp_path / "sweep.yaml"

@@ -49,3 +49,20 @@ def test_regression_with_separate_test_file_and_early_stopping(ray_session, tmp_
     predicted_again = predictor.prediction_columns(test)["prediction"]
     assert set(predictor.prediction_columns(test)) == {"prediction"}
     assert np.sort(predicted_again) == pytest.approx(np.sort(predicted), rel=1e-5)
+
+    # The default kind's regression exports: ONNX and TorchScript give the same grams.
+    import onnxruntime as ort
+    import torch
+
+    from app.data.transform import transform
+    from app.export import MODEL_FILE, TORCHSCRIPT_FILE, export
+
+    assert cfg.model.kind == "tabm"
+    folder = export(metrics["best_checkpoint"], str(tmp_path / "exported"))
+    arrays = transform(test, predictor.state, with_label=False)
+    onnx = ort.InferenceSession(str(folder / MODEL_FILE)).run(None, {"x_num": arrays["x_num"], "x_cat": arrays["x_cat"]})[0]
+    with torch.no_grad():
+        scripted = torch.jit.load(str(folder / TORCHSCRIPT_FILE))(torch.from_numpy(arrays["x_num"]),
+                                                                 torch.from_numpy(arrays["x_cat"])).numpy()
+    np.testing.assert_allclose(onnx, predicted_again, rtol=1e-4)
+    np.testing.assert_allclose(scripted, predicted_again, rtol=1e-4)

@@ -31,7 +31,7 @@ MAX_ROWS, MAX_BODY_MB = 100, 0.04  # small limits, so that passing them costs li
 MAX_BODY = int(MAX_BODY_MB * 2**20)
 
 
-def penguins_checkpoint(directory: Path, seed: int, epoch: int, kind: str) -> Path:
+def penguins_checkpoint(directory: Path, seed: int, epoch: int, kind: str = "tabm") -> Path:
     """A real checkpoint of a penguins model (weights from `seed`), fitted with a few
     full-batch steps so that its predictions differ from row to row."""
     df = pd.read_csv(PENGUINS)

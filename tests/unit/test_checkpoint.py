@@ -102,3 +102,18 @@ def test_fault_spec_parsing():
     for bad in ("rank=1", "epoch=x", "epoch=2,at=moon", "epoch=2,color=red"):
         with pytest.raises(UserError, match="APP_FAULT"):
             faults.parse(bad)
+
+
+def test_checkpoints_from_before_model_kinds_still_load():
+    """Version 1 of the preprocessing state (standard scaling, no bins) and a manifest
+    without model.kind: an mlp."""
+    legacy = json.loads(state().to_json())
+    for key in ("quantile_normal", "bins"):
+        legacy.pop(key)
+    for column in legacy["numeric"]:
+        column.pop("quantiles")
+    legacy["version"] = 1
+    loaded = PreprocessState.from_json(json.dumps(legacy))
+    assert loaded.numeric[0].quantiles is None and loaded.bins == []
+    assert ckpt.model_config({"model": {"hidden": [4], "dropout": 0.1}}).kind == "mlp"
+    assert ckpt.model_config({"model": {"kind": "tabm"}}).kind == "tabm"

@@ -73,6 +73,26 @@ def test_tabm_without_bins_is_refused():
     assert build_model(ModelConfig(kind="tabm", num_embeddings="none", k=2), state) is not None
 
 
+@pytest.mark.parametrize("cfg", [ModelConfig(kind="tabm", arch="tabm", k=3, d_block=8),
+                                 ModelConfig(kind="tabm", num_embeddings="none", k=3, d_block=8),
+                                 ModelConfig(kind="tabm", one_hot_max=4, k=3, d_block=8)],
+                         ids=["arch-tabm", "no-embeddings", "embedded-categories"])
+def test_tabm_variants_train_and_predict(cfg):
+    state = make_state(3, [3, 50], 2)  # one small and one large categorical column
+    model = build_model(cfg, state)
+    if cfg.one_hot_max == 4:
+        assert model.one_hot_columns == [0] and model.embedded_columns == [1]
+        assert [e.num_embeddings for e in model.cat_embeddings] == [50]
+    x_num, x_cat = torch.randn(6, 3), torch.stack([torch.randint(0, 3, (6,)), torch.randint(0, 50, (6,))], 1)
+    out = model.train()(x_num, x_cat)
+    assert out.shape == (6, 3, 2)
+    member_loss(torch.nn.CrossEntropyLoss(), out, torch.randint(0, 2, (6,)), model.members).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert model.eval()(x_num, x_cat).shape == (6, 2)
+
+
 def test_embedding_widths():
     assert embedding_width(3, None) == 3
     assert embedding_width(10_000, None) == 16

@@ -51,19 +51,49 @@ def test_quantile_scaling_makes_a_skewed_column_normal():
     assert (np.diff(scaled[order]) >= 0).all()  # monotone
 
 
-def test_a_spike_maps_to_one_value_in_the_middle_of_its_quantiles():
-    q = np.array([0.0, 0.0, 0.0, 1.0, 2.0])
+def test_a_spike_maps_to_the_middle_of_its_levels():
+    q = np.array([0.0, 0.0, 0.0, 1.0, 2.0])  # levels 0, 0.25, 0.5, 0.75, 1
     normal = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
-    assert quantile_scale(np.array([0.0]), q, normal)[0] == pytest.approx(-1.0)  # mid of -2..0
+    assert quantile_scale(np.array([0.0]), q, normal)[0] == pytest.approx(-1.0)  # level 0.25, mid of 0..0.5
     assert quantile_scale(np.array([-5.0, 9.0]), q, normal).tolist() == [-2.0, 2.0]  # clipped to the ends
     df = frame()
     state, _ = fitted(df)
     zeros = numeric_inputs(df[df["spiky"] == 0], state)[:, 1]
-    assert np.unique(zeros).size == 1
+    share = (df["spiky"] == 0).mean()  # about 0.6: the zeros fill levels 0..0.6
+    assert zeros[0] == pytest.approx(stats.norm.ppf(share / 2), abs=0.05)
+
+
+def test_matches_scikit_learns_quantile_transformer_on_a_small_sample():
+    from sklearn.preprocessing import QuantileTransformer
+
+    df = frame(300)  # 300 rows: the TabM rule gives only 10 quantile levels
+    state, sample = fitted(df)
+    assert len(sample) == 300
+    reference = QuantileTransformer(n_quantiles=10, output_distribution="normal", subsample=None)
+    values = df[["skewed"]].dropna()
+    expected = reference.fit(sample[["skewed"]].dropna()).transform(values)[:, 0]
+    got = numeric_inputs(df.loc[values.index], state)[:, 0]
+    inner = np.abs(expected) < 2.3  # away from the clipped ends, where scikit-learn takes an exact ppf
+    np.testing.assert_allclose(got[inner], expected[inner], atol=0.02)
+    assert abs(got.std() - expected.std()) < 0.1
+
+
+def test_repeated_rows_keep_their_share_of_the_sample():
+    df = frame(20_000)
+    repeated = df.iloc[:6000].copy()
+    repeated[:] = df.iloc[[1] * 6000].to_numpy()  # 30% of the rows are one row, repeated
+    df = pd.concat([repeated, df.iloc[6000:]], ignore_index=True)
+    _, sample = fitted(df, sample_rows=1000, batches=4)
+    copies = (sample["spiky"] == df.loc[0, "spiky"]) & (sample["skewed"] == df.loc[0, "skewed"])
+    assert not np.isnan(df.loc[0, "skewed"])
+    assert 0.25 < copies.mean() < 0.35
 
 
 def test_sample_does_not_depend_on_the_batch_layout_and_is_bounded():
     df = frame(3000)
+    # distinct rows only: which copies of a repeated row are drawn depends on how the
+    # copies fall into batches (their share does not, see the next test)
+    df["skewed"] = df["skewed"].fillna(pd.Series(np.arange(len(df)) + 1000.0))
     _, one = fitted(df, sample_rows=500, batches=1)
     _, seven = fitted(df, sample_rows=500, batches=7)
     assert len(one) == 500
