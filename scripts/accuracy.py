@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -56,7 +57,7 @@ def run_config(table: tables.Table, path: Path, kind: str, storage: Path, baseli
 def measure(table: tables.Table, kind: str, data_dir: Path, storage: Path, baselines: bool) -> dict:
     path = tables.write(table, data_dir)
     cfg = run_config(table, path, kind, storage, baselines)
-    started = time.time()
+    started, load = time.time(), os.getloadavg()[0]
     metrics = run_training(cfg, preflight(cfg))
     wall = metrics.get("wall_time_s", time.time() - started)
     history = metrics["history"]
@@ -66,7 +67,7 @@ def measure(table: tables.Table, kind: str, data_dir: Path, storage: Path, basel
         "test": metrics["test"], "wall_s": wall, "epochs": metrics["epochs_completed"], "best_epoch": best,
         "rows_per_s": statistics.median(r["rows_per_s"] for r in history),
         "to_best_s": sum(r["epoch_time_s"] for r in history[:best]),
-        "batch_size": _resolved(storage / cfg.name, "batch_size"),
+        "batch_size": _resolved(storage / cfg.name, "batch_size"), "load": max(load, os.getloadavg()[0]),
     }
 
 
@@ -112,10 +113,12 @@ def render(rows: list[dict], baselines: dict, command: str, elapsed: float) -> s
         "`report.baseline_max_rows` default) and scored on the same test split. Accuracy: higher is",
         "better, `vs HGB` is the difference; RMSE (label units): lower is better, `vs HGB` is the ratio.",
         "`rows/s` is the median training throughput per epoch; `to best` the training time until the",
-        "best epoch (the checkpoint that is scored); `wall` the whole `train` run, Ray start excluded.",
+        "best epoch (the checkpoint that is scored); `wall` the whole `train` run, Ray start excluded;",
+        "`load` the machine's 1-minute load average at the start or end of the run, whichever is",
+        "higher: times measured with a load well above the core count were slowed by other work.",
         "",
-        "| table | rows | metric | kind | test | vs HGB | RF | HGB | beats RF | batch | best / epochs | rows/s | to best s | wall s | RF + HGB fit s |",
-        "|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| table | rows | metric | kind | test | vs HGB | RF | HGB | beats RF | batch | best / epochs | rows/s | to best s | wall s | RF + HGB fit s | load |",
+        "|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         b = baselines[r["table"]]
@@ -125,7 +128,7 @@ def render(rows: list[dict], baselines: dict, command: str, elapsed: float) -> s
         lines.append(f"| {r['table']} | {r['rows']:,} | {r['metric']} | {r['kind']} | {fmt(r['ours'])} | {vs} | "
                      f"{fmt(r['rf'])} | {fmt(r['hgb'])} | {'yes' if r['beats_rf'] else 'no'} | {r['batch_size']} | "
                      f"{r['best_epoch']} / {r['epochs']} | {r['rows_per_s']:,.0f} | {r['to_best_s']:.0f} | "
-                     f"{r['wall_s']:.0f} | {fit_s:.1f} |")
+                     f"{r['wall_s']:.0f} | {fit_s:.1f} | {r['load']:.1f} |")
     lines.append("")
     for kind in KINDS:
         mine = [r for r in rows if r["kind"] == kind]
@@ -139,8 +142,6 @@ def render(rows: list[dict], baselines: dict, command: str, elapsed: float) -> s
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 
