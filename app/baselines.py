@@ -11,19 +11,17 @@ boosting). Results go to `<run folder>/baselines.json`, beside `metrics.json`.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import numpy as np
 
-from app import cluster
+from app import runs, storage
 from app.config import Config
-from app.data.prepare import Prepared
-from app.data.preprocess import PreprocessState, transform_batch
+from app.data.prepare import Prepared, transform_batch
+from app.data.transform import PreprocessState
 from app.metrics import classification_metrics, json_safe, regression_metrics
 
-BASELINES_FILE = "baselines.json"
 MODELS = ("random_forest", "hist_gradient_boosting")
 
 
@@ -31,18 +29,16 @@ def run_baselines(cfg: Config, data: Prepared) -> dict[str, Any]:
     """Fit and score every baseline; write baselines.json; return its content."""
     import ray
 
-    from app.training.trainer import run_dir, write_text
-
     state = data.state
     train = collect(data.train, limit=cfg.report.baseline_max_rows, seed=cfg.data.split.seed)
     valid = collect(data.valid)
     test = collect(data.test_raw.map_batches(transform_batch, fn_kwargs={"state_json": state.to_json(), "split": None},
                                              batch_format="pandas", batch_size=None))
-    refs = [ray.put(part) for part in (train, valid, test)]
+    refs = {split: ray.put(part) for split, part in (("train", train), ("valid", valid), ("test", test))}
     fit = ray.remote(fit_and_score).options(num_cpus=1)
-    pending = [fit.remote(name, state.to_json(), *refs, cfg.train.seed) for name in MODELS]
+    pending = [fit.remote(name, state.to_json(), **refs, seed=cfg.train.seed) for name in MODELS]
     results = dict(zip(MODELS, ray.get(pending)))
-    write_text(cluster.join(run_dir(cfg), BASELINES_FILE), json.dumps(json_safe(results), indent=1))
+    storage.write_json(storage.join(runs.run_dir(cfg), runs.BASELINES), json_safe(results))
     return results
 
 
@@ -83,7 +79,7 @@ def make_model(name: str, task: str, state: PreprocessState, seed: int):
     return cls(random_state=seed, categorical_features=categorical if any(categorical) else None)
 
 
-def fit_and_score(name: str, state_json: str, train: dict, valid: dict, test: dict, seed: int) -> dict[str, Any]:
+def fit_and_score(name: str, state_json: str, *, train: dict, valid: dict, test: dict, seed: int) -> dict[str, Any]:
     """One baseline: fit on the training split, score validation and test (a Ray task)."""
     state = PreprocessState.from_json(state_json)
     model = make_model(name, state.task, state, seed)

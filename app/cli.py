@@ -143,12 +143,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def load_run(args: argparse.Namespace):
     """The config, or None when a run of this name already finished (and --fresh was not
     given); --fresh deletes the run folder first."""
+    from app import runs, storage
     from app.config import load_config
-    from app.training.trainer import finished_metrics, remove_tree, run_dir
+    from app.training.trainer import finished_metrics
 
     cfg = load_config(args.config, args.overrides)
     if args.fresh:
-        remove_tree(run_dir(cfg))
+        storage.remove(runs.run_dir(cfg))
     elif finished_metrics(cfg) is not None:
         return None
     return cfg
@@ -167,8 +168,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from app import cluster
-    from app.training.trainer import preflight, run_dir
+    from app import cluster, runs, storage
+    from app.training.trainer import preflight
     from app.tuning import run_tune, search_space
 
     cfg = load_run(args)
@@ -176,8 +177,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     search_space(cfg)  # a bad space fails before Ray starts
     inputs = preflight(cfg)
-    if not args.resume and cluster.exists(run_dir(cfg)):
-        raise UserError(f"{run_dir(cfg)} holds an unfinished sweep; pass --resume to continue it "
+    if not args.resume and storage.exists(runs.run_dir(cfg)):
+        raise UserError(f"{runs.run_dir(cfg)} holds an unfinished sweep; pass --resume to continue it "
                         f"or --fresh to start over")
     cluster.connect(args.address)
     run_tune(cfg, inputs, resume=args.resume)
@@ -185,17 +186,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from app import batch, cluster
+    from app import cluster, storage
+    from app.evaluate import format_evaluation, run_evaluate
+    from app.metrics import json_safe
+    from app.predictor import check_input, load_predictor
 
-    predictor = batch.load_predictor(args.checkpoint)
-    source = batch.check_input(predictor, args.data, "--data", need_label=True)
+    predictor = load_predictor(args.checkpoint)
+    source = check_input(predictor, args.data, "--data", need_label=True)
     if args.output:
-        cluster.check_storage_writable(cluster.parent(args.output), "--output")
+        storage.check_writable(storage.parent(args.output), "--output")
     cluster.connect(args.address)
-    result = batch.run_evaluate(args.checkpoint, predictor, source)
-    print(batch.format_evaluation(result))
+    result = run_evaluate(args.checkpoint, predictor, source)
+    print(format_evaluation(result))
     if args.output:
-        batch.write_json(args.output, result)
+        storage.write_json(args.output, json_safe(result))
         print(f"written: {args.output}")
     return 0
 
@@ -203,34 +207,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import time
 
-    from app import batch, cluster
+    from app import cluster, storage
+    from app.predict import check_output, run_predict
+    from app.predictor import check_input, load_predictor
 
-    predictor = batch.load_predictor(args.checkpoint)
-    source = batch.check_input(predictor, args.input, "--input", need_label=False)
-    output = batch.check_output(args.output, args.overwrite)
-    cluster.check_storage_writable(cluster.parent(args.output), "--output")
+    predictor = load_predictor(args.checkpoint)
+    source = check_input(predictor, args.input, "--input", need_label=False)
+    output = check_output(args.output, args.overwrite)
+    storage.check_writable(storage.parent(args.output), "--output")
     cluster.connect(args.address)
     started = time.perf_counter()
-    rows = batch.run_predict(args.checkpoint, predictor, source, output, args.batch_size, args.concurrency)
+    rows = run_predict(args.checkpoint, predictor, source, output, batch_size=args.batch_size,
+                       concurrency=args.concurrency)
     elapsed = time.perf_counter() - started
     print(f"{rows} rows predicted in {elapsed:.1f}s ({rows / elapsed:,.0f} rows/s): {args.output}")
     return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from app import cluster
+    from app import cluster, runs, storage
     from app.baselines import comparison_table, run_baselines
     from app.config import load_config
     from app.data.prepare import prepare
-    from app.training.trainer import preflight, read_json, run_dir
+    from app.training.trainer import preflight
 
     cfg = load_config(args.config, args.overrides)
     inputs = preflight(cfg)
     cluster.connect(args.address)
     results = run_baselines(cfg, prepare(cfg, inputs))
-    trained = read_json(cluster.join(run_dir(cfg), "metrics.json"))
+    trained = storage.read_json(storage.join(runs.run_dir(cfg), runs.METRICS))
     print(comparison_table(trained["test"] if trained else None, results, cfg.model.kind))
-    print(f"written: {cluster.join(run_dir(cfg), 'baselines.json')}")
+    print(f"written: {storage.join(runs.run_dir(cfg), runs.BASELINES)}")
     return 0
 
 
@@ -242,8 +249,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from app.batch import load_predictor
     from app.export import export
+    from app.predictor import load_predictor
 
     load_predictor(args.checkpoint)  # a bad checkpoint is refused with the flag's name
     out = export(args.checkpoint, args.output, args.overwrite)
@@ -252,16 +259,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from app import batch
     from app import serve as serving
-    from app.cluster import normalize_storage
+    from app import storage
+    from app.predictor import load_predictor
 
-    args.checkpoint = normalize_storage(args.checkpoint)  # replicas do not run in this directory
-    predictor = batch.load_predictor(args.checkpoint)  # a bad checkpoint fails before Ray starts
+    args.checkpoint = storage.absolute(args.checkpoint)  # replicas do not run in this directory
+    predictor = load_predictor(args.checkpoint)  # a bad checkpoint fails before Ray starts
     options = serving.ServeOptions(replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
                                    max_rows=args.max_rows, max_body_bytes=int(args.max_body_mb * 2**20),
                                    max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000)
-    serving.run(args.checkpoint, predictor.epoch, options, args.host, args.port, args.address)
+    serving.run(args.checkpoint, epoch=predictor.epoch, options=options, host=args.host, port=args.port,
+                address=args.address)
     return 0
 
 

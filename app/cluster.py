@@ -12,11 +12,10 @@ is an immediate exit 2 with the numbers.
 from __future__ import annotations
 
 import os
-import posixpath
 import uuid
 
+from app import storage
 from app.config import ScalingConfig
-from app.data.sources import get_filesystem
 from app.errors import UserError
 
 # Settings of the Ray this command starts for itself (not of a cluster it joins): fewer
@@ -93,7 +92,7 @@ def local_cluster_running() -> bool:
 def quiet_logs() -> None:
     """Our own one line per step and per epoch instead of Ray's INFO chatter.
 
-    Called on the driver and in every training worker.
+    Called on the driver, before Ray starts, and in every training worker.
     """
     import logging
 
@@ -111,6 +110,10 @@ def quiet_logs() -> None:
     # Ray Train logs each report (all metrics) at INFO under a logger named after its file.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     DataContext.get_current().print_on_execution_start = False
+    # Serve's controller, proxy and replicas log to their files under the session's
+    # logs/serve/ only, not also to this terminal (one access-log line per request). An
+    # embedded Ray's processes inherit this; `serve` hands it to replicas anywhere.
+    os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
 
 
 def worker_bundle(scaling: ScalingConfig) -> dict[str, float]:
@@ -164,11 +167,11 @@ def _fits_per_node(bundle: dict[str, float]) -> tuple[list[int], dict[str, float
     return fits, {r: sum(node.get(r, 0) for node in nodes) for r in bundle}, len(nodes)
 
 
-def check_shared_storage(storage: str) -> None:
+def check_shared_storage(location: str) -> None:
     """On a cluster of several nodes, a local `run.storage` must be one filesystem that every
     node sees (an NFS mount, say): workers on other nodes write checkpoints there, and a
     restarted run reads them back. A probe file written here is looked for on every node."""
-    if "://" in storage:
+    if storage.is_uri(location):
         return
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -176,7 +179,7 @@ def check_shared_storage(storage: str) -> None:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) < 2:
         return
-    probe = os.path.join(storage, f".shared-probe-{uuid.uuid4().hex}")
+    probe = os.path.join(location, f".shared-probe-{uuid.uuid4().hex}")
     with open(probe, "w") as f:
         f.write("ok")
     try:
@@ -195,44 +198,6 @@ def check_shared_storage(storage: str) -> None:
         os.remove(probe)
     if blind:
         raise UserError(
-            f"run.storage: {storage} is local to this machine: {', '.join(blind)} cannot see it; on a "
+            f"run.storage: {location} is local to this machine: {', '.join(blind)} cannot see it; on a "
             f"cluster of {len(nodes)} nodes it must be storage every node reaches (s3://, gs://, or a "
             f"shared mount such as NFS)")
-
-
-def normalize_storage(storage: str) -> str:
-    """Absolute local path, or the URI unchanged (Ray needs absolute paths)."""
-    if "://" in storage:
-        return storage.rstrip("/")
-    return os.path.abspath(os.path.expanduser(storage))
-
-
-def check_storage_writable(storage: str, key: str = "run.storage") -> None:
-    """Create the storage folder and write, then delete, a probe file there."""
-    fs, path = get_filesystem(storage)
-    probe = posixpath.join(path, f".write-probe-{uuid.uuid4().hex}")
-    try:
-        fs.create_dir(path, recursive=True)
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{key}: cannot write to {storage} ({' '.join(str(e).split())})") from None
-
-
-def join(base: str, *parts: str) -> str:
-    return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
-
-
-def parent(uri: str) -> str:
-    """The folder holding `uri` (a local path or a URI)."""
-    if "://" in uri:
-        return posixpath.dirname(uri.rstrip("/"))
-    return os.path.dirname(os.path.abspath(os.path.expanduser(uri)))
-
-
-def exists(uri: str) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, path = get_filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound

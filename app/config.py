@@ -19,11 +19,35 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.errors import UserError
 
-CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "roc_auc", "log_loss")
-REGRESSION_METRICS = ("rmse", "mae", "r2")
-LOSS_METRICS = ("valid_loss", "train_loss")
-HIGHER_IS_BETTER = frozenset({"accuracy", "f1_macro", "roc_auc", "r2"})
-LOWER_IS_BETTER = frozenset({"valid_loss", "train_loss", "log_loss", "rmse", "mae"})
+# The metric registry: what training reports per task (beside the losses), and which way
+# each metric is better. Checkpoint ranking, early stopping, Tune and the report use it.
+TASK_METRICS = {"classification": ("accuracy", "f1_macro", "roc_auc", "log_loss"),
+                "regression": ("rmse", "mae", "r2")}
+LOSSES = ("valid_loss", "train_loss")
+HIGHER_IS_BETTER = frozenset({"accuracy", "f1_macro", "roc_auc", "r2"})  # the rest: lower is better
+
+
+def reported_metrics(task: str) -> tuple[str, ...]:
+    """Every metric name that training reports for `task`."""
+    return LOSSES + TASK_METRICS[task]
+
+
+def metric_mode(metric: str) -> Literal["min", "max"]:
+    """The direction in which `metric` gets better."""
+    return "max" if metric in HIGHER_IS_BETTER else "min"
+
+
+def is_known_metric(metric: str) -> bool:
+    return any(metric in reported_metrics(task) for task in TASK_METRICS)
+
+
+def check_metric(metric: str, task: str, *, key: str) -> None:
+    """Refuse a metric (given as config key `key`) that training never reports for `task`."""
+    if metric not in reported_metrics(task):
+        raise UserError(f"{key}: {metric!r} is never reported for {task}; "
+                        f"choose one of {', '.join(reported_metrics(task))}")
+
+
 # train.epochs: auto aims at this many training rows seen (the default TabM trains 4k-6k
 # rows/s on 2 CPU cores, so a 50k-row table trains in about 5 minutes), within these bounds.
 AUTO_ROWS_SEEN = 1_000_000
@@ -52,11 +76,14 @@ class Section(BaseModel):
 
 class SplitConfig(Section):
     valid: float = Field(0.15, gt=0, lt=1)
-    """Fraction of rows held out for validation (early stopping, checkpoint ranking)."""
+    """Fraction of rows held out for validation (early stopping, checkpoint ranking).
+    Between 0 and 1, exclusive."""
     test: float = Field(0.15, ge=0, lt=1)
-    """Fraction of rows held out for the final test; ignored when `data.test` is set."""
+    """Fraction of rows held out for the final test. 0 is allowed. Ignored when `data.test`
+    is set."""
     seed: int = 0
-    """Seed of the row-hash split: same data and seed give the same split on any cluster."""
+    """Seed of the row-hash split. The same data and seed give the same split on any
+    cluster."""
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> SplitConfig:
@@ -67,21 +94,24 @@ class SplitConfig(Section):
 
 class DataConfig(Section):
     train: str
-    """CSV or Parquet: a file, a folder of them, or a glob; local path or pyarrow URI (s3://...)."""
+    """CSV or Parquet: a file, a folder of them, or a glob. A local path or a pyarrow URI
+    (`s3://...`)."""
     test: str | None = None
-    """Optional held-out data in the same format; otherwise the test split comes from `train`."""
+    """Optional held-out data in the same format. If not set, the test split comes from
+    `train`."""
     label: str
     """Name of the column to predict."""
     task: Literal["auto", "classification", "regression"] = "auto"
-    """auto: classification if the label is text or boolean, or integer with at most 20
-    distinct values; regression otherwise."""
+    """`auto` | `classification` | `regression`. `auto` means classification if the label is
+    text or boolean, or integer with at most 20 distinct values, and regression otherwise."""
     features: list[str] | None = None
     """Columns to use as inputs. Default: every column except the label and `drop`."""
     categorical: list[str] = []
     """Columns to treat as categorical even though they hold numbers (codes, years)."""
     drop: list[str] = []
-    """Columns to ignore (ids, leaks)."""
+    """Columns to ignore (ids, leaks) when `features` is not set."""
     split: SplitConfig = SplitConfig()
+    """`valid + test` must be below 1"""
 
 
 class PreprocessConfig(Section):
@@ -90,45 +120,45 @@ class PreprocessConfig(Section):
     min_category_count: int = Field(1, ge=1)
     """Categories seen fewer times than this in training go to the unknown bucket."""
     numeric_scaling: Literal["quantile", "standard"] = "quantile"
-    """quantile: map each numeric column through its training quantiles onto a standard
-    normal (robust to skew and outliers); standard: subtract the mean, divide by the std."""
+    """`quantile`: map each numeric column through its training quantiles onto a standard
+    normal (robust to skew and outliers). `standard`: subtract the mean, divide by the
+    standard deviation."""
     sample_rows: int = Field(100_000, ge=100, le=10_000_000)
     """Quantiles and embedding bins are fitted on a seeded sample of at most this many
-    training rows: those with the smallest hash of their values."""
+    training rows, the same on any cluster and block layout."""
     embedding_bins: int = Field(48, ge=2, le=256)
-    """Bins per numeric column for model.num_embeddings: piecewise_linear (quantile edges
-    of the normalised training sample)."""
+    """Bins per numeric column for `model.num_embeddings: piecewise_linear`."""
 
 
 class ModelConfig(Section):
     kind: Literal["tabm", "mlp"] = "tabm"
-    """tabm: an ensemble of k MLPs trained at once with shared weights (TabM, Gorishniy et
-    al., ICLR 2025), numeric columns through piecewise-linear embeddings, categorical
-    columns one-hot; mlp: one MLP with a learned embedding per categorical column."""
+    """`tabm` | `mlp`; see [Models](#models). The keys below say which kind reads them."""
     dropout: float = Field(0.1, ge=0, lt=1)
-    """Dropout after each hidden layer (both kinds)."""
+    """Both kinds: dropout after each hidden layer, in [0, 1)."""
     hidden: list[int] = [128, 64]
-    """mlp: widths of the hidden layers."""
+    """mlp: widths of the hidden layers (non-empty, positive)."""
     embedding_dim: int | None = Field(None, ge=1)
-    """mlp: width of each categorical embedding; null: min(16, 1.6 * cardinality ** 0.56)."""
+    """mlp: width of each categorical embedding. `null` means
+    min(16, 1.6 · cardinality^0.56), rounded, at least 2."""
     activation: Literal["relu", "gelu", "silu"] = "relu"
-    """mlp: activation after each hidden layer."""
+    """mlp: activation of the hidden layers: `relu` | `gelu` | `silu`."""
     k: int = Field(16, ge=1)
-    """tabm: ensemble members. Cost per row grows about linearly with k."""
+    """tabm: ensemble members. The cost per row grows about linearly with `k`."""
     d_block: int = Field(256, ge=1)
     """tabm: width of each hidden layer."""
     n_blocks: int = Field(2, ge=1)
     """tabm: number of hidden layers."""
     arch: Literal["tabm-mini", "tabm"] = "tabm-mini"
-    """tabm: tabm-mini adapts only the input per member; tabm adapts every layer."""
+    """tabm: `tabm-mini` adapts only each member's input; `tabm` adapts every layer (more
+    parameters, a little slower)."""
     num_embeddings: Literal["piecewise_linear", "none"] = "piecewise_linear"
-    """tabm: encoding of numeric columns; piecewise_linear uses the bins fitted in
-    preprocessing (preprocess.embedding_bins)."""
+    """tabm: `piecewise_linear` embeds each numeric input with the bins fitted in
+    preprocessing; `none` feeds the scaled values."""
     d_embedding: int = Field(16, ge=1)
-    """tabm: width of each numeric column's embedding (and of a large categorical's)."""
+    """tabm: width of each numeric column's embedding, and of each large categorical's."""
     one_hot_max: int = Field(32, ge=1)
     """tabm: categorical columns with at most this many categories (the unknown bucket
-    included) are one-hot; larger ones get a learned embedding of width d_embedding."""
+    included) are one-hot; larger ones get a learned embedding of width `d_embedding`."""
 
     @field_validator("hidden")
     @classmethod
@@ -140,26 +170,28 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     epochs: int | Literal["auto"] = "auto"
-    """Maximum number of passes over the training split. auto: enough passes for about
-    1M training rows seen, at least 10 and at most 200 (recorded in the run's config.yaml)."""
+    """Maximum number of passes over the training split. `auto`: enough passes to see about
+    1M training rows, at least 10 and at most 200."""
     batch_size: int | Literal["auto"] = "auto"
-    """Global batch: rows per optimizer step summed over all workers, so a config trains
-    the same way at any worker count (each worker takes batch_size / num_workers).
-    auto: 256 up to 50k training rows, 512 up to 200k, 1024 above (recorded in config.yaml)."""
+    """**Global** batch: rows per optimizer step, summed over all workers. Each worker takes
+    about `batch_size / num_workers` rows per step, so a config trains the same way at any
+    worker count. `auto`: 256 up to 50k training rows, 512 up to 200k, 1024 above."""
     lr: float = Field(2.0e-3, gt=0)
     """Peak learning rate of AdamW."""
     weight_decay: float = Field(3.0e-4, ge=0)
     """AdamW decoupled weight decay."""
     lr_schedule: Literal["constant", "cosine"] = "cosine"
-    """Per-epoch schedule after warm-up: constant, or cosine decay to 1% of `lr` at `epochs`."""
+    """Per-epoch schedule after warm-up: `constant`, or `cosine` decay to 1% of `lr` at
+    `epochs`."""
     warmup_epochs: int = Field(0, ge=0)
-    """Epochs of linear warm-up from lr / (warmup_epochs + 1) to lr."""
+    """Epochs of linear warm-up from `lr / (warmup_epochs + 1)` to `lr`."""
     early_stopping_patience: int | None = Field(16, ge=1)
-    """Stop after this many epochs without improvement of run.checkpoint.metric; null: never."""
+    """Stop after this many epochs without improvement of `run.checkpoint.metric`. `null`
+    means never stop early."""
     grad_clip: float | None = Field(None, gt=0)
-    """Clip the gradient norm to this value; null: no clipping."""
+    """Clip the gradient norm to this value. `null` means no clipping."""
     seed: int = 0
-    """Seeds weights, dropout and the data order (which derives from seed and epoch)."""
+    """Seeds the weights, dropout and the data order (which derives from seed and epoch)."""
 
     @field_validator("epochs", "batch_size", mode="before")
     @classmethod
@@ -181,15 +213,17 @@ class TrainConfig(Section):
 
 class ScalingConfig(Section):
     num_workers: int | list[int] = 2
-    """Training workers (DDP ranks); [min, max] for elastic training."""
+    """Training workers (DDP ranks). `[min, max]` enables elastic training."""
     use_gpu: bool = False
-    """One GPU per worker, NCCL backend; otherwise CPU with gloo."""
+    """One GPU per worker with the NCCL backend. Otherwise CPU with gloo."""
     cpus_per_worker: float = Field(1.0, gt=0)
-    """Logical CPUs reserved per worker; also its number of torch threads (at least 1)."""
+    """Logical CPUs reserved per worker. Also the number of torch threads per worker
+    (rounded down, at least 1)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    """How workers are placed on nodes (Ray placement group strategy)."""
+    """How workers are placed on nodes (Ray placement group strategy): `PACK` | `SPREAD` |
+    `STRICT_PACK` | `STRICT_SPREAD`."""
     resources_per_worker: dict[str, float] = {}
-    """Extra Ray resources each worker needs, e.g. {worker_node: 1} to keep workers on
+    """Extra Ray resources each worker needs, e.g. `{worker_node: 1}` to keep workers on
     nodes that advertise that resource (and off the head)."""
 
     @field_validator("num_workers")
@@ -215,18 +249,20 @@ class CheckpointConfig(Section):
     keep: int = Field(2, ge=1)
     """Checkpoints kept: the best `keep` by `metric`, plus always the latest."""
     metric: str = "valid_loss"
-    """Metric that ranks checkpoints and drives early stopping: valid_loss, train_loss,
-    or a validation metric of the task (accuracy, f1_macro, roc_auc, log_loss; rmse, mae, r2)."""
+    """Ranks checkpoints and drives early stopping. One of `valid_loss`, `train_loss`, or a
+    validation metric of the task: `accuracy`, `f1_macro`, `roc_auc`, `log_loss`
+    (classification) or `rmse`, `mae`, `r2` (regression)."""
     mode: Literal["min", "max"] | None = None
-    """Whether a lower or a higher `metric` is better; null: the metric's own direction
-    (max for accuracy, f1_macro, roc_auc, r2; min for losses, rmse, mae)."""
+    """`min` or `max`: whether a lower or a higher `metric` is better. `null` takes the
+    metric's own direction (`max` for accuracy, f1_macro, roc_auc, r2). A mode against the
+    metric's direction is refused."""
 
     @model_validator(mode="after")
     def _mode_follows_metric(self) -> CheckpointConfig:
-        natural = "max" if self.metric in HIGHER_IS_BETTER else "min"
+        natural = metric_mode(self.metric)
         if self.mode is None:
             self.mode = natural
-        elif self.mode != natural and self.metric in HIGHER_IS_BETTER | LOWER_IS_BETTER:
+        elif self.mode != natural and is_known_metric(self.metric):
             raise ValueError(f"mode {self.mode!r} would keep the worst checkpoints: {self.metric} is "
                              f"better when {'higher' if natural == 'max' else 'lower'}")
         return self
@@ -234,14 +270,17 @@ class CheckpointConfig(Section):
 
 class RunConfig(Section):
     storage: str = "runs"
-    """Where runs live: a local folder, a shared filesystem, or an s3:// / gs:// URI."""
+    """Where runs live: a local folder, a shared filesystem, or an `s3://` / `gs://` URI."""
     max_failures: int = Field(2, ge=-1)
-    """Worker-group restarts from the latest checkpoint before the run fails; -1: unlimited."""
+    """Worker-group restarts from the latest checkpoint before the run fails. `-1` means
+    unlimited."""
     checkpoint: CheckpointConfig = CheckpointConfig()
+    """which checkpoints a run keeps; see [What a run leaves](#what-a-run-leaves)"""
 
 
 class SchedulerConfig(Section):
     name: Literal["fifo", "asha", "pbt"] = "asha"
+    """`fifo` | `asha`. (`pbt` is accepted by the schema but refused by `tune` for now.)"""
     grace_period: int = Field(1, ge=1)
     """ASHA: epochs every trial runs before it can be stopped."""
     reduction_factor: float = Field(2, gt=1)
@@ -252,28 +291,36 @@ class TuneConfig(Section):
     num_samples: int = Field(8, ge=1)
     """Trials to sample from `space` (with grid axes: samples per grid point)."""
     metric: str | None = None
-    """Default: run.checkpoint.metric."""
+    """Metric that ranks trials; default: `run.checkpoint.metric`. Must be one that
+    training reports."""
     mode: Literal["min", "max"] | None = None
-    """Default: run.checkpoint.mode."""
+    """`min` or `max`. Default: the metric's own direction."""
     scheduler: SchedulerConfig = SchedulerConfig()
+    """stops unpromising trials early; see [Sweeps](#sweeps)"""
     search: Literal["random", "grid", "optuna"] = "random"
+    """`random` | `grid` | `optuna`."""
     max_concurrent_trials: int = Field(2, ge=1)
+    """Trials running at the same time, at most; fewer when the cluster cannot hold that
+    many worker groups."""
     space: dict[str, dict[str, Any]] = {}
-    """Dotted config key -> distribution, e.g. train.lr: {loguniform: [1.0e-4, 1.0e-2]}."""
+    """Dotted config key -> one distribution: `choice: [v, ...]`, `grid: [v, ...]`,
+    `uniform: [low, high]`, `loguniform: [low, high]`, `randint: [low, high)`,
+    `quniform: [low, high, q]`, `qloguniform: [low, high, q]`. Any key of `data`,
+    `preprocess`, `model` or `train`; not `name`, `run`, `scaling` or `tune`."""
 
 
 class TrackingConfig(Section):
     mlflow: bool = True
-    """Log the config and every epoch's metrics to MLflow (one MLflow run per training run
-    or sweep trial, in an experiment named after the run or sweep)."""
+    """Log the config and every epoch's metrics to MLflow: one MLflow run per training run
+    or sweep trial."""
     mlflow_uri: str | None = None
-    """MLflow tracking URI (http://host:5000, sqlite:///path.db, databricks, ...). null: a
-    SQLite store at <run.storage>/mlflow.db when run.storage is local; with remote storage
-    and no URI, MLflow logging is off."""
+    """MLflow tracking URI (`http://host:5000`, `sqlite:///path.db`, `databricks`, ...).
+    `null` means a SQLite store at `<run.storage>/mlflow.db` when `run.storage` is local;
+    with remote storage and no URI, MLflow logging is off."""
     experiment: str | None = None
-    """MLflow experiment. null: the run name (for a sweep, the sweep name)."""
+    """MLflow experiment. `null` means the run name (for a sweep, the sweep name)."""
     tensorboard: bool = True
-    """Write TensorBoard event files to <run folder>/tensorboard."""
+    """Write TensorBoard event files to `<run folder>/tensorboard`."""
 
 
 class ReportConfig(Section):
@@ -286,16 +333,26 @@ class ReportConfig(Section):
 
 class Config(Section):
     name: str
-    """Run name; also the folder under run.storage. Letters, digits, '.', '_', '-'."""
+    """Run name, and also the folder under `run.storage`. Letters, digits, `.`, `_`, `-`,
+    starting with a letter or digit."""
     data: DataConfig
+    """see [Data](#data)"""
     preprocess: PreprocessConfig = PreprocessConfig()
+    """fitted on the training split only; see [Data](#data)"""
     model: ModelConfig = ModelConfig()
+    """see [Models](#models)"""
     train: TrainConfig = TrainConfig()
+    """see [Training details](#training-details)"""
     scaling: ScalingConfig = ScalingConfig()
+    """see [Training details](#training-details) and [Scale out](#scale-out)"""
     run: RunConfig = RunConfig()
+    """see [What a run leaves](#what-a-run-leaves) and [Fault tolerance](#fault-tolerance)"""
     tune: TuneConfig = TuneConfig()
+    """used by `python -m app tune`; see [Sweeps](#sweeps)"""
     tracking: TrackingConfig = TrackingConfig()
+    """see [Tracking and progress](#tracking-and-progress)"""
     report: ReportConfig = ReportConfig()
+    """scikit-learn baselines beside the network; see `baseline` under [Commands](#commands)"""
 
     @field_validator("name")
     @classmethod
@@ -325,22 +382,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[dotted] = value
     return out
-
-
-def metrics_for_task(task: str) -> tuple[str, ...]:
-    """Every metric name that training reports for `task`."""
-    task_metrics = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
-    return LOSS_METRICS + task_metrics
-
-
-def check_metric(cfg: Config, task: str) -> None:
-    """Refuse a checkpoint metric that training never reports for this task."""
-    metric = cfg.run.checkpoint.metric
-    if metric not in metrics_for_task(task):
-        raise UserError(
-            f"run.checkpoint.metric: {metric!r} is not reported for {task}; "
-            f"choose one of {', '.join(metrics_for_task(task))}"
-        )
 
 
 def parse_override(text: str) -> tuple[str, Any]:

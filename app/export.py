@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from app.errors import UserError
-from app.predict import Predictor
+from app.predictor import Predictor
 
 MODEL_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model_torchscript.pt"

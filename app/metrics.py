@@ -12,7 +12,7 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
-from app.data.preprocess import PreprocessState
+from app.data.transform import PreprocessState
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

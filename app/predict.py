@@ -1,179 +1,163 @@
-"""`Predictor`: a model and its preprocessing, rebuilt from a checkpoint folder alone.
+"""The `predict` command: a checkpoint applied to a whole dataset with Ray Data.
 
-It is the one path from raw rows to predictions: the test scoring at the end of
-`train`, and `evaluate`, `predict` and `serve`, so preprocessing cannot drift between them.
+    python -m app predict --checkpoint runs/quickstart/checkpoint_epoch_0012 --input new.csv --output out.parquet
+
+Everything that can be wrong with the input (checkpoint, files, columns, output path) is
+checked on the driver before Ray starts. Each block of input is read and scored by one
+Ray task; a worker process loads the model once and reuses it for later blocks.
+Predictions stream back to the driver in input order and are written incrementally, so
+inputs larger than memory work; the output appears under its final name only once complete.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import os
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
-import torch
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
-from app.data.preprocess import PreprocessState, scorable, transform
+from app import storage
+from app.data import sources
 from app.errors import UserError
-from app.metrics import compute_metrics, confusion_matrix, residual_summary, softmax
-from app.model import build_model
-from app.training import checkpoint as ckpt
+from app.predictor import Predictor, predict_dataset, read_types
 
-SAMPLE_POINTS = 1000  # (actual, predicted) pairs kept for a regression's plot
-SCORE_BATCH = 8192  # rows per model call when scoring labelled data
+ROWS_PER_PART = 1_000_000  # Parquet part size when the output is a folder
+SUCCESS_MARKER = "_SUCCESS"  # written last into an output folder on object storage
 
 
-class Predictor:
-    def __init__(self, state: PreprocessState, model: torch.nn.Module, epoch: int):
-        self.state = state
-        self.model = model.eval()
-        self.epoch = epoch
+@dataclass
+class Output:
+    uri: str
+    filesystem: storage.FileSystem
+    path: str
+    format: str | None  # "csv" | "parquet" for one file; None for a folder of Parquet parts
 
-    @classmethod
-    def from_checkpoint(cls, uri: str | Path) -> Predictor:
-        with ckpt.local_copy(str(uri)) as directory:
-            manifest = ckpt.verify(directory, str(uri))
-            state = ckpt.load_preprocess_state(directory)
-            try:
-                model = build_model(ckpt.model_config(manifest), state)
-                model.load_state_dict(ckpt.load_model_weights(directory))
-            except (RuntimeError, ValueError) as e:
-                raise UserError(f"checkpoint {uri}: weights do not fit its model config ({e})") from None
-        return cls(state, model, manifest["epoch"])
-
-    def check_columns(self, df: pd.DataFrame) -> None:
-        absent = [c for c in self.state.features if c not in df.columns]
-        if absent:
-            raise UserError(f"input is missing feature column(s): {', '.join(absent)}")
-
-    @torch.no_grad()
-    def outputs(self, df: pd.DataFrame, batch_size: int | None = SCORE_BATCH) -> np.ndarray:
-        """Raw model outputs: logits [n, classes], or the standardised prediction [n];
-        the model sees at most `batch_size` rows per call (None: all at once). Bounded by
-        default: an ensemble's activations take k times a single network's memory per row."""
-        self.check_columns(df)
-        arrays = transform(df, self.state, with_label=False)
-        return self.forward(arrays["x_num"], arrays["x_cat"], batch_size)
-
-    @torch.no_grad()
-    def forward(self, x_num: np.ndarray, x_cat: np.ndarray, batch_size: int | None) -> np.ndarray:
-        x_num, x_cat = torch.from_numpy(x_num), torch.from_numpy(x_cat)
-        step = batch_size or max(1, len(x_num))
-        if len(x_num) <= step:
-            return self.model(x_num, x_cat).numpy()
-        return torch.cat([self.model(x_num[i:i + step], x_cat[i:i + step])
-                          for i in range(0, len(x_num), step)]).numpy()
-
-    def prediction_columns(self, df: pd.DataFrame, batch_size: int | None = SCORE_BATCH) -> dict[str, np.ndarray]:
-        """`prediction` (and `proba_<class>` for classification) for each row of `df`."""
-        out = self.outputs(df, batch_size)
-        if self.state.task == "classification":
-            proba = softmax(out.astype(np.float64))
-            columns = {"prediction": np.asarray(self.state.classes, dtype=object)[proba.argmax(axis=1)]}
-            columns.update({f"proba_{c}": proba[:, i] for i, c in enumerate(self.state.classes)})
-            return columns
-        return {"prediction": out.astype(np.float64) * self.state.target_std + self.state.target_mean}
-
-    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
-        """The input columns plus `prediction` (and `proba_<class>` for classification)."""
-        result = df.copy()
-        for name, values in self.prediction_columns(df).items():
-            result[name] = values
-        return result
-
-    def schema(self) -> dict[str, Any]:
-        """What a caller must send: feature columns and their types, the task, the classes."""
-        kinds = {c.name: "numeric" for c in self.state.numeric} | {c.name: "categorical" for c in self.state.categorical}
-        return {"features": [{"name": n, "kind": kinds[n], "type": self.state.input_types.get(n, "")}
-                             for n in self.state.features],
-                "label": self.state.label, "task": self.state.task,
-                "classes": self.state.classes if self.state.task == "classification" else None}
-
-    def score_batch(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Outputs and encoded labels of the labelled, scorable rows (for metrics)."""
-        arrays = transform(df[df[self.state.label].notna()], self.state)
-        keep = scorable(arrays["y"], self.state)
-        out = self.forward(arrays["x_num"][keep], arrays["x_cat"][keep], SCORE_BATCH)
-        return {"outputs": out, "y": arrays["y"][keep]}
-
-    def evaluate(self, df: pd.DataFrame) -> dict[str, float]:
-        s = self.score_batch(df)
-        return compute_metrics(s["outputs"], s["y"], self.state)
+    @property
+    def staging(self) -> str:
+        """Where it is written before it gets its final name. Object stores publish a file
+        only when its upload completes, so there it is written in place."""
+        if storage.is_local(self.filesystem):
+            return f"{posixpath.dirname(self.path)}/.{posixpath.basename(self.path)}.tmp-{os.getpid()}"
+        return self.path
 
 
-_LOADED: dict[str, Predictor] = {}  # per process: a Ray worker loads a checkpoint once, then reuses it
-_KEEP_LOADED = 2  # models kept per process (a sweep scores many checkpoints in one job)
+def check_output(uri: str, overwrite: bool) -> Output:
+    fs, path = storage.filesystem(uri)
+    fmt = sources.FORMATS.get(posixpath.splitext(path)[1].lower())
+    found = storage.kind(fs, path)
+    if found is not None and not overwrite:
+        raise UserError(f"--output {uri} already exists; remove it or pass --overwrite")
+    if fmt and found == "dir":
+        raise UserError(f"--output {uri} is a folder; a .{fmt} output must be a file")
+    parent = posixpath.dirname(path)
+    if storage.is_local(fs) and storage.kind(fs, parent) == "file":
+        raise UserError(f"--output {uri}: {parent} is a file, not a folder")
+    return Output(uri, fs, path, fmt)
 
 
-def cached_predictor(checkpoint: str) -> Predictor:
-    """The Predictor of `checkpoint`, loaded once per process.
+def run_predict(checkpoint: str, predictor: Predictor, source: sources.Source, output: Output, *,
+                batch_size: int, concurrency: int | None) -> int:
+    """Score every input row and write the output; returns the number of rows written."""
+    from ray.data import DataContext
 
-    Ray Data runs the scoring functions below as 1-CPU tasks on reused worker processes;
-    each process loads the model on its first block only, and scores with one thread."""
-    torch.set_num_threads(1)  # every call: the process may have run other work since
-    predictor = _LOADED.pop(checkpoint, None)
-    if predictor is None:
-        predictor = Predictor.from_checkpoint(checkpoint)
-    _LOADED[checkpoint] = predictor  # most recently used last
-    while len(_LOADED) > _KEEP_LOADED:
-        _LOADED.pop(next(iter(_LOADED)))
-    return predictor
-
-
-def _score_block(df: pd.DataFrame, checkpoint: str) -> dict[str, np.ndarray]:
-    return cached_predictor(checkpoint).score_batch(df)
+    DataContext.get_current().execution_options.preserve_order = True
+    concurrency = concurrency or default_concurrency()
+    # The same task limit on both steps: Ray Data then fuses reading a block and scoring
+    # it into one task, and raw rows never pass through the object store.
+    ds = sources.read_dataset(source, read_types(predictor.state, with_label=False), concurrency)
+    scored = predict_steps(checkpoint, ds, concurrency, batch_size, source)
+    return write_output(scored, output)
 
 
-def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool = False) -> dict[str, Any]:
-    """Metrics of a checkpoint on a Ray Dataset of raw labelled rows, scored on the cluster.
+def default_concurrency() -> int:
+    """Every CPU of the cluster: a scoring task reads its block and scores it, one CPU each."""
+    import ray
 
-    With `details`: {"metrics", "rows", and "confusion_matrix", or "residuals" and a
-    "sample" of (actual, predicted) pairs} instead of the bare metrics."""
-    scored = ds.map_batches(_score_block, fn_args=(checkpoint,), batch_format="pandas", batch_size=None,
-                            num_cpus=1).to_pandas()
-    if scored.empty:
-        outputs, y = np.zeros((0, state.output_dim)), np.zeros(0, dtype=np.int64)
-    else:
-        outputs = np.stack(scored["outputs"].to_numpy()) if state.task == "classification" \
-            else scored["outputs"].to_numpy()
-        y = scored["y"].to_numpy()
-    metrics = compute_metrics(outputs, y, state)
-    if not details:
-        return metrics
-    out: dict[str, Any] = {"metrics": metrics, "rows": len(y)}
-    if state.task == "classification":
-        out["confusion_matrix"] = confusion_matrix(outputs, y, state.classes)
-    else:
-        out["residuals"] = residual_summary(outputs, y, state)
-        keep = np.sort(np.random.default_rng(0).choice(len(y), size=min(len(y), SAMPLE_POINTS), replace=False))
-        out["sample"] = {"actual": (y[keep].astype(np.float64) * state.target_std + state.target_mean).tolist(),
-                         "predicted": (outputs[keep].astype(np.float64) * state.target_std
-                                       + state.target_mean).tolist()}
-    return out
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _predict_block(batch, checkpoint: str, model_batch: int):
-    """Ray Data batch function: a block of raw rows (Arrow) plus the prediction columns.
-
-    The input columns pass through untouched (types included); only the feature columns
-    go through pandas for the model."""
-    import pyarrow as pa
-
-    predictor = cached_predictor(checkpoint)
-    columns = predictor.prediction_columns(batch.select(predictor.state.features).to_pandas(), model_batch)
-    for name, values in columns.items():
-        if name in batch.column_names:  # predicting over an earlier output: replace
-            batch = batch.drop_columns([name])
-        batch = batch.append_column(name, pa.array(values.tolist() if values.dtype == object else values))
-    return batch
+def predict_steps(checkpoint: str, ds, concurrency: int, batch_size: int,
+                  source: sources.Source) -> Iterable[pa.Table]:
+    batches = predict_dataset(checkpoint, ds, concurrency=concurrency, batch_size=batch_size) \
+        .iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
+    it = iter(batches)
+    while True:
+        batch = sources.read_step(lambda: next(it, None), source)
+        if batch is None:
+            return
+        yield batch
 
 
-def predict_dataset(checkpoint: str, ds, concurrency: int, batch_size: int):
-    """A lazy Dataset of the input rows plus predictions, in the order Ray Data keeps
-    (input order when `preserve_order` is set): at most `concurrency` blocks are scored at
-    once, each by a 1-CPU task that calls the model on `batch_size` rows at a time."""
-    import ray.data
+def write_output(batches: Iterable[pa.Table], out: Output) -> int:
+    fs, staging = out.filesystem, out.staging
+    rows = 0
+    try:
+        if out.format:
+            fs.create_dir(posixpath.dirname(staging), recursive=True)
+            rows = _write_file(batches, fs, staging, out.format)
+        else:
+            fs.create_dir(staging, recursive=True)
+            rows = _write_parts(batches, fs, staging)
+        if staging != out.path:
+            storage.remove_path(fs, out.path)
+            fs.move(staging, out.path)
+        elif not out.format:
+            with fs.open_output_stream(f"{out.path}/{SUCCESS_MARKER}"):
+                pass
+    except BaseException:
+        storage.remove_path(fs, staging)
+        raise
+    return rows
 
-    return ds.map_batches(_predict_block, fn_args=(checkpoint, batch_size), batch_format="pyarrow",
-                          batch_size=None, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=max(1, concurrency)),
-                          zero_copy_batch=True)
+
+def _write_file(batches: Iterable[pa.Table], fs: storage.FileSystem, path: str, fmt: str) -> int:
+    rows, writer, schema = 0, None, None
+    with fs.open_output_stream(path) as stream:
+        try:
+            for batch in batches:
+                if writer is None:
+                    schema = batch.schema
+                    writer = pq.ParquetWriter(stream, schema) if fmt == "parquet" else pacsv.CSVWriter(stream, schema)
+                writer.write_table(_conform(batch, schema))
+                rows += batch.num_rows
+            if writer is None:
+                raise UserError("--input holds no rows")
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
+
+
+def _write_parts(batches: Iterable[pa.Table], fs: storage.FileSystem, folder: str) -> int:
+    rows, part, writer, schema, in_part = 0, 0, None, None, 0
+    try:
+        for batch in batches:
+            if writer is None:
+                schema = schema or batch.schema
+                writer = pq.ParquetWriter(f"{folder}/part-{part:05d}.parquet", schema, filesystem=fs)
+            writer.write_table(_conform(batch, schema))
+            rows += batch.num_rows
+            in_part += batch.num_rows
+            if in_part >= ROWS_PER_PART:
+                writer.close()
+                writer, part, in_part = None, part + 1, 0
+        if rows == 0:
+            raise UserError("--input holds no rows")
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Later batches in the first batch's schema (a column empty in one file reads as null)."""
+    if batch.schema.equals(schema):
+        return batch
+    try:
+        return batch.select(schema.names).cast(schema)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise UserError(f"--input: the input files disagree on their columns or types ({e})") from None

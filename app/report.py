@@ -16,59 +16,36 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-import pyarrow.fs as pafs
-
-from app import cluster
-from app.data.sources import get_filesystem
+from app import runs, storage
+from app.config import LOSSES, TASK_METRICS
 from app.errors import UserError
-
-REPORT_FILE = "report.html"
-LOSSES = ("train_loss", "valid_loss")
-TASK_METRICS = {"classification": ("accuracy", "f1_macro", "roc_auc", "log_loss"),
-                "regression": ("rmse", "mae", "r2")}
-
-
-def read_bytes(uri: str) -> bytes | None:
-    fs, path = get_filesystem(uri)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
-def read_text(uri: str) -> str | None:
-    data = read_bytes(uri)
-    return None if data is None else data.decode()
 
 
 def write_report(run_dir: str) -> str:
     """Write <run_dir>/report.html; return its URI."""
-    from app.training.trainer import write_text
-
-    fs, path = get_filesystem(run_dir)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
+    if not storage.is_dir(run_dir):
         raise UserError(f"RUN_DIR {run_dir}: no such folder")
-    raw = read_text(cluster.join(run_dir, "metrics.json"))
+    raw = storage.read_text(storage.join(run_dir, runs.METRICS))
     if raw is None:
-        raise UserError(f"RUN_DIR {run_dir}: no metrics.json; is it a finished run or sweep?")
+        raise UserError(f"RUN_DIR {run_dir}: no {runs.METRICS}; is it a finished run or sweep?")
     try:
         metrics = json.loads(raw)
-        baselines = json.loads(read_text(cluster.join(run_dir, "baselines.json")) or "{}")
+        baselines = json.loads(storage.read_text(storage.join(run_dir, runs.BASELINES)) or "{}")
     except ValueError as e:
         raise UserError(f"RUN_DIR {run_dir}: unreadable JSON ({e})") from None
-    leaderboard = read_text(cluster.join(run_dir, "leaderboard.csv"))
-    config = read_text(cluster.join(run_dir, "best_config.yaml" if leaderboard else "config.yaml"))
-    page = render(run_dir, metrics, baselines, leaderboard, config,
-                  trial_curves=read_bytes(cluster.join(run_dir, "curves.png")))
-    out = cluster.join(run_dir, REPORT_FILE)
-    write_text(out, page)
+    leaderboard = storage.read_text(storage.join(run_dir, runs.LEADERBOARD))
+    config = storage.read_text(storage.join(run_dir, runs.BEST_CONFIG if leaderboard else runs.CONFIG))
+    page = render(run_dir, metrics, baselines=baselines, leaderboard=leaderboard, config=config,
+                  trial_curves=storage.read_bytes(storage.join(run_dir, runs.CURVES)))
+    out = storage.join(run_dir, runs.REPORT)
+    storage.write_text(out, page)
     return out
 
 
 # ---------------------------------------------------------------- page
 
 
-def render(run_dir: str, metrics: dict[str, Any], baselines: dict[str, Any], leaderboard: str | None,
+def render(run_dir: str, metrics: dict[str, Any], *, baselines: dict[str, Any], leaderboard: str | None,
            config: str | None, trial_curves: bytes | None = None) -> str:
     task = metrics.get("task", "classification")
     name = run_dir.rstrip("/").rsplit("/", 1)[-1]

@@ -33,7 +33,7 @@ from starlette.responses import Response
 from app import cluster
 from app.data.transform import PreprocessState
 from app.errors import UserError
-from app.predict import SCORE_BATCH
+from app.predictor import SCORE_BATCH
 
 APP_NAME = "app"  # the Serve application; a second `serve` on the same cluster updates it
 DEPLOYMENT = "Predictor"
@@ -174,7 +174,7 @@ class PredictorDeployment:
     def __init__(self, checkpoint: str, options: ServeOptions):
         import torch
 
-        from app.predict import Predictor
+        from app.predictor import Predictor
 
         torch.set_num_threads(max(1, int(options.cpus_per_replica)))
         self.checkpoint = checkpoint
@@ -257,14 +257,6 @@ def build_app(checkpoint: str, options: ServeOptions, surge: bool):
 # ---------------------------------------------------------------- the driver's side
 
 
-def quiet_logs() -> None:
-    """Serve's controller, proxy and replicas log to their files under the Ray session's
-    logs/serve/ only, not also to this terminal (one access-log line per request). Takes
-    effect on an embedded Ray, whose processes inherit this environment; replicas get it
-    through their runtime environment anywhere."""
-    os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-
-
 def check_replicas_fit(options: ServeOptions) -> None:
     """Refuse replicas that the cluster as it stands can never host (Serve would wait forever)."""
     room, total, nodes = cluster.room_for({"CPU": options.cpus_per_replica})
@@ -334,14 +326,13 @@ def replicas() -> dict[str, str]:
     return {r["actor_name"]: str(getattr(r["state"], "value", r["state"])) for r in found}
 
 
-def run(checkpoint: str, epoch: int, options: ServeOptions, host: str, port: int, address: str | None) -> None:
+def run(checkpoint: str, *, epoch: int, options: ServeOptions, host: str, port: int, address: str | None) -> None:
     """The `serve` command, once the checkpoint has loaded: serve it until SIGINT or SIGTERM,
     or, when our application already runs on the cluster, roll it over to `checkpoint` and
     return (the process that started it still owns it)."""
     signals = StopSignals()
     signals.install()
-    quiet_logs()
-    cluster.connect(address)
+    cluster.connect(address)  # quiets Serve's logs before its processes start
     signals.install()
     check_replicas_fit(options)
     updating = is_running()

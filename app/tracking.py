@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Any
 
-from app import cluster
+from app import runs, storage
 from app.config import Config, flatten
 
 RUN_DIR_TAG = "app.run_dir"  # finds the MLflow run of a run folder again on resume
@@ -30,10 +30,10 @@ def mlflow_uri(cfg: Config) -> str | None:
         return None
     if cfg.tracking.mlflow_uri:
         return cfg.tracking.mlflow_uri
-    storage = cluster.normalize_storage(cfg.run.storage)
-    if "://" in storage and not storage.startswith("file://"):
+    root = storage.absolute(cfg.run.storage)
+    if storage.is_uri(root) and not root.startswith("file://"):
         return None
-    return f"sqlite:///{storage.removeprefix('file://')}/mlflow.db"
+    return f"sqlite:///{root.removeprefix('file://')}/{runs.MLFLOW_DB}"
 
 
 def quiet() -> None:
@@ -127,7 +127,8 @@ class EpochLogger:
         if self.run_id:
             self.pool.submit(self._guard, "MLflow", self._open_mlflow, spec["mlflow_uri"])
         if spec.get("tensorboard"):
-            self.pool.submit(self._guard, "TensorBoard", self._open_tensorboard, filesystem, f"{run_path}/tensorboard")
+            self.pool.submit(self._guard, "TensorBoard", self._open_tensorboard, filesystem,
+                             f"{run_path}/{runs.TENSORBOARD}")
 
     def _open_mlflow(self, uri: str) -> None:
         quiet()
@@ -136,15 +137,14 @@ class EpochLogger:
         self.client = MlflowClient(uri)
 
     def _open_tensorboard(self, filesystem, path: str) -> None:
-        import pyarrow.fs as pafs
         from torch.utils.tensorboard import SummaryWriter
 
-        if isinstance(filesystem, pafs.LocalFileSystem):
+        if storage.is_local(filesystem):
             self.writer = SummaryWriter(log_dir=path)
         else:  # written locally, copied to the run folder after each epoch
             local = tempfile.mkdtemp(prefix="app-tensorboard-")
             self.writer = SummaryWriter(log_dir=local)
-            self.sync = lambda: pafs.copy_files(local, path, destination_filesystem=filesystem)
+            self.sync = lambda: storage.upload_dir(local, filesystem, path)
 
     def log(self, record: dict[str, Any]) -> None:
         self.pool.submit(self._log, dict(record))

@@ -20,28 +20,17 @@ from typing import Any
 
 import pandas as pd
 
-from app import cluster, tracking
-from app.config import HIGHER_IS_BETTER, Config, from_dict, metrics_for_task
-from app.data.prepare import Inputs, Prepared, prepare
+from app import cluster, runs, storage, tracking
+from app.config import Config, check_metric, from_dict, metric_mode
+from app.data.prepare import Prepared, prepare
+from app.data.sources import Inputs
 from app.errors import UserError
 from app.metrics import json_safe
 from app.training.checkpoint import load_train_state, local_copy
-from app.training.trainer import (
-    METRICS_FILE,
-    build_trainer,
-    latest_checkpoint,
-    read_json,
-    run_dir,
-    summarize,
-    write_text,
-)
+from app.training.trainer import build_trainer, latest_checkpoint, summarize
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 UNSEARCHABLE = ("name", "run.", "tune.", "scaling.")  # where trials run, not what they learn
-LEADERBOARD = "leaderboard.csv"
-BEST_CONFIG = "best_config.yaml"
-CURVES = "curves.png"
-OVERRIDES = "overrides.json"  # in each trial's run folder: the values the trial searched
 
 
 # ---------------------------------------------------------------- the search space
@@ -157,9 +146,9 @@ def run_trial(overrides: dict[str, Any], *, base: dict[str, Any], trials_dir: st
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(base, overrides, ray.tune.get_context().get_trial_id(), trials_dir)
-    write_text(cluster.join(run_dir(cfg), OVERRIDES), _canonical(overrides))
+    storage.write_text(storage.join(runs.run_dir(cfg), runs.OVERRIDES), _canonical(overrides))
     data = shared if shared is not None else prepare(cfg, inputs)
-    spec = tracking.start(cfg, run_dir(cfg))
+    spec = tracking.start(cfg, runs.run_dir(cfg))
     build_trainer(cfg, data, callbacks=[TuneReportCallback()], tracking_spec=spec).fit()
     tracking.finish(spec, {})
 
@@ -200,14 +189,7 @@ def trial_concurrency(cfg: Config) -> int:
 def metric_and_mode(cfg: Config) -> tuple[str, str]:
     """tune.metric/mode, defaulting to the checkpoint metric and the metric's own direction."""
     metric = cfg.tune.metric or cfg.run.checkpoint.metric
-    return metric, cfg.tune.mode or ("max" if metric in HIGHER_IS_BETTER else "min")
-
-
-def check_tune_metric(cfg: Config, task: str) -> None:
-    metric = cfg.tune.metric or cfg.run.checkpoint.metric
-    if metric not in metrics_for_task(task):
-        raise UserError(f"tune.metric: {metric!r} is never reported for {task}; "
-                        f"choose one of {', '.join(metrics_for_task(task))}")
+    return metric, cfg.tune.mode or metric_mode(metric)
 
 
 def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, Any]:
@@ -217,10 +199,10 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
 
     space = search_space(cfg)
     metric, mode = metric_and_mode(cfg)
-    sweep_dir = run_dir(cfg)
-    trials_dir = cluster.join(sweep_dir, "trials")
+    sweep_dir = runs.run_dir(cfg)
+    trials_dir = storage.join(sweep_dir, runs.TRIALS)
     concurrency = trial_concurrency(cfg)
-    cluster.check_shared_storage(cluster.normalize_storage(cfg.run.storage))
+    cluster.check_shared_storage(storage.absolute(cfg.run.storage))
     started = time.time()
 
     # Prepared once for all trials, unless trials differ in their data or preprocessing;
@@ -228,7 +210,7 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
     prepared = prepare(cfg, inputs)
     cfg = cfg.resolved(prepared.counts["train"])  # auto epochs and batch size, the same for every trial
     shared = None if any(k.startswith(("data.", "preprocess.")) for k in space) else prepared
-    check_tune_metric(cfg, prepared.state.task)
+    check_metric(metric, prepared.state.task, key="tune.metric")
     print(f"sweep: {cfg.tune.num_samples} sample(s) of {len(space)} key(s), {concurrency} trial(s) at a time, "
           f"{cfg.tune.scheduler.name} scheduler, {cfg.tune.search} search, {metric} ({mode})")
 
@@ -249,14 +231,15 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
                 metric=metric, mode=mode, num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrency,
                 scheduler=scheduler(cfg), search_alg=search_algorithm(cfg, metric, mode)),
             run_config=ray.tune.RunConfig(
-                name=cfg.name, storage_path=cluster.normalize_storage(cfg.run.storage),
+                name=cfg.name, storage_path=storage.absolute(cfg.run.storage),
                 # a trial whose TorchTrainer gave up after run.max_failures restarts is retried
                 # as a whole (resuming from its checkpoints) up to run.max_failures times
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.run.max_failures),
                 verbose=0),
         )
     grid = tuner.fit()
-    return write_outputs(cfg, grid, space, metric, mode, sweep_dir, trials_dir, inputs, shared, started)
+    return write_outputs(cfg, grid, space=space, metric=metric, mode=mode, trials_dir=trials_dir, inputs=inputs,
+                         shared=shared, started=started)
 
 
 def scheduler(cfg: Config):
@@ -289,17 +272,12 @@ def trial_runs(trials_dir: str) -> dict[str, dict[str, Any]]:
     Read from our checkpoints rather than from Tune's results: a trial that finished just
     before the sweep's driver died keeps its history here even if Tune had not yet saved it.
     """
-    import pyarrow.fs as pafs
-
-    from app.data.sources import get_filesystem
-
-    fs, path = get_filesystem(trials_dir)
-    runs = {}
-    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-        if info.type != pafs.FileType.Directory:
+    found = {}
+    for entry in storage.listdir(trials_dir):
+        if not entry.is_dir:
             continue
-        trial_dir = cluster.join(trials_dir, info.base_name)
-        overrides = read_json(cluster.join(trial_dir, OVERRIDES))
+        trial_dir = storage.join(trials_dir, entry.name)
+        overrides = storage.read_json(storage.join(trial_dir, runs.OVERRIDES))
         if overrides is None:
             continue
         latest = latest_checkpoint(trial_dir)
@@ -307,21 +285,21 @@ def trial_runs(trials_dir: str) -> dict[str, dict[str, Any]]:
         if latest is not None:
             with local_copy(latest) as directory:
                 history = load_train_state(directory)["progress"]["history"]
-        runs[_canonical(overrides)] = {"trial_id": info.base_name, "history": history}
-    return runs
+        found[_canonical(overrides)] = {"trial_id": entry.name, "history": history}
+    return found
 
 
 def _canonical(overrides: dict[str, Any]) -> str:
     return json.dumps(json_safe({k: _plain(v) for k, v in overrides.items()}), sort_keys=True)
 
 
-def leaderboard(grid, space: dict[str, Any], metric: str, mode: str, cfg: Config,
-                runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def leaderboard(grid, cfg: Config, *, space: dict[str, Any], metric: str, mode: str,
+                trials: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per trial: id, status, epochs, each searched key, its best metric."""
     rows = []
     for result in grid:
         overrides = {key: _plain(result.config.get(key)) for key in space}
-        run = runs.get(_canonical(overrides), {"trial_id": None, "history": []})
+        run = trials.get(_canonical(overrides), {"trial_id": None, "history": []})
         values = [r[metric] for r in run["history"] if r.get(metric) is not None and r[metric] == r[metric]]
         epochs = len(run["history"])
         rows.append({
@@ -352,12 +330,15 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def write_outputs(cfg: Config, grid, space, metric, mode, sweep_dir, trials_dir, inputs, shared, started):
-    runs = trial_runs(trials_dir)
-    table = leaderboard(grid, space, metric, mode, cfg, runs)
+def write_outputs(cfg: Config, grid, *, space: dict[str, Any], metric: str, mode: str, trials_dir: str,
+                  inputs: Inputs, shared: Prepared | None, started: float) -> dict[str, Any]:
+    """The sweep's leaderboard, best config, metrics (of the best trial) and curves."""
+    sweep_dir = runs.run_dir(cfg)
+    trials = trial_runs(trials_dir)
+    table = leaderboard(grid, cfg, space=space, metric=metric, mode=mode, trials=trials)
     if table.empty or table[metric].isna().all():
         raise RuntimeError(f"sweep {cfg.name!r}: no trial reported {metric}")
-    write_text(cluster.join(sweep_dir, LEADERBOARD), table.to_csv(index=False))
+    storage.write_text(storage.join(sweep_dir, runs.LEADERBOARD), table.to_csv(index=False))
     print(table.to_string(index=False))
 
     best_row = table.iloc[0]
@@ -367,27 +348,26 @@ def write_outputs(cfg: Config, grid, space, metric, mode, sweep_dir, trials_dir,
     for key, value in overrides.items():
         _set(reproducible, key, _plain(value))
     reproducible["name"] = f"{cfg.name}-best"
-    write_text(cluster.join(sweep_dir, BEST_CONFIG), Config.model_validate(reproducible).to_yaml())
+    storage.write_text(storage.join(sweep_dir, runs.BEST_CONFIG), Config.model_validate(reproducible).to_yaml())
 
     data = shared if shared is not None else prepare(best_cfg, inputs)
-    metrics = summarize(best_cfg, run_dir(best_cfg), data, inputs.test or inputs.train)
+    metrics = summarize(best_cfg, runs.run_dir(best_cfg), data, inputs.test or inputs.train)
     metrics.update(best_trial=str(best_row["trial_id"]), best_overrides=json_safe(
         {k: _plain(v) for k, v in overrides.items()}), trials=len(table),
         trial_epochs=int(table["epochs"].sum()), wall_time_s=time.time() - started)
-    write_text(cluster.join(sweep_dir, METRICS_FILE), json.dumps(json_safe(metrics), indent=1))
-    plot_curves(runs, metric, cluster.join(sweep_dir, CURVES))
+    storage.write_json(storage.join(sweep_dir, runs.METRICS), json_safe(metrics))
+    plot_curves(trials, metric, storage.join(sweep_dir, runs.CURVES))
     print(f"best trial {best_row['trial_id']}: {metric} {best_row[metric]:.4f}; "
-          f"train it again with: python -m app train --config {cluster.join(sweep_dir, BEST_CONFIG)}")
+          f"train it again with: python -m app train --config {storage.join(sweep_dir, runs.BEST_CONFIG)}")
     return metrics
 
 
-def plot_curves(runs: dict[str, dict[str, Any]], metric: str, uri: str) -> None:
+def plot_curves(trials: dict[str, dict[str, Any]], metric: str, uri: str) -> None:
     """PNG of the validation metric against the epoch, one line per trial."""
-    from app.data.sources import get_filesystem
     from app.report import png, pyplot
 
     fig, ax = pyplot().subplots(figsize=(7, 4.5), dpi=110)
-    for run in sorted(runs.values(), key=lambda r: r["trial_id"]):
+    for run in sorted(trials.values(), key=lambda r: r["trial_id"]):
         points = [(r["epoch"], r[metric]) for r in run["history"] if r.get(metric) is not None]
         if points:
             ax.plot(*zip(*points), marker="o", markersize=3, linewidth=1, label=run["trial_id"])
@@ -397,6 +377,4 @@ def plot_curves(runs: dict[str, dict[str, Any]], metric: str, uri: str) -> None:
     ax.grid(alpha=0.3)
     if len(ax.lines) <= 16:
         ax.legend(fontsize=6, ncol=2)
-    fs, path = get_filesystem(uri)
-    with fs.open_output_stream(path) as f:
-        f.write(png(fig))
+    storage.write_bytes(uri, png(fig))

@@ -61,12 +61,13 @@ sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 from app import cluster  # noqa: E402
-from app.batch import check_input, check_output, default_concurrency, run_predict  # noqa: E402
 from app.config import Config, from_dict  # noqa: E402
-from app.data.preprocess import PreprocessState, transform_batch  # noqa: E402
+from app.data.prepare import transform_batch  # noqa: E402
 from app.data.split import SPLIT_COLUMN, TRAIN, assign_split  # noqa: E402
+from app.data.transform import PreprocessState  # noqa: E402
 from app.model import build_model  # noqa: E402
-from app.predict import Predictor  # noqa: E402
+from app.predict import check_output, default_concurrency, run_predict  # noqa: E402
+from app.predictor import Predictor, check_input  # noqa: E402
 from app.training.checkpoint import load_preprocess_state, local_copy  # noqa: E402
 from app.training.loop import make_optimizer, peak_rss_mb  # noqa: E402
 from app.training.trainer import run_training  # noqa: E402

@@ -172,11 +172,10 @@ def main() -> int:
 
     from app import cluster
     from app import serve as serving
-    from app.batch import load_predictor
+    from app.predictor import load_predictor
 
     label = load_predictor(args.checkpoint).state.label
     body = request_body(args.data, label, args.rows_per_request)
-    serving.quiet_logs()
     cluster.quiet_logs()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     for replicas in args.replicas:

@@ -40,12 +40,19 @@ def make_synthetic(out: Path, rows: int) -> Path:
     return out
 
 
+# Tracking costs every run seconds of imports (MLflow, TensorBoard) on each process that
+# logs: off in the test configs, except where a test is about it (test_inference.py,
+# test_object_storage.py) and in the end-to-end runs of the shipped configs.
+NO_TRACKING = {"mlflow": False, "tensorboard": False}
+
+
 def penguins_tree(tmp_path: Path, **sections) -> dict:
-    """The quickstart config, shrunk for tests, storage under tmp_path."""
+    """The quickstart config, shrunk for tests, storage under tmp_path, tracking off."""
     tree = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     tree["data"]["train"] = str(PENGUINS)
     tree["run"]["storage"] = str(tmp_path / "runs")
     tree["train"]["epochs"] = 3
+    tree["tracking"] = dict(NO_TRACKING)
     for key, value in sections.items():
         node = tree
         *parents, leaf = key.split("__")

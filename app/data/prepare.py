@@ -18,30 +18,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
+import pandas as pd
 
 from app.config import Config, check_metric
 from app.data import preprocess, sources
 from app.data.shards import PresplitShards
-from app.data.split import SPLIT_COLUMN, TEST, TRAIN, VALID, add_split_column
-from app.errors import UserError, causes
-
-
-@dataclass
-class Inputs:
-    """What the cheap checks learned about the sources."""
-
-    train: sources.Source
-    test: sources.Source | None
-    kinds: dict[str, str]  # feature -> numeric | categorical
-    input_types: dict[str, str]  # feature -> the Arrow type it is read as
-    column_types: dict[str, pa.DataType]  # CSV read types
-    label_type: str  # Arrow type of the label in the first file
+from app.data.sources import Inputs
+from app.data.split import SPLIT_COLUMN, TEST, TRAIN, VALID, assign_split
+from app.data.transform import PreprocessState, scorable, transform
+from app.errors import UserError
 
 
 @dataclass
 class Prepared:
-    state: preprocess.PreprocessState
+    state: PreprocessState
     train: Any  # MaterializedDataset of model-ready arrays
     valid: Any
     test_raw: Any  # lazy Dataset of raw test rows (labelled)
@@ -53,7 +43,7 @@ def inspect_sources(cfg: Config) -> Inputs:
     d = cfg.data
     train = sources.resolve(d.train, "data.train")
     schema = sources.read_schema(train)
-    kinds = preprocess.column_kinds(schema, d.label, d.features, d.categorical, d.drop, f"data.train ({d.train})")
+    kinds = preprocess.column_kinds(schema, d)
     label_type = schema.field(d.label).type
     test = None
     if d.test:
@@ -64,11 +54,11 @@ def inspect_sources(cfg: Config) -> Inputs:
     column_types = sources.column_types(kinds, d.label, label_type)
     input_types = {name: str(column_types[name]) for name in kinds}
     if d.task != "auto":
-        check_metric(cfg, d.task)
+        check_metric(cfg.run.checkpoint.metric, d.task, key="run.checkpoint.metric")
     return Inputs(train, test, kinds, input_types, column_types, str(label_type))
 
 
-def prepare(cfg: Config, inputs: Inputs, fitted: preprocess.PreprocessState | None = None) -> Prepared:
+def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None) -> Prepared:
     """Split, fit preprocessing on the training split (unless `fitted` is given), transform."""
     from ray.data import DataContext
 
@@ -78,18 +68,18 @@ def prepare(cfg: Config, inputs: Inputs, fitted: preprocess.PreprocessState | No
     d = cfg.data
     test_fraction = 0.0 if inputs.test else d.split.test
     raw = sources.read_dataset(inputs.train, inputs.column_types)
-    tagged = read_step(lambda: raw.map_batches(
+    tagged = sources.read_step(lambda: raw.map_batches(
         add_split_column, fn_kwargs={"valid": d.split.valid, "test": test_fraction, "seed": d.split.seed},
         batch_format="pandas", batch_size=None).materialize(), inputs.train)
 
     state = fit(cfg, inputs, tagged) if fitted is None else fitted
-    check_metric(cfg, state.task)
+    check_metric(cfg.run.checkpoint.metric, state.task, key="run.checkpoint.metric")
 
     state_json = state.to_json()
     model_ready = {}
     for name, code in (("train", TRAIN), ("valid", VALID)):
-        model_ready[name] = read_step(lambda code=code: tagged.map_batches(
-            preprocess.transform_batch, fn_kwargs={"state_json": state_json, "split": code},
+        model_ready[name] = sources.read_step(lambda code=code: tagged.map_batches(
+            transform_batch, fn_kwargs={"state_json": state_json, "split": code},
             batch_format="pandas", batch_size=None).materialize(), inputs.train)
     if inputs.test:
         test_raw = sources.read_dataset(inputs.test, inputs.column_types)
@@ -107,19 +97,16 @@ def prepare(cfg: Config, inputs: Inputs, fitted: preprocess.PreprocessState | No
     return Prepared(state, model_ready["train"], model_ready["valid"], test_raw, counts, shards)
 
 
-def fit(cfg: Config, inputs: Inputs, tagged) -> preprocess.PreprocessState:
+def fit(cfg: Config, inputs: Inputs, tagged) -> PreprocessState:
     """Map: stats of each batch of training rows, on the cluster; reduce: on the driver."""
     d = cfg.data
     sample_rows = cfg.preprocess.sample_rows
     summaries = tagged.map_batches(
         _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label, "sample_rows": sample_rows},
         batch_format="pandas", batch_size=None)
-    parts, sample = read_step(lambda: _collect(summaries, sample_rows), inputs.train)
+    parts, sample = sources.read_step(lambda: _collect(summaries, sample_rows), inputs.train)
     stats = preprocess.merge_stats(parts)
-    state, warnings = preprocess.fit_preprocessor(
-        stats, inputs.kinds, d.label, d.task, cfg.preprocess.min_category_count,
-        cfg.preprocess.missing_indicators, inputs.input_types, f"data.train ({d.train})",
-        frozenset(d.categorical), inputs.label_type)
+    state, warnings = preprocess.fit_preprocessor(stats, data=d, preprocess=cfg.preprocess, inputs=inputs)
     numeric = [n for n, k in inputs.kinds.items() if k == "numeric"]
     preprocess.fit_numeric_scaling(state, sample.result(numeric), cfg.preprocess.numeric_scaling,
                                    cfg.preprocess.embedding_bins)
@@ -138,22 +125,42 @@ def _collect(summaries, sample_rows: int) -> tuple[list[dict[str, Any]], preproc
     return parts, sample
 
 
+# ---------------------------------------------------------------- Ray Data batch functions
+
+
+def add_split_column(df: pd.DataFrame, valid: float, test: float, seed: int) -> pd.DataFrame:
+    """Tag each row with its split code (app/data/split.py)."""
+    df = df.copy()
+    df[SPLIT_COLUMN] = assign_split(df, valid, test, seed)
+    return df
+
+
+def partial_stats_batch(df: pd.DataFrame, kinds: dict[str, str], label: str,
+                        train_mask: np.ndarray | None = None, sample_rows: int = 0) -> pd.DataFrame:
+    """One row holding the stats of the batch's training rows as JSON, and (`sample_rows`
+    > 0) this batch's candidates for the seeded sample."""
+    train = df if train_mask is None else df[train_mask]
+    stats = preprocess.partial_stats(train, kinds, label, all_rows=df)
+    sample = preprocess.sample_candidates(train, kinds, label, sample_rows) if sample_rows else np.zeros((0, 0))
+    return pd.DataFrame({"stats": [json.dumps(stats)], "sample": [sample.tobytes()],
+                         "sample_columns": [sample.shape[1]]})
+
+
+def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dict[str, np.ndarray]:
+    """Keep one split's labelled rows (all with `split` None); return model-ready arrays."""
+    state = PreprocessState.from_json(state_json)
+    if split is not None:
+        df = df[df[SPLIT_COLUMN] == split]
+    df = df[df[state.label].notna()]
+    out = transform(df, state)
+    keep = scorable(out["y"], state)
+    return {k: v[keep] for k, v in out.items()} if not keep.all() else out
+
+
 def _train_stats(df, kinds, label, sample_rows):
-    return preprocess.partial_stats_batch(df, kinds, label, train_mask=(df[SPLIT_COLUMN] == TRAIN).to_numpy(),
-                                          sample_rows=sample_rows)
+    return partial_stats_batch(df, kinds, label, train_mask=(df[SPLIT_COLUMN] == TRAIN).to_numpy(),
+                               sample_rows=sample_rows)
 
 
 def _only_split(df, split):
     return df[df[SPLIT_COLUMN] == split].drop(columns=[SPLIT_COLUMN])
-
-
-def read_step(step, source: sources.Source):
-    """Run a Ray Data step; a file that cannot be parsed becomes a UserError naming it."""
-    try:
-        return step()
-    except Exception as e:
-        cause = next((c for c in causes(e) if isinstance(c, (pa.ArrowInvalid, UnicodeDecodeError))), None)
-        if cause is None:
-            raise
-        text = " ".join(str(cause).split())[:400]
-        raise UserError(f"{source.key}: cannot read {source.uri}: {text}") from None

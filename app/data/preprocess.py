@@ -35,6 +35,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from app.config import DataConfig, PreprocessConfig
+from app.data.sources import Inputs
+from app.data.split import row_uniforms
 from app.data.transform import (
     MISSING,
     CategoricalColumn,
@@ -42,8 +45,6 @@ from app.data.transform import (
     PreprocessState,
     category_strings,
     numeric_inputs,
-    scorable,
-    transform,
 )
 from app.errors import UserError
 
@@ -58,9 +59,10 @@ _GOLDEN_RATIO = (5**0.5 - 1) / 2  # spreads the copies of a repeated row evenly 
 # ---------------------------------------------------------------- column kinds
 
 
-def column_kinds(schema: pa.Schema, label: str, features: list[str] | None,
-                 categorical: list[str], drop: list[str], key: str) -> dict[str, str]:
+def column_kinds(schema: pa.Schema, data: DataConfig) -> dict[str, str]:
     """{feature column: "numeric" | "categorical"} from the Arrow schema and the config."""
+    label, features, categorical, drop = data.label, data.features, data.categorical, data.drop
+    key = f"data.train ({data.train})"
     names = schema.names
     if label not in names:
         raise UserError(f"data.label: column {label!r} is not in {key} (columns: {', '.join(names)})")
@@ -145,24 +147,11 @@ def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str,
     return out
 
 
-def partial_stats_batch(df: pd.DataFrame, kinds: dict[str, str], label: str,
-                        train_mask: np.ndarray | None = None, sample_rows: int = 0) -> pd.DataFrame:
-    """Ray Data batch function: one row holding the stats of the batch's training rows as
-    JSON, and (`sample_rows` > 0) this batch's candidates for the seeded sample."""
-    train = df if train_mask is None else df[train_mask]
-    stats = partial_stats(train, kinds, label, all_rows=df)
-    sample = sample_candidates(train, kinds, label, sample_rows) if sample_rows else np.zeros((0, 0))
-    return pd.DataFrame({"stats": [json.dumps(stats)], "sample": [sample.tobytes()],
-                         "sample_columns": [sample.shape[1]]})
-
-
 def sample_candidates(df: pd.DataFrame, kinds: dict[str, str], label: str, size: int) -> np.ndarray:
     """[hash, numeric feature values...] of the `size` labelled rows with the smallest hash
     of their values: the global sample is then the `size` smallest over all batches."""
     numeric = [n for n, k in kinds.items() if k == "numeric"]
     df = df[df[label].notna()]
-    from app.data.split import row_uniforms
-
     u = row_uniforms(df[[*kinds, label]], _SAMPLE_SEED)
     # Copies of a row share its hash, so all of them would be in the sample or none. Moving
     # each copy along by its rank among the batch's copies keeps a repeated row in the
@@ -264,12 +253,12 @@ def detect_task(label_stats: dict[str, Any], label_type: str) -> str:
     return "regression"
 
 
-def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, task: str,
-                     min_category_count: int, missing_indicators: bool,
-                     input_types: dict[str, str], key: str,
-                     declared_categorical: frozenset[str] = frozenset(),
-                     label_type: str = "string") -> tuple[PreprocessState, list[str]]:
-    """(fitted state, warnings) from merged training-split stats."""
+def fit_preprocessor(stats: dict[str, Any], *, data: DataConfig, preprocess: PreprocessConfig,
+                     inputs: Inputs) -> tuple[PreprocessState, list[str]]:
+    """(fitted state, warnings) from merged training-split stats (before the numeric
+    scaling, which `fit_numeric_scaling` fits on the sample)."""
+    label, task, kinds = data.label, data.task, inputs.kinds
+    key = f"data.train ({data.train})"
     rows = stats["rows"]
     if rows == 0:
         raise UserError(f"{key}: no rows with a label to train on")
@@ -278,7 +267,7 @@ def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, t
     if lab["missing"]:
         warnings.append(f"{lab['missing']} training row(s) have no {label!r} and are not used")
     if task == "auto":
-        task = detect_task(lab, label_type)
+        task = detect_task(lab, inputs.label_type)
 
     numeric, categorical, dropped = [], [], []
     for name, kind in kinds.items():
@@ -289,19 +278,19 @@ def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, t
                 continue
             std = math.sqrt(s["m2"] / s["n"]) if s["n"] else 0.0
             numeric.append(NumericColumn(name, s["mean"], std if std > 1e-12 else 1.0,
-                                         missing_indicators and s["n"] < rows))
+                                         preprocess.missing_indicators and s["n"] < rows))
         else:
             s = stats["categorical"][name]
             if s["present"] == 0:
                 dropped.append(name)
                 continue
             suspicious = s["stray"] is not None and s["numeric_like"] >= NUMERIC_LOOKING * s["text_present"]
-            if suspicious and name not in declared_categorical:
+            if suspicious and name not in data.categorical:
                 raise UserError(
                     f"{key}: column {name!r} looks numeric but holds non-numeric values such as "
                     f"{s['stray']!r}; fix the data, or list the column in data.categorical"
                 )
-            cats = sorted(k for k, c in s["counts"].items() if c >= min_category_count)
+            cats = sorted(k for k, c in s["counts"].items() if c >= preprocess.min_category_count)
             categorical.append(CategoricalColumn(name, cats))
     if dropped:
         warnings.append(f"column(s) {', '.join(dropped)} have no values in the training split and are dropped")
@@ -309,7 +298,7 @@ def fit_preprocessor(stats: dict[str, Any], kinds: dict[str, str], label: str, t
         raise UserError(f"{key}: no usable feature columns (all are empty)")
 
     state = PreprocessState(label=label, task=task, numeric=numeric, categorical=categorical,
-                            dropped=dropped, input_types=input_types, train_rows=rows)
+                            dropped=dropped, input_types=inputs.input_types, train_rows=rows)
     if task == "classification":
         values = sorted((json.loads(k) for k in lab["values"]), key=lambda v: (str(type(v)), v))
         if lab["overflow"] or len(values) > _LABEL_VALUES_CAP:
@@ -377,16 +366,3 @@ def embedding_bins(x: np.ndarray, n_bins: int) -> list[list[float]]:
             bins = compute_bins(torch.from_numpy(column[:, None].copy()), n_bins=min(n_bins, len(column) - 1))
         edges.append(bins[0].tolist())
     return edges
-
-
-def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dict[str, np.ndarray]:
-    """Ray Data batch function: keep one split's labelled rows, return model-ready arrays."""
-    from app.data.split import SPLIT_COLUMN
-
-    state = PreprocessState.from_json(state_json)
-    if split is not None:
-        df = df[df[SPLIT_COLUMN] == split]
-    df = df[df[state.label].notna()]
-    out = transform(df, state)
-    keep = scorable(out["y"], state)
-    return {k: v[keep] for k, v in out.items()} if not keep.all() else out

@@ -13,14 +13,13 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from app.errors import UserError
+from app import storage
+from app.errors import UserError, causes
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _GLOB_CHARS = set("*?[")
@@ -32,19 +31,21 @@ class Source:
 
     uri: str
     key: str  # config key or flag it came from, for messages
-    filesystem: pafs.FileSystem
+    filesystem: storage.FileSystem
     paths: tuple[str, ...]
     format: str
 
 
-def get_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path on it) for a local path or a pyarrow URI."""
-    if "://" in uri:
-        try:
-            return pafs.FileSystem.from_uri(uri)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-            raise UserError(f"cannot open {uri}: {e}") from None
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+@dataclass
+class Inputs:
+    """What the cheap checks learned about a run's sources (app.data.prepare.inspect_sources)."""
+
+    train: Source
+    test: Source | None
+    kinds: dict[str, str]  # feature -> numeric | categorical
+    input_types: dict[str, str]  # feature -> the Arrow type it is read as
+    column_types: dict[str, pa.DataType]  # CSV read types
+    label_type: str  # Arrow type of the label in the first file
 
 
 def _format_of(path: str) -> str | None:
@@ -57,24 +58,22 @@ def _visible(path: str) -> bool:
 
 def resolve(uri: str, key: str) -> Source:
     """List the data files behind `uri`; refuse missing, empty or mixed-format input."""
-    fs, path = get_filesystem(uri)
+    fs, path = storage.filesystem(uri)
     if _GLOB_CHARS & set(path):
         base = path
         while _GLOB_CHARS & set(base):
             base = posixpath.dirname(base)
-        infos = _list(fs, base, uri, key, recursive=True)
+        found = _list(fs, base, uri, key)
         # fnmatch's "*" also crosses "/": match only files as deep as the pattern
         depth = path.count("/")
-        infos = [i for i in infos if i.path.count("/") == depth and fnmatch.fnmatch(i.path, path)]
+        found = [e for e in found if e.path.count("/") == depth and fnmatch.fnmatch(e.path, path)]
     else:
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
+        entry = storage.stat(fs, path)
+        if entry is None:
             raise UserError(f"{key}: {uri} does not exist")
-        infos = _list(fs, path, uri, key, recursive=True) if info.type == pafs.FileType.Directory else [info]
+        found = _list(fs, path, uri, key) if entry.is_dir else [entry]
 
-    files = sorted(
-        (i for i in infos if i.type == pafs.FileType.File and _visible(i.path)), key=lambda i: i.path
-    )
+    files = [e for e in found if not e.is_dir and _visible(e.path)]
     data_files = [i for i in files if _format_of(i.path)]
     if not data_files:
         if len(files) == 1:
@@ -89,9 +88,9 @@ def resolve(uri: str, key: str) -> Source:
     return Source(uri, key, fs, tuple(i.path for i in data_files), formats.pop())
 
 
-def _list(fs: pafs.FileSystem, base: str, uri: str, key: str, recursive: bool) -> list[pafs.FileInfo]:
+def _list(fs: storage.FileSystem, base: str, uri: str, key: str) -> list[storage.Entry]:
     try:
-        return fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
+        return storage.entries(fs, base, recursive=True)
     except OSError as e:
         raise UserError(f"{key}: cannot list {uri}: {e}") from None
 
@@ -178,3 +177,15 @@ def read_table(source: Source, column_types: dict[str, pa.DataType] | None = Non
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:500]
+
+
+def read_step(step, source: Source):
+    """Run a Ray Data step; a file that cannot be parsed becomes a UserError naming it."""
+    try:
+        return step()
+    except Exception as e:
+        cause = next((c for c in causes(e) if isinstance(c, (pa.ArrowInvalid, UnicodeDecodeError))), None)
+        if cause is None:
+            raise
+        text = " ".join(str(cause).split())[:400]
+        raise UserError(f"{source.key}: cannot read {source.uri}: {text}") from None

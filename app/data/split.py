@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from app.data.transform import category_strings
+
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_COLUMN = "__split__"
 
@@ -20,8 +22,6 @@ def canonical(df: pd.DataFrame) -> pd.DataFrame:
     """The row values in a form that does not depend on how they were read: numbers as
     float64 (an int column with a gap arrives as float in some blocks and not in others),
     everything else as canonical text."""
-    from app.data.preprocess import category_strings
-
     columns = {}
     for name in df.columns:
         col = df[name]
@@ -46,11 +46,3 @@ def assign_split(df: pd.DataFrame, valid: float, test: float, seed: int) -> np.n
     codes[u < valid + test] = VALID
     codes[u < test] = TEST
     return codes
-
-
-def add_split_column(df: pd.DataFrame, valid: float, test: float, seed: int) -> pd.DataFrame:
-    """Ray Data batch function: tag each row with its split code."""
-    df = df.copy()
-    codes = assign_split(df, valid, test, seed)
-    df[SPLIT_COLUMN] = codes
-    return df

@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 
+from app import storage
 from app.config import ModelConfig
-from app.data.preprocess import PreprocessState
+from app.data.transform import PreprocessState
 from app.errors import UserError
 
 FORMAT_VERSION = 1
@@ -68,7 +68,7 @@ def model_config(manifest: dict[str, Any]) -> ModelConfig:
     return ModelConfig.model_validate({"kind": "mlp"} | manifest["model"])
 
 
-def upload(local_dir: str | Path, filesystem: pafs.FileSystem, destination: str,
+def upload(local_dir: str | Path, filesystem: storage.FileSystem, destination: str,
            after_first_file: Callable[[], None] | None = None) -> None:
     """Copy a checkpoint folder to storage with its manifest last.
 
@@ -76,20 +76,13 @@ def upload(local_dir: str | Path, filesystem: pafs.FileSystem, destination: str,
     (or a manifest whose checksums do not match), so it is never loaded.
     """
     local_dir = Path(local_dir)
-    local = pafs.LocalFileSystem()
     filesystem.create_dir(destination, recursive=True)
-    manifest = f"{destination}/{MANIFEST}"
-    if _exists(filesystem, manifest):  # left by an earlier attempt at this same epoch
-        filesystem.delete_file(manifest)
+    # A manifest left by an earlier attempt at this same epoch goes first.
+    storage.remove_path(filesystem, f"{destination}/{MANIFEST}")
     for i, name in enumerate((*FILES, MANIFEST)):
-        pafs.copy_files(str(local_dir / name), f"{destination}/{name}", source_filesystem=local,
-                        destination_filesystem=filesystem)
+        storage.upload_file(local_dir / name, filesystem, f"{destination}/{name}")
         if i == 0 and after_first_file is not None:
             after_first_file()
-
-
-def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
-    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def verify(directory: str | Path, label: str | None = None) -> dict[str, Any]:
@@ -142,16 +135,11 @@ def local_copy(uri: str) -> Iterator[Path]:
             raise UserError(f"checkpoint {uri}: not a folder")
         yield path
         return
-    import pyarrow.fs as pafs
-
-    from app.data.sources import get_filesystem
-
-    fs, remote = get_filesystem(uri)
-    if fs.get_file_info(remote).type != pafs.FileType.Directory:
+    if not storage.is_dir(uri):
         raise UserError(f"checkpoint {uri}: not found")
     tmp = tempfile.mkdtemp(prefix="app-ckpt-")
     try:
-        pafs.copy_files(remote, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        storage.download(uri, tmp)
         yield Path(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

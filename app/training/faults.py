@@ -17,6 +17,7 @@ import os
 import signal
 from dataclasses import dataclass
 
+from app import storage
 from app.errors import UserError
 
 ENV_VAR = "APP_FAULT"
@@ -54,19 +55,18 @@ def from_env() -> Fault | None:
     return parse(os.environ.get(ENV_VAR))
 
 
-def maybe_die(fault: Fault | None, run_dir: tuple, *, rank: int, epoch: int, step: int = 0,
+def maybe_die(fault: Fault | None, fs: storage.FileSystem, path: str, *, rank: int, epoch: int, step: int = 0,
               at: str = "step") -> None:
     """Kill this process if it is the chosen point and the fault has not fired yet.
 
-    `run_dir` is (pyarrow filesystem, path) of the run folder, where the marker goes.
+    `path` is the run folder on `fs`, where the marker goes.
     """
     if fault is None or (fault.rank, fault.epoch, fault.at) != (rank, epoch, at):
         return
     if at == "step" and fault.step != step:
         return
-    fs, path = run_dir
     marker = f"{path}/{fault.marker_name}"
-    if fs.get_file_info(marker).type.name != "NotFound":
+    if storage.kind(fs, marker) is not None:
         return
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(marker) as f:

@@ -25,10 +25,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from app import runs, storage
 from app.cluster import quiet_logs
 from app.config import Config
-from app.data.preprocess import PreprocessState
-from app.data.sources import get_filesystem
+from app.data.transform import PreprocessState
 from app.metrics import compute_metrics
 from app.model import build_model, member_loss
 from app.tracking import EpochLogger
@@ -48,6 +48,32 @@ class Shard:
 
     def __len__(self) -> int:
         return len(self.y)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """What every step of one training worker needs to know: the run's config and fitted
+    preprocessing, its rank, where the run folder is, and the fault to inject (tests)."""
+
+    cfg: Config
+    state: PreprocessState
+    rank: int
+    filesystem: storage.FileSystem
+    run_path: str  # the run folder, on `filesystem`
+    fault: faults.Fault | None = None
+
+    @classmethod
+    def from_context(cls, loop_config: dict[str, Any]) -> Worker:
+        ctx = ray.train.get_context()
+        train_storage = ctx.get_storage()
+        return cls(cfg=Config.model_validate(loop_config["config"]),
+                   state=PreprocessState.from_json(loop_config["preprocess"]),
+                   rank=ctx.get_world_rank(), filesystem=train_storage.storage_filesystem,
+                   run_path=train_storage.experiment_fs_path, fault=faults.parse(loop_config.get("fault")))
+
+    def die(self, *, epoch: int, step: int = 0, at: str = "step") -> None:
+        """Kill this process here if the injected fault says so."""
+        faults.maybe_die(self.fault, self.filesystem, self.run_path, rank=self.rank, epoch=epoch, step=step, at=at)
 
 
 @dataclass
@@ -77,13 +103,9 @@ class Progress:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     quiet_logs()
-    cfg = Config.model_validate(loop_config["config"])
-    state = PreprocessState.from_json(loop_config["preprocess"])
-    fault = faults.parse(loop_config.get("fault"))
+    worker = Worker.from_context(loop_config)
+    cfg, state, rank = worker.cfg, worker.state, worker.rank
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    storage = ctx.get_storage()
-    run_dir = storage.storage_filesystem, storage.experiment_fs_path
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
 
@@ -97,7 +119,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # the run's checkpoints was cut short); else none.
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and loop_config.get("resume_from"):
-        filesystem, path = get_filesystem(loop_config["resume_from"])
+        filesystem, path = storage.filesystem(loop_config["resume_from"])
         checkpoint = ray.train.Checkpoint(path, filesystem=filesystem)
     progress = restore(checkpoint, model, optimizer, scheduler)
     loss_fn = nn.CrossEntropyLoss() if state.task == "classification" else nn.MSELoss()
@@ -107,7 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     patience = cfg.train.early_stopping_patience
     if patience is not None and progress.epochs_without_improvement >= patience:
         return  # restored from the checkpoint where early stopping had already fired
-    tracker = EpochLogger(loop_config.get("tracking"), *run_dir) if rank == 0 else None
+    tracker = EpochLogger(loop_config.get("tracking"), worker.filesystem, worker.run_path) if rank == 0 else None
     clock = EpochClock(progress.epoch, cfg.train.epochs)
     progress.attempts.append({"started": attempt_started, "ingest_s": ingest_s,
                               "ingest_rows": total_rows + sum(gather(len(valid))),
@@ -115,8 +137,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
         seed_everything(cfg.train.seed, epoch, rank)
         started = time.perf_counter()
-        die = functools.partial(faults.maybe_die, fault, run_dir, rank=rank, epoch=epoch)
-        train_loss, batch_wait = train_epoch(model, train, optimizer, loss_fn, steps, cfg, epoch, rank, die)
+        train_loss, batch_wait = train_epoch(worker, model, train, optimizer, loss_fn, steps=steps, epoch=epoch)
         epoch_time = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -128,8 +149,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                   "batch_wait_frac": batch_wait / epoch_time, "worker_peak_rss_mb": max(gather(peak_rss_mb()))}
         progress.update(record, metric, mode)
         stop = patience is not None and progress.epochs_without_improvement >= patience
-        save_and_report(record, progress, model, optimizer, scheduler, state, cfg, rank,
-                        param_fingerprints=gather(fingerprint(unwrap(model))), run_dir=run_dir, die=die)
+        save_and_report(worker, record, progress, model=model, optimizer=optimizer, scheduler=scheduler,
+                        param_fingerprints=gather(fingerprint(unwrap(model))))
         if rank == 0:
             tracker.log(record)
             print(format_epoch(record, cfg.train.epochs, metric) + clock.tick(epoch), flush=True)
@@ -179,15 +200,16 @@ def epoch_batches(n: int, steps: int, seed: int, epoch: int, rank: int) -> list[
 # ---------------------------------------------------------------- steps
 
 
-def train_epoch(model: nn.Module, data: Shard, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                steps: int, cfg: Config, epoch: int, rank: int, die=lambda **_: None) -> tuple[float, float]:
+def train_epoch(worker: Worker, model: nn.Module, data: Shard, optimizer: torch.optim.Optimizer,
+                loss_fn: nn.Module, *, steps: int, epoch: int) -> tuple[float, float]:
     """One pass over the local shard: (mean training loss over all ranks, seconds this
     rank spent getting batches ready, i.e. not in the model, loss or optimizer)."""
+    cfg = worker.cfg
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.y.device)
     wait = 0.0
-    for step, idx in enumerate(epoch_batches(len(data), steps, cfg.train.seed, epoch, rank)):
-        die(step=step)
+    for step, idx in enumerate(epoch_batches(len(data), steps, cfg.train.seed, epoch, worker.rank)):
+        worker.die(epoch=epoch, step=step)
         t0 = time.perf_counter()
         idx = idx.to(data.y.device)
         x_num, x_cat, y = data.x_num[idx], data.x_cat[idx], data.y[idx]
@@ -262,28 +284,28 @@ def restore(checkpoint: ray.train.Checkpoint | None, model: nn.Module, optimizer
     return Progress(**saved)
 
 
-def save_and_report(record: dict[str, Any], progress: Progress, model: nn.Module, optimizer, scheduler,
-                    state: PreprocessState, cfg: Config, rank: int, param_fingerprints: list[str],
-                    run_dir: tuple[Any, str], die) -> None:
+def save_and_report(worker: Worker, record: dict[str, Any], progress: Progress, *, model: nn.Module, optimizer,
+                    scheduler, param_fingerprints: list[str]) -> None:
     """Rank 0 writes a checkpoint to a local temp folder and uploads it; every rank reports."""
     import tempfile
 
-    name = f"checkpoint_epoch_{record['epoch']:04d}"
+    epoch = record["epoch"]
+    name = runs.checkpoint_name(epoch)
     with tempfile.TemporaryDirectory(prefix="app-ckpt-") as tmp:
         checkpoint = None
-        if rank == 0:
-            train_state = {"epoch": record["epoch"], "progress": asdict(progress), "config": cfg.to_dict(),
+        if worker.rank == 0:
+            train_state = {"epoch": epoch, "progress": asdict(progress), "config": worker.cfg.to_dict(),
                            "world_size": len(param_fingerprints), "param_fingerprints": param_fingerprints}
             ckpt.write_checkpoint(tmp, model=unwrap(model), optimizer=optimizer, scheduler=scheduler,
-                                  state=state, model_cfg=cfg.model, train_state=train_state,
-                                  after_first_file=functools.partial(die, at="save"))
+                                  state=worker.state, model_cfg=worker.cfg.model, train_state=train_state,
+                                  after_first_file=functools.partial(worker.die, epoch=epoch, at="save"))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
 
         def upload(local: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
-            filesystem, base = run_dir
-            destination = f"{base}/{dir_name}"
-            ckpt.upload(local.path, filesystem, destination, after_first_file=functools.partial(die, at="upload"))
-            return ray.train.Checkpoint(destination, filesystem=filesystem)
+            destination = f"{worker.run_path}/{dir_name}"
+            ckpt.upload(local.path, worker.filesystem, destination,
+                        after_first_file=functools.partial(worker.die, epoch=epoch, at="upload"))
+            return ray.train.Checkpoint(destination, filesystem=worker.filesystem)
 
         ray.train.report(dict(record), checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_fn=upload)
 

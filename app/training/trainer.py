@@ -9,45 +9,36 @@ so tests call it directly on a shrunken config.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from app import cluster, tracking
+from app import cluster, runs, storage, tracking
 from app.config import Config, flatten
-from app.data.prepare import Inputs, Prepared, inspect_sources, prepare, read_step
-from app.data.preprocess import PreprocessState
-from app.data.sources import get_filesystem
+from app.data.prepare import Prepared, inspect_sources, prepare
+from app.data.sources import Inputs, read_step
+from app.data.transform import PreprocessState
 from app.errors import UserError
 from app.metrics import json_safe
-from app.predict import evaluate_dataset
+from app.predictor import evaluate_dataset
 from app.training import faults
 from app.training.checkpoint import load_preprocess_state, load_train_state, local_copy, verify
 from app.training.loop import train_loop_per_worker
 
-METRICS_FILE = "metrics.json"
-RAY_CHECKPOINT_STATE = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
-CONFIG_FILE = "config.yaml"
 # Keys of an epoch record that describe the run, not the model: left out of "valid".
 EPOCH_STATS = ("time", "lr", "epoch_time_s", "rows_per_s", "batch_wait_frac", "worker_peak_rss_mb")
-
-
-def run_dir(cfg: Config) -> str:
-    return cluster.join(cluster.normalize_storage(cfg.run.storage), cfg.name)
 
 
 def preflight(cfg: Config) -> Inputs:
     """Everything that can be checked without Ray: config, sources, storage."""
     faults.from_env()  # a malformed $APP_FAULT fails here, not in a worker
     inputs = inspect_sources(cfg)
-    cluster.check_storage_writable(cluster.normalize_storage(cfg.run.storage))
+    storage.check_writable(storage.absolute(cfg.run.storage), "run.storage")
     return inputs
 
 
@@ -56,12 +47,12 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
 
     `ray_start_s`: how long connecting to Ray took, for the timings in metrics.json."""
     inputs = inputs or preflight(cfg)
-    out_dir = run_dir(cfg)
+    out_dir = runs.run_dir(cfg)
     finished = finished_metrics(cfg)
     if finished is not None:
         return finished
     cluster.check_resources(cfg.scaling)
-    cluster.check_shared_storage(cluster.normalize_storage(cfg.run.storage))
+    cluster.check_shared_storage(storage.absolute(cfg.run.storage))
 
     started = time.time()
     restart_from = set_aside_cut_snapshot(out_dir)
@@ -73,7 +64,7 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     print(f"data: {data.counts['train']} train / {data.counts['valid']} valid rows, task {data.state.task}, "
           f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features; "
           f"model {cfg.model.kind}, {cfg.train.epochs} epochs at most, batch {cfg.train.batch_size}")
-    write_text(cluster.join(out_dir, CONFIG_FILE), cfg.to_yaml())
+    storage.write_text(storage.join(out_dir, runs.CONFIG), cfg.to_yaml())
 
     spec = tracking.start(cfg, out_dir)
     fit_started = time.time()
@@ -84,7 +75,7 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     metrics["timings"] = timings(metrics, ray_start_s, started, fit_started, fit_ended)
     print("timings: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}s"
                                   for k, v in metrics["timings"].items() if v is not None))
-    write_text(cluster.join(out_dir, METRICS_FILE), json.dumps(json_safe(metrics), indent=1))
+    storage.write_json(storage.join(out_dir, runs.METRICS), json_safe(metrics))
     tracking.finish(spec, metrics)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "loss"))
     if cfg.report.baselines:
@@ -117,13 +108,13 @@ def timings(metrics: dict[str, Any], ray_start_s: float | None, started: float, 
 def summarize(cfg: Config, out_dir: str, data: Prepared, test_source) -> dict[str, Any]:
     """metrics.json of a finished training run, from what it left in storage: the best and
     the latest registered checkpoints; the best one scores the test split."""
-    snapshot = read_json(cluster.join(out_dir, RAY_CHECKPOINT_STATE)) or {}
+    snapshot = storage.read_json(storage.join(out_dir, runs.RAY_CHECKPOINTS)) or {}
     registered = [r for r in snapshot.get("checkpoint_results", []) if r.get("checkpoint_dir_name")]
     if not registered:
         raise RuntimeError(f"run {cfg.name!r} registered no checkpoint")
     best = best_result(registered, cfg.run.checkpoint.metric, cfg.run.checkpoint.mode)
-    best_uri = cluster.join(out_dir, best["checkpoint_dir_name"])
-    with local_copy(cluster.join(out_dir, snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])) as latest:
+    best_uri = storage.join(out_dir, best["checkpoint_dir_name"])
+    with local_copy(storage.join(out_dir, snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])) as latest:
         final = load_train_state(latest)
     test = read_step(lambda: evaluate_dataset(best_uri, data.test_raw, data.state, details=True), test_source)
     return {
@@ -161,9 +152,9 @@ class ResumePoint:
 
 def latest_checkpoint(out_dir: str) -> str | None:
     """The checkpoint Ray Train will resume this run from, if any (its registered latest)."""
-    snapshot = read_json(cluster.join(out_dir, RAY_CHECKPOINT_STATE)) or {}
+    snapshot = storage.read_json(storage.join(out_dir, runs.RAY_CHECKPOINTS)) or {}
     name = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
-    return cluster.join(out_dir, name) if name else None
+    return storage.join(out_dir, name) if name else None
 
 
 def set_aside_cut_snapshot(out_dir: str) -> str | None:
@@ -171,23 +162,18 @@ def set_aside_cut_snapshot(out_dir: str) -> str | None:
     driver killed in the middle leaves it empty or cut short, and Ray could not resume from
     it. Such a record is moved aside; the newest intact checkpoint folder, returned here,
     is then where training resumes (None: there is none, or the record is fine)."""
-    path = cluster.join(out_dir, RAY_CHECKPOINT_STATE)
-    fs, fs_path = get_filesystem(path)
-    if fs.get_file_info(fs_path).type == pafs.FileType.NotFound:
-        return None
+    path = storage.join(out_dir, runs.RAY_CHECKPOINTS)
     try:
-        with fs.open_input_stream(fs_path) as f:
-            json.loads(f.read())
+        storage.read_json(path)
         return None
-    except ValueError:
+    except UserError:
         pass
+    fs, fs_path = storage.filesystem(path)
     fs.move(fs_path, f"{fs_path}.cut-short-{int(time.time())}")
-    _, run_path = get_filesystem(out_dir)
-    folders = sorted((i.base_name for i in fs.get_file_info(pafs.FileSelector(run_path))
-                      if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_epoch_")),
-                     reverse=True)
+    folders = sorted((e.name for e in storage.listdir(out_dir)
+                      if e.is_dir and e.name.startswith(runs.CHECKPOINT_PREFIX)), reverse=True)
     for name in folders:
-        uri = cluster.join(out_dir, name)
+        uri = storage.join(out_dir, name)
         try:
             with local_copy(uri) as directory:
                 verify(directory, uri)
@@ -236,8 +222,8 @@ def resume_point(cfg: Config, out_dir: str, inputs: Inputs, uri: str | None = No
 
 def finished_metrics(cfg: Config) -> dict[str, Any] | None:
     """metrics.json of a run of this name that already finished, announced; else None."""
-    path = cluster.join(run_dir(cfg), METRICS_FILE)
-    finished = read_json(path)
+    path = storage.join(runs.run_dir(cfg), runs.METRICS)
+    finished = storage.read_json(path)
     if finished is not None:
         print(f"run {cfg.name!r} already finished: {path} (pass --fresh to train it again)")
     return finished
@@ -260,7 +246,7 @@ def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None,
             placement_strategy=s.placement_strategy),
         run_config=ray.train.RunConfig(
             name=cfg.name,
-            storage_path=cluster.normalize_storage(r.storage),
+            storage_path=storage.absolute(r.storage),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=r.checkpoint.keep, checkpoint_score_attribute=r.checkpoint.metric,
                 checkpoint_score_order=r.checkpoint.mode),
@@ -271,31 +257,3 @@ def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None,
         datasets={"train": data.train, "valid": data.valid},
         dataset_config=data.shards,
     )
-
-
-def read_json(uri: str) -> dict[str, Any] | None:
-    fs, path = get_filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    try:
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-    except ValueError as e:
-        raise UserError(f"{uri} is not valid JSON ({e}); delete it or pass --fresh") from None
-
-
-def write_text(uri: str, text: str) -> None:
-    """Write-then-rename, so a reader never sees half a file under the final name."""
-    fs, path = get_filesystem(uri)
-    fs.create_dir(os.path.dirname(path), recursive=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(text.encode())
-    fs.move(tmp, path)
-
-
-def remove_tree(uri: str) -> None:
-    fs, path = get_filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-

@@ -1,4 +1,6 @@
-"""The real CLI in subprocesses: a training run, and every kind of bad input."""
+"""The real CLI in subprocesses: a training run of the shipped config, one bad input refused
+before Ray starts (the rest run in-process: tests/unit/test_cli_errors.py before Ray,
+tests/integration/test_cli_on_ray.py for what only Ray finds), the embedded Ray's settings."""
 
 from __future__ import annotations
 
@@ -89,79 +91,6 @@ def test_train_quickstart_end_to_end(tmp_path, cli_env):
 def test_missing_file(tmp_path, cli_env):
     cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(tmp_path / "nope.csv")))
     assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "data.train", "nope.csv does not exist",
-                     run_dir=tmp_path / "runs" / "quickstart")
-
-
-def test_empty_file(tmp_path, cli_env):
-    (tmp_path / "empty.csv").write_text("")
-    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(tmp_path / "empty.csv")))
-    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "data.train", "empty.csv is empty")
-
-
-def test_absent_label_column(tmp_path, cli_env):
-    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__label="kind"))
-    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "data.label", "'kind' is not in")
-
-
-def test_malformed_yaml(tmp_path, cli_env):
-    path = tmp_path / "bad.yaml"
-    path.write_text("name: x\ndata: {train: a.csv\n")
-    assert_bad_input(run_cli(["train", "--config", str(path)], cli_env), "bad.yaml", "malformed YAML")
-
-
-def test_unknown_config_key(tmp_path, cli_env):
-    cfg = write_config(tmp_path, penguins_tree(tmp_path))
-    assert_bad_input(run_cli(["train", "--config", str(cfg), "--set", "train.epochz=3"], cli_env),
-                     "train.epochz", "unknown key")
-
-
-def test_storage_that_cannot_be_written(tmp_path, cli_env):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    cfg = write_config(tmp_path, penguins_tree(tmp_path, run__storage=str(blocker / "runs")))
-    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "run.storage", "cannot write")
-
-
-def test_single_class_label(tmp_path, cli_env):
-    data = tmp_path / "one.csv"
-    lines = PENGUINS.read_text().splitlines()
-    data.write_text("\n".join([lines[0]] + [line for line in lines[1:] if line.startswith("Adelie")]))
-    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(data)))
-    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "data.label", "single class",
-                     run_dir=tmp_path / "runs" / "quickstart")
-
-
-def test_numeric_column_with_stray_strings(tmp_path, cli_env):
-    data = tmp_path / "stray.csv"
-    lines = PENGUINS.read_text().splitlines()
-    header = lines[0].split(",")
-    col = header.index("bill_depth_mm")
-    rows = [line.split(",") for line in lines[1:]]
-    rows[5][col] = "n/a?"
-    data.write_text("\n".join([lines[0]] + [",".join(r) for r in rows]))
-    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(data)))
-    assert_bad_input(run_cli(["train", "--config", str(cfg)], cli_env), "'bill_depth_mm' looks numeric",
-                     "'n/a?'", run_dir=tmp_path / "runs" / "quickstart")
-
-
-def test_all_missing_column_is_dropped_with_a_warning(tmp_path, cli_env):
-    data = tmp_path / "gap.csv"
-    lines = PENGUINS.read_text().splitlines()
-    data.write_text("\n".join([lines[0] + ",comment"] + [line + ",NA" for line in lines[1:]]))
-    cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(data), train__epochs=1))
-    result = run_cli(["train", "--config", str(cfg)], cli_env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "warning: column(s) comment have no values in the training split and are dropped" in result.stderr
-    metrics = json.loads((tmp_path / "runs" / "quickstart" / "metrics.json").read_text())
-    state = json.loads((Path(metrics["best_checkpoint"]) / "preprocess.json").read_text())
-    assert state["dropped"] == ["comment"]
-    assert "comment" not in [c["name"] for c in state["numeric"] + state["categorical"]]
-
-
-def test_more_workers_than_the_cluster_can_host(tmp_path, cli_env):
-    cfg = write_config(tmp_path, penguins_tree(tmp_path))
-    result = run_cli(["train", "--config", str(cfg), "--set", "scaling.num_workers=3"], cli_env, timeout=120)
-    assert_bad_input(result, "scaling.num_workers: 3 worker(s)", "can never be scheduled",
                      run_dir=tmp_path / "runs" / "quickstart")
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_synthetic
+from tests.conftest import NO_TRACKING, REPO, make_synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,7 @@ def config(tmp_path, data, name):
         "train": {"epochs": 5, "batch_size": 512, "early_stopping_patience": None},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
         "run": {"storage": str(tmp_path / "runs")},
+        "tracking": NO_TRACKING,
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(tree))

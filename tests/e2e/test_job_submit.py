@@ -12,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO, _free_port
@@ -71,17 +70,14 @@ def test_train_and_tune_run_as_ray_jobs(head, tmp_path):
     first_epoch = metrics["history"][0]["time"]
     print(f"\njob submit -> epoch 1 reported: {first_epoch - submitted:.1f}s (with the pip runtime env)")
 
-    scored, _ = submit(head, "predict", "--checkpoint", metrics["best_checkpoint"], "--input", "data/penguins.csv",
-                       "--output", str(tmp_path / "scored.parquet"))
-    assert scored.returncode == 0, (scored.stdout + scored.stderr)[-3000:]
-    assert pq.read_metadata(tmp_path / "scored.parquet").num_rows == 344
-
+    # (predict, evaluate and the rest run the same way: one `python -m app` entrypoint per job)
     swept, _ = submit(head, "tune", "--config", "configs/tune.yaml", "--set", "train.epochs=2",
-                      "--set", "tune.num_samples=2", "--set", f"run.storage={storage}")
+                      "--set", "tune.num_samples=1", "--set", "tracking.mlflow=false",  # MLflow: train above
+                      "--set", f"run.storage={storage}")
     assert swept.returncode == 0, (swept.stdout + swept.stderr)[-3000:]
     sweep = storage / "quickstart-sweep"
     assert (sweep / "best_config.yaml").exists()
-    assert len((sweep / "leaderboard.csv").read_text().strip().splitlines()) == 3  # header + 2 trials
+    assert len((sweep / "leaderboard.csv").read_text().strip().splitlines()) == 2  # header + 1 trial
 
 
 def test_a_failing_job_fails_the_submission(head, tmp_path):

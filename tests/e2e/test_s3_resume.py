@@ -25,7 +25,7 @@ def test_driver_killed_resumes_from_s3(s3, tmp_path, cli_env):
         f.write(PENGUINS.read_bytes())
     tree = penguins_tree(tmp_path, name="s3resume", data__train=f"{s3}/resume/penguins.csv",
                          run__storage=f"{s3}/resume/runs", train__epochs=12, train__early_stopping_patience=None,
-                         scaling__num_workers=1)
+                         scaling__num_workers=1, model__kind="mlp")
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(tree))
     run = f"{bucket}/resume/runs/s3resume"

@@ -1,4 +1,5 @@
-"""`python -m app tune` in subprocesses: resume after the driver is killed, bad input."""
+"""`python -m app tune` in subprocesses: resume after the driver is killed, an unfinished sweep
+refused (a bad search space: tests/unit/test_cli_errors.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.e2e.test_cli import assert_bad_input, run_cli
 from tests.e2e.test_driver_failure import wait_until_session_gone
 
 pytestmark = pytest.mark.slow
-EPOCHS, TRIALS = 3, 4
+EPOCHS, TRIALS = 3, 3
 
 
 def sweep_file(tmp_path, **tune):
@@ -71,16 +72,3 @@ def test_resume_after_driver_kill_does_not_rerun_finished_trials(tmp_path, cli_e
     assert len(board) == TRIALS and (board.status == "completed").all()
     print(f"\ntune resume: {len(done_before)} trials finished before the kill were kept, "
           f"{TRIALS - len(done_before)} trained after --resume")
-
-
-@pytest.mark.parametrize("space, fragment", [
-    ({}, "tune.space: empty"),
-    ({"train.lrr": {"choice": [0.1]}}, "tune.space.train.lrr: train.lrr is not a config key"),
-    ({"train.lr": {"loguniform": [0, 1]}}, "loguniform needs low > 0"),
-])
-def test_bad_space_fails_before_ray_starts(tmp_path, cli_env, space, fragment):
-    path = sweep_file(tmp_path, space=space)
-    started = time.time()
-    result = run_cli(["tune", "--config", str(path)], cli_env)
-    assert_bad_input(result, fragment)
-    assert time.time() - started < 30

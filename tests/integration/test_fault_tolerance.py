@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -15,9 +16,11 @@ import pytest
 
 from app.config import from_dict
 from app.errors import UserError
-from app.predict import Predictor
+from app.predictor import Predictor
 from app.training.trainer import preflight, run_training
-from tests.conftest import make_synthetic
+from tests.conftest import NO_TRACKING, make_synthetic
+
+pytestmark = pytest.mark.slow  # fault drills: scripts/test.sh --quick leaves them out
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +36,7 @@ def synthetic_config(data: Path, storage: Path, name: str, **train):
         "train": {"epochs": 5, "batch_size": 512, "lr": 2.0e-3, "early_stopping_patience": None, **train},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
         "run": {"storage": str(storage), "max_failures": 2},
+        "tracking": NO_TRACKING,
     }
     return from_dict(tree, "test")
 
@@ -117,16 +121,28 @@ def test_upload_cut_short_is_never_loaded_and_the_rerun_finishes(ray_session, sy
     assert metrics["valid"] == uninterrupted["valid"]
 
 
-@pytest.fixture
-def interrupted_run(ray_session, tmp_path):
-    """A finished penguins run with metrics.json removed: as if the driver died at the end."""
+@pytest.fixture(scope="module")
+def finished_run(ray_session, tmp_path_factory):
+    """A finished two-epoch penguins run (trained once for the tests below)."""
     from tests.conftest import penguins_tree
 
+    tmp = tmp_path_factory.mktemp("resumable")
     # a constant lr: two epochs continued for two more then train exactly like four at once
-    cfg = from_dict(penguins_tree(tmp_path, name="resumable", train__epochs=2, train__lr_schedule="constant"), "test")
+    cfg = from_dict(penguins_tree(tmp, name="resumable", train__epochs=2, train__lr_schedule="constant"), "test")
     run_training(cfg)
-    (tmp_path / "runs" / "resumable" / "metrics.json").unlink()
-    return cfg, tmp_path / "runs" / "resumable"
+    return cfg, tmp / "runs" / "resumable"
+
+
+@pytest.fixture
+def interrupted_run(finished_run, tmp_path):
+    """A copy of that run with metrics.json removed: as if the driver died at the end."""
+    cfg, finished = finished_run
+    run = tmp_path / "runs" / "resumable"
+    shutil.copytree(finished, run)
+    (run / "metrics.json").unlink()
+    cfg = cfg.model_copy(deep=True)
+    cfg.run.storage = str(tmp_path / "runs")
+    return cfg, run
 
 
 def test_checkpoint_of_another_config_or_corrupt_is_refused_by_name(interrupted_run):

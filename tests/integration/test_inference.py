@@ -13,9 +13,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from app.batch import check_input, check_output, run_evaluate, run_predict
 from app.config import from_dict
-from app.predict import Predictor
+from app.evaluate import run_evaluate
+from app.predict import check_output, run_predict
+from app.predictor import Predictor, check_input
 from app.report import write_report
 from app.training.trainer import run_training
 from tests.conftest import PENGUINS, penguins_tree
@@ -25,14 +26,15 @@ EPOCHS = 3
 
 @pytest.fixture(scope="module", params=["tabm", "mlp"])
 def run(request, ray_session, tmp_path_factory):
-    """A finished penguins run of each model kind with a held-out test file, baselines,
-    MLflow and TensorBoard."""
+    """A finished penguins run of each model kind with a held-out test file and baselines;
+    the tabm run also logs to MLflow and TensorBoard, the mlp run has tracking off."""
     tmp = tmp_path_factory.mktemp(f"inference-{request.param}")
     rows = pd.read_csv(PENGUINS).sample(frac=1.0, random_state=0)
     rows.iloc[:260].to_csv(tmp / "train.csv", index=False)
     rows.iloc[260:].to_csv(tmp / "test.csv", index=False)
     tree = penguins_tree(tmp, data__train=str(tmp / "train.csv"), data__test=str(tmp / "test.csv"),
-                         train__epochs=EPOCHS, report__baselines=True, model__kind=request.param)
+                         train__epochs=EPOCHS, report__baselines=True, model__kind=request.param,
+                         tracking__mlflow=request.param == "tabm", tracking__tensorboard=request.param == "tabm")
     cfg = from_dict(tree, "test")
     metrics = run_training(cfg)
     return {"tmp": tmp, "cfg": cfg, "metrics": metrics, "dir": tmp / "runs" / cfg.name,
@@ -70,9 +72,8 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
 
     # Reading a file and scoring it run as one task per file: raw rows never go through
     # the object store, and each CPU reads what it scores.
-    from app.batch import read_types
     from app.data.sources import read_dataset
-    from app.predict import predict_dataset
+    from app.predictor import predict_dataset, read_types
 
     ds = read_dataset(source, read_types(predictor.state, with_label=False), concurrency=2)
     stats = predict_dataset(run["checkpoint"], ds, concurrency=2, batch_size=16).materialize().stats()
@@ -80,7 +81,7 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
 
     as_parquet = tmp / "to_score.parquet"  # the same rows from Parquet: the same predictions
     test.to_parquet(as_parquet, index=False)
-    run_predict(run["checkpoint"], predictor, check_input(predictor, str(as_parquet), "--input", False),
+    run_predict(run["checkpoint"], predictor, check_input(predictor, str(as_parquet), "--input", need_label=False),
                 check_output(str(tmp / "from_parquet.csv"), False), batch_size=64, concurrency=1)
     assert pd.read_csv(tmp / "from_parquet.csv")["prediction"].tolist() == expected["prediction"].tolist()
 
@@ -88,7 +89,7 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
 def test_evaluate_equals_the_test_metrics_of_the_run(run):
     predictor = Predictor.from_checkpoint(run["checkpoint"])
     test_file = str(run["tmp"] / "test.csv")
-    result = run_evaluate(run["checkpoint"], predictor, check_input(predictor, test_file, "--data", True))
+    result = run_evaluate(run["checkpoint"], predictor, check_input(predictor, test_file, "--data", need_label=True))
     assert result["metrics"] == pytest.approx(run["metrics"]["test"], rel=1e-9)
     matrix = np.array(result["confusion_matrix"]["matrix"])
     assert result["confusion_matrix"]["labels"] == predictor.state.classes
@@ -111,6 +112,9 @@ def test_mlflow_and_tensorboard_have_every_epoch(run):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not run["cfg"].tracking.mlflow:  # tracking off: nothing written for it
+        assert not (run["tmp"] / "runs" / "mlflow.db").exists() and not (run["dir"] / "tensorboard").exists()
+        return
     client = MlflowClient(f"sqlite:///{run['tmp'] / 'runs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(run["cfg"].name)
     (mlflow_run,) = client.search_runs([experiment.experiment_id])

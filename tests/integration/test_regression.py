@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from app.config import from_dict
-from app.predict import Predictor
+from app.predictor import Predictor
 from app.training.trainer import run_training
 from tests.conftest import PENGUINS, penguins_tree
 

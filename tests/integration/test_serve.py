@@ -18,10 +18,11 @@ import requests
 import torch
 
 from app.config import ModelConfig
-from app.data.preprocess import CategoricalColumn, NumericColumn, PreprocessState, fit_numeric_scaling, transform
+from app.data.preprocess import fit_numeric_scaling
+from app.data.transform import CategoricalColumn, NumericColumn, PreprocessState, transform
 from app.errors import UserError
 from app.model import build_model, member_loss
-from app.predict import Predictor
+from app.predictor import Predictor
 from app.training import checkpoint as ckpt
 from tests.conftest import PENGUINS, REPO, _free_port
 
@@ -207,6 +208,7 @@ def test_replicas_that_can_never_fit_are_refused(service):
         check_replicas_fit(ServeOptions(replicas=5))
 
 
+@pytest.mark.slow
 def test_serve_again_with_another_checkpoint_updates_without_failed_requests(service, cli_env):
     url = service["url"]
     rows = records_of(pd.read_csv(PENGUINS).drop(columns=["species"]).iloc[:5])
@@ -231,6 +233,7 @@ def test_serve_again_with_another_checkpoint_updates_without_failed_requests(ser
     assert np.abs(got - old).max() > 1e-3  # the two checkpoints tell apart
 
 
+@pytest.mark.slow
 def test_a_killed_replica_is_replaced_while_the_service_answers(service):
     import ray
 

@@ -74,7 +74,7 @@ def test_checkpoint_reproduces_validation_metrics_in_a_fresh_process(two_worker_
         import json
         from app.data import sources
         from app.data.split import VALID, assign_split
-        from app.predict import Predictor
+        from app.predictor import Predictor
 
         src = sources.resolve({cfg.data.train!r}, "data.train")
         df = sources.read_table(src).to_pandas()  # as pyarrow infers types: the split must not care

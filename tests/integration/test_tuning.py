@@ -34,6 +34,7 @@ def asha_sweep(ray_session, tmp_path_factory):
     return cfg, run_tune(cfg, preflight(cfg)), tmp / "runs" / "sweep"
 
 
+@pytest.mark.slow
 def test_asha_stops_weak_trials_early(asha_sweep):
     cfg, _, sweep = asha_sweep
     board = pd.read_csv(sweep / "leaderboard.csv")
@@ -48,6 +49,7 @@ def test_asha_stops_weak_trials_early(asha_sweep):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+@pytest.mark.slow
 def test_best_trial_metrics_and_config(asha_sweep):
     cfg, metrics, sweep = asha_sweep
     board = pd.read_csv(sweep / "leaderboard.csv")
@@ -62,6 +64,7 @@ def test_best_trial_metrics_and_config(asha_sweep):
     assert best["model"]["kind"] == on_disk["best_overrides"]["model.kind"]
 
 
+@pytest.mark.slow
 def test_best_config_trains_to_the_same_metric(asha_sweep, tmp_path):
     cfg, metrics, sweep = asha_sweep
     again = load_config(sweep / "best_config.yaml", [f"run.storage={tmp_path}"])
@@ -70,13 +73,14 @@ def test_best_config_trains_to_the_same_metric(asha_sweep, tmp_path):
     assert retrained["valid"]["valid_loss"] == pytest.approx(metrics["valid"]["valid_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_optuna_search_runs(ray_session, tmp_path):
-    cfg = sweep_config(tmp_path, "optuna", num_samples=3, search="optuna", scheduler={"name": "fifo"})
-    cfg.train.epochs = 3
+    cfg = sweep_config(tmp_path, "optuna", num_samples=2, search="optuna", scheduler={"name": "fifo"})
+    cfg.train.epochs = 2
     metrics = run_tune(cfg, preflight(cfg))
     board = pd.read_csv(tmp_path / "runs" / "optuna" / "leaderboard.csv")
-    assert len(board) == 3 and (board.status == "completed").all() and (board.epochs == 3).all()
-    assert board["train.lr"].nunique() == 3
+    assert len(board) == 2 and (board.status == "completed").all() and (board.epochs == 2).all()
+    assert board["train.lr"].nunique() == 2
     assert metrics["valid"]["valid_loss"] == pytest.approx(board.valid_loss.min())
 
 

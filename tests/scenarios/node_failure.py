@@ -45,6 +45,7 @@ def main(workdir: Path, data: Path, mode: str) -> None:
         "scaling": {"num_workers": 2 if mode == "fixed" else [1, 2], "cpus_per_worker": 1,
                     "placement_strategy": "SPREAD", "resources_per_worker": {"worker_node": 1}},
         "run": {"storage": str(workdir / "runs"), "max_failures": 3},
+        "tracking": {"mlflow": False, "tensorboard": False},
     }, "scenario")
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(metrics=run_training(cfg)), daemon=True)

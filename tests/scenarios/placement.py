@@ -41,6 +41,7 @@ def main(workdir: Path, data: Path) -> None:
         "scaling": {"num_workers": 2, "cpus_per_worker": 1, "placement_strategy": "PACK",
                     "resources_per_worker": {"worker_node": 1}},
         "run": {"storage": str(workdir / "runs")},
+        "tracking": {"mlflow": False, "tensorboard": False},
     }, "scenario")
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(metrics=run_training(cfg)), daemon=True)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from app.config import ModelConfig
-from app.data.preprocess import CategoricalColumn, NumericColumn, PreprocessState
+from app.data.transform import CategoricalColumn, NumericColumn, PreprocessState
 from app.errors import UserError
 from app.model import build_model
-from app.predict import Predictor
+from app.predictor import Predictor
 from app.training import checkpoint as ckpt
 from app.training import faults
 

@@ -87,9 +87,9 @@ def test_bad_override_syntax(tmp_path):
 
 def test_checkpoint_metric_must_be_reported_for_the_task():
     cfg = Config.model_validate(dict(MINIMAL, run={"checkpoint": {"metric": "rmse"}}))
-    check_metric(cfg, "regression")
-    with pytest.raises(UserError, match="run.checkpoint.metric: 'rmse' is not reported for classification"):
-        check_metric(cfg, "classification")
+    check_metric(cfg.run.checkpoint.metric, "regression", key="run.checkpoint.metric")
+    with pytest.raises(UserError, match="run.checkpoint.metric: 'rmse' is never reported for classification"):
+        check_metric(cfg.run.checkpoint.metric, "classification", key="run.checkpoint.metric")
 
 
 def test_every_shipped_config_parses():

@@ -8,7 +8,9 @@ import pytest
 from scipy import stats
 
 from app.data import preprocess as pp
+from app.data.prepare import partial_stats_batch
 from app.data.transform import PreprocessState, numeric_inputs, quantile_scale
+from tests.unit.test_preprocess import fit_stats
 
 KINDS = {"skewed": "numeric", "spiky": "numeric", "c": "categorical"}
 
@@ -27,12 +29,11 @@ def frame(n=6000, seed=0):
 
 def fitted(df, scaling="quantile", sample_rows=100_000, batches=3):
     chunks = [df.iloc[i] for i in np.array_split(np.arange(len(df)), batches)]
-    outs = [pp.partial_stats_batch(chunk, KINDS, "label", sample_rows=sample_rows) for chunk in chunks]
+    outs = [partial_stats_batch(chunk, KINDS, "label", sample_rows=sample_rows) for chunk in chunks]
     merger = pp.SampleMerger(sample_rows)
     for out in outs:
         merger.add(np.frombuffer(out["sample"][0]).reshape(-1, out["sample_columns"][0]))
-    state, _ = pp.fit_preprocessor(pp.merge_stats([json.loads(o["stats"][0]) for o in outs]), KINDS, "label",
-                                   "auto", 1, True, {}, "data.train")
+    state, _ = fit_stats(pp.merge_stats([json.loads(o["stats"][0]) for o in outs]), KINDS)
     sample = merger.result(["skewed", "spiky"])
     pp.fit_numeric_scaling(state, sample, scaling, n_bins=16)
     return state, sample

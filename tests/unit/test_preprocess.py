@@ -5,8 +5,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from app.config import DataConfig, PreprocessConfig
 from app.data import preprocess as pp
+from app.data.prepare import partial_stats_batch
+from app.data.sources import Inputs
 from app.data.split import TEST, TRAIN, VALID, assign_split
+from app.data.transform import MISSING, PreprocessState, transform
 from app.errors import UserError
 
 KINDS = {"a": "numeric", "b": "numeric", "c": "categorical", "d": "categorical"}
@@ -26,13 +30,22 @@ def frame(n=200, seed=0):
     return df
 
 
+def fit_stats(stats, kinds, *, task="auto", min_count=1, types=None, label_type="string", categorical=()):
+    """fit_preprocessor on merged stats, with the config sections and inputs of a run."""
+    return pp.fit_preprocessor(
+        stats, data=DataConfig(train="train.csv", label="label", task=task, categorical=list(categorical)),
+        preprocess=PreprocessConfig(min_category_count=min_count, missing_indicators=True),
+        inputs=Inputs(train=None, test=None, kinds=kinds, input_types=types or {}, column_types={},
+                      label_type=label_type))
+
+
 def fit(df, kinds=KINDS, task="auto", min_count=1, batches=3, label_type=None):
-    parts = [json.loads(pp.partial_stats_batch(chunk, kinds, "label")["stats"][0])
+    parts = [json.loads(partial_stats_batch(chunk, kinds, "label")["stats"][0])
              for chunk in (df.iloc[i] for i in np.array_split(np.arange(len(df)), batches))]
     types = {k: "x" for k in kinds}
     label_type = label_type or str(pa.Schema.from_pandas(df[["label"]]).field("label").type)
-    return pp.fit_preprocessor(pp.merge_stats(parts), kinds, "label", task, min_count, True, types, "data.train",
-                               label_type=label_type)
+    return fit_stats(pp.merge_stats(parts), kinds, task=task, min_count=min_count, types=types,
+                     label_type=label_type)
 
 
 def test_fit_matches_pandas_and_merges_batches_exactly():
@@ -44,7 +57,7 @@ def test_fit_matches_pandas_and_merges_batches_exactly():
     assert a.mean == pytest.approx(df["a"].mean(), rel=1e-12)
     assert a.std == pytest.approx(df["a"].std(ddof=0), rel=1e-12)
     assert not state.numeric[1].indicator  # no gaps in b
-    assert state.categorical[0].categories == sorted(["x", "y", "z", pp.MISSING])
+    assert state.categorical[0].categories == sorted(["x", "y", "z", MISSING])
     assert state.categorical[1].categories == ["2007", "2008"]
     assert state.task == "classification" and state.classes == ["no", "yes"]
     one_batch, _ = fit(df, batches=1)
@@ -54,7 +67,7 @@ def test_fit_matches_pandas_and_merges_batches_exactly():
 def test_transform_imputes_scales_encodes():
     df = frame()
     state, _ = fit(df)
-    out = pp.transform(df, state)
+    out = transform(df, state)
     assert out["x_num"].dtype == np.float32 and out["x_num"].shape == (len(df), 3)  # a, b, a_missing
     assert not np.isnan(out["x_num"]).any()
     present = df["a"].notna().to_numpy()
@@ -62,7 +75,7 @@ def test_transform_imputes_scales_encodes():
     np.testing.assert_array_equal(out["x_num"][:, 2], ~present)
     assert np.all(out["x_num"][~present, 0] == 0)  # mean-imputed, i.e. 0 after scaling
     assert out["x_cat"].dtype == np.int64 and out["x_cat"].min() >= 1  # all seen in training
-    missing_code = state.categorical[0].categories.index(pp.MISSING) + 1
+    missing_code = state.categorical[0].categories.index(MISSING) + 1
     assert np.all(out["x_cat"][df["c"].isna().to_numpy(), 0] == missing_code)
     np.testing.assert_array_equal(out["y"], (df["label"] == "yes").astype(int))
 
@@ -73,11 +86,11 @@ def test_unseen_and_rare_categories_go_to_the_unknown_bucket():
     new = df.head(3).copy()
     new["c"] = ["never-seen", "x", None]
     new["d"] = [1999, 2007.0, "2008"]  # numbers and text of the same category agree
-    codes = pp.transform(new, state, with_label=False)["x_cat"]
+    codes = transform(new, state, with_label=False)["x_cat"]
     cats = state.categorical
     assert codes[0, 0] == 0
     assert codes[1, 0] == cats[0].categories.index("x") + 1
-    assert codes[2, 0] == cats[0].categories.index(pp.MISSING) + 1
+    assert codes[2, 0] == cats[0].categories.index(MISSING) + 1
     assert list(codes[:, 1]) == [0, 1, 2]
 
     df2 = frame()
@@ -91,17 +104,17 @@ def test_nan_in_unseen_numeric_is_imputed_without_indicator():
     state, _ = fit(df)
     new = df.head(2).copy()
     new["b"] = [np.nan, "3"]  # b had no gaps in training: no indicator column
-    x = pp.transform(new, state, with_label=False)["x_num"]
+    x = transform(new, state, with_label=False)["x_num"]
     assert x[0, 1] == 0.0
     assert x[1, 1] == pytest.approx((3 - state.numeric[1].mean) / state.numeric[1].std, rel=1e-6)
 
 
 def test_state_json_round_trip_is_exact():
     state, _ = fit(frame())
-    again = pp.PreprocessState.from_json(state.to_json())
+    again = PreprocessState.from_json(state.to_json())
     assert again == state
     df = frame(50, seed=3)
-    a, b = pp.transform(df, state), pp.transform(df, again)
+    a, b = transform(df, state), transform(df, again)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
 
@@ -156,16 +169,18 @@ def test_rows_without_label_are_not_used():
 def test_column_kinds_from_schema():
     schema = pa.schema([("n", pa.float64()), ("i", pa.int64()), ("s", pa.string()), ("flag", pa.bool_()),
                         ("year", pa.int64()), ("id", pa.int64()), ("label", pa.string())])
-    kinds = pp.column_kinds(schema, "label", None, ["year"], ["id"], "data.train")
+    def data(**keys):
+        return DataConfig(train="train.csv", **({"label": "label"} | keys))
+
+    kinds = pp.column_kinds(schema, data(categorical=["year"], drop=["id"]))
     assert kinds == {"n": "numeric", "i": "numeric", "s": "categorical", "flag": "categorical",
                      "year": "categorical"}
-    with pytest.raises(UserError, match="data.label: column 'target' is not in data.train"):
-        pp.column_kinds(schema, "target", None, [], [], "data.train")
+    with pytest.raises(UserError, match=r"data.label: column 'target' is not in data.train \(train.csv\)"):
+        pp.column_kinds(schema, data(label="target"))
     with pytest.raises(UserError, match="data.features: column.*nope"):
-        pp.column_kinds(schema, "label", ["nope"], [], [], "data.train")
+        pp.column_kinds(schema, data(features=["nope"]))
     with pytest.raises(UserError, match="column 'ts' has type timestamp"):
-        pp.column_kinds(pa.schema([("ts", pa.timestamp("s")), ("label", pa.string())]), "label", None, [], [],
-                        "data.train")
+        pp.column_kinds(pa.schema([("ts", pa.timestamp("s")), ("label", pa.string())]), data())
 
 
 def test_split_does_not_depend_on_how_values_were_read():
@@ -194,9 +209,8 @@ def test_declared_categorical_column_is_not_refused_as_numeric_looking():
     df = frame()
     df["c"] = [str(i % 5) for i in range(len(df))]
     df.loc[17, "c"] = "oops"
-    parts = [json.loads(pp.partial_stats_batch(df, KINDS, "label")["stats"][0])]
-    state, _ = pp.fit_preprocessor(pp.merge_stats(parts), KINDS, "label", "auto", 1, True, {}, "data.train",
-                                   declared_categorical=frozenset({"c"}))
+    parts = [json.loads(partial_stats_batch(df, KINDS, "label")["stats"][0])]
+    state, _ = fit_stats(pp.merge_stats(parts), KINDS, categorical={"c"})
     assert "oops" in state.categorical[0].categories
 
 

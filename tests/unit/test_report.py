@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from app.batch import Output, write_output
-from app.data.preprocess import PreprocessState
+from app.data.transform import PreprocessState
 from app.metrics import confusion_matrix, residual_summary
+from app.predict import Output, write_output
 from app.report import render
 
 
@@ -19,7 +19,8 @@ def test_regression_report_has_scatter_and_metrics():
     metrics = {"task": "regression", "valid": {"rmse": 3.3, "mae": 2.0, "r2": 0.5},
                "test": {"rmse": 3.5, "mae": 2.1, "r2": None}, "history": history, "best_epoch": 3,
                "test_details": {"sample": {"actual": [1.0, 2.0, 3.0], "predicted": [1.1, 1.9, 3.2]}}}
-    page = render("runs/mass", metrics, {"random_forest": {"test": {"rmse": 4.25}}}, None, "name: mass\n")
+    page = render("runs/mass", metrics, baselines={"random_forest": {"test": {"rmse": 4.25}}}, leaderboard=None,
+                  config="name: mass\n")
     assert "<h1>mass <small>training run</small></h1>" in page
     assert "Predicted vs actual" in page and "Confusion" not in page
     assert page.count("data:image/png;base64,") == 2
@@ -29,7 +30,8 @@ def test_regression_report_has_scatter_and_metrics():
 def test_sweep_report_has_the_leaderboard():
     metrics = {"task": "classification", "test": {"accuracy": 0.9}, "best_trial": "t1", "trials": 2,
                "test_details": {"confusion_matrix": {"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]}}}
-    page = render("runs/sweep", metrics, {}, "trial_id,status,train.lr,valid_loss\nt1,completed,0.001,0.25\n", None)
+    page = render("runs/sweep", metrics, baselines={},
+                  leaderboard="trial_id,status,train.lr,valid_loss\nt1,completed,0.001,0.25\n", config=None)
     assert "<small>sweep</small>" in page and "<td>t1</td>" in page and "Confusion matrix" in page
 
 

@@ -1,0 +1,220 @@
+"""`Predictor`: a model and its preprocessing, rebuilt from a checkpoint folder alone.
+
+It is the one path from raw rows to predictions: the test scoring at the end of
+`train`, and `evaluate`, `predict` and `serve`, so preprocessing cannot drift between them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from app.data import sources
+from app.data.transform import PreprocessState, scorable, transform
+from app.errors import UserError
+from app.metrics import compute_metrics, confusion_matrix, residual_summary, softmax
+from app.model import build_model
+from app.training import checkpoint as ckpt
+
+SAMPLE_POINTS = 1000  # (actual, predicted) pairs kept for a regression's plot
+SCORE_BATCH = 8192  # rows per model call when scoring labelled data
+
+
+class Predictor:
+    def __init__(self, state: PreprocessState, model: torch.nn.Module, epoch: int):
+        self.state = state
+        self.model = model.eval()
+        self.epoch = epoch
+
+    @classmethod
+    def from_checkpoint(cls, uri: str | Path) -> Predictor:
+        with ckpt.local_copy(str(uri)) as directory:
+            manifest = ckpt.verify(directory, str(uri))
+            state = ckpt.load_preprocess_state(directory)
+            try:
+                model = build_model(ckpt.model_config(manifest), state)
+                model.load_state_dict(ckpt.load_model_weights(directory))
+            except (RuntimeError, ValueError) as e:
+                raise UserError(f"checkpoint {uri}: weights do not fit its model config ({e})") from None
+        return cls(state, model, manifest["epoch"])
+
+    def check_columns(self, df: pd.DataFrame) -> None:
+        absent = [c for c in self.state.features if c not in df.columns]
+        if absent:
+            raise UserError(f"input is missing feature column(s): {', '.join(absent)}")
+
+    @torch.no_grad()
+    def outputs(self, df: pd.DataFrame, batch_size: int | None = SCORE_BATCH) -> np.ndarray:
+        """Raw model outputs: logits [n, classes], or the standardised prediction [n];
+        the model sees at most `batch_size` rows per call (None: all at once). Bounded by
+        default: an ensemble's activations take k times a single network's memory per row."""
+        self.check_columns(df)
+        arrays = transform(df, self.state, with_label=False)
+        return self.forward(arrays["x_num"], arrays["x_cat"], batch_size)
+
+    @torch.no_grad()
+    def forward(self, x_num: np.ndarray, x_cat: np.ndarray, batch_size: int | None) -> np.ndarray:
+        x_num, x_cat = torch.from_numpy(x_num), torch.from_numpy(x_cat)
+        step = batch_size or max(1, len(x_num))
+        if len(x_num) <= step:
+            return self.model(x_num, x_cat).numpy()
+        return torch.cat([self.model(x_num[i:i + step], x_cat[i:i + step])
+                          for i in range(0, len(x_num), step)]).numpy()
+
+    def prediction_columns(self, df: pd.DataFrame, batch_size: int | None = SCORE_BATCH) -> dict[str, np.ndarray]:
+        """`prediction` (and `proba_<class>` for classification) for each row of `df`."""
+        out = self.outputs(df, batch_size)
+        if self.state.task == "classification":
+            proba = softmax(out.astype(np.float64))
+            columns = {"prediction": np.asarray(self.state.classes, dtype=object)[proba.argmax(axis=1)]}
+            columns.update({f"proba_{c}": proba[:, i] for i, c in enumerate(self.state.classes)})
+            return columns
+        return {"prediction": out.astype(np.float64) * self.state.target_std + self.state.target_mean}
+
+    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The input columns plus `prediction` (and `proba_<class>` for classification)."""
+        result = df.copy()
+        for name, values in self.prediction_columns(df).items():
+            result[name] = values
+        return result
+
+    def schema(self) -> dict[str, Any]:
+        """What a caller must send: feature columns and their types, the task, the classes."""
+        kinds = {c.name: "numeric" for c in self.state.numeric} | {c.name: "categorical" for c in self.state.categorical}
+        return {"features": [{"name": n, "kind": kinds[n], "type": self.state.input_types.get(n, "")}
+                             for n in self.state.features],
+                "label": self.state.label, "task": self.state.task,
+                "classes": self.state.classes if self.state.task == "classification" else None}
+
+    def score_batch(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Outputs and encoded labels of the labelled, scorable rows (for metrics)."""
+        arrays = transform(df[df[self.state.label].notna()], self.state)
+        keep = scorable(arrays["y"], self.state)
+        out = self.forward(arrays["x_num"][keep], arrays["x_cat"][keep], SCORE_BATCH)
+        return {"outputs": out, "y": arrays["y"][keep]}
+
+    def evaluate(self, df: pd.DataFrame) -> dict[str, float]:
+        s = self.score_batch(df)
+        return compute_metrics(s["outputs"], s["y"], self.state)
+
+
+def load_predictor(checkpoint: str, key: str = "--checkpoint") -> Predictor:
+    """The Predictor of a checkpoint named by a command's flag; a bad one is a UserError
+    naming the flag."""
+    try:
+        return Predictor.from_checkpoint(checkpoint)
+    except UserError as e:
+        raise UserError(f"{key}: {e}") from None
+    except FileNotFoundError:
+        raise UserError(f"{key} {checkpoint}: not a checkpoint folder (no manifest.json)") from None
+
+
+def check_input(predictor: Predictor, uri: str, key: str, *, need_label: bool) -> sources.Source:
+    """The source at `uri` (given as `key`), after checking it holds the model's columns."""
+    source = sources.resolve(uri, key)
+    names = set(sources.read_schema(source).names)
+    state = predictor.state
+    absent = [c for c in state.features if c not in names]
+    if absent:
+        raise UserError(f"{key} {uri}: missing feature column(s) {', '.join(absent)} "
+                        f"(the model reads: {', '.join(state.features)})")
+    if need_label and state.label not in names:
+        raise UserError(f"{key} {uri}: no label column {state.label!r} to evaluate against")
+    return source
+
+
+def read_types(state: PreprocessState, *, with_label: bool) -> dict[str, pa.DataType]:
+    """CSV read types: features as the checkpoint read them in training, the label as its task
+    needs; any other column is inferred."""
+    types = {name: pa.type_for_alias(t) for name, t in state.input_types.items() if name in state.features}
+    if with_label:
+        if state.task == "regression":
+            types[state.label] = pa.float64()
+        elif all(isinstance(c, bool) for c in state.classes):
+            types[state.label] = pa.bool_()
+        elif all(isinstance(c, int) for c in state.classes):
+            types[state.label] = pa.int64()
+        else:
+            types[state.label] = pa.string()
+    return types
+
+
+_LOADED: dict[str, Predictor] = {}  # per process: a Ray worker loads a checkpoint once, then reuses it
+_KEEP_LOADED = 2  # models kept per process (a sweep scores many checkpoints in one job)
+
+
+def cached_predictor(checkpoint: str) -> Predictor:
+    """The Predictor of `checkpoint`, loaded once per process.
+
+    Ray Data runs the scoring functions below as 1-CPU tasks on reused worker processes;
+    each process loads the model on its first block only, and scores with one thread."""
+    torch.set_num_threads(1)  # every call: the process may have run other work since
+    predictor = _LOADED.pop(checkpoint, None)
+    if predictor is None:
+        predictor = Predictor.from_checkpoint(checkpoint)
+    _LOADED[checkpoint] = predictor  # most recently used last
+    while len(_LOADED) > _KEEP_LOADED:
+        _LOADED.pop(next(iter(_LOADED)))
+    return predictor
+
+
+def _score_block(df: pd.DataFrame, checkpoint: str) -> dict[str, np.ndarray]:
+    return cached_predictor(checkpoint).score_batch(df)
+
+
+def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool = False) -> dict[str, Any]:
+    """Metrics of a checkpoint on a Ray Dataset of raw labelled rows, scored on the cluster.
+
+    With `details`: {"metrics", "rows", and "confusion_matrix", or "residuals" and a
+    "sample" of (actual, predicted) pairs} instead of the bare metrics."""
+    scored = ds.map_batches(_score_block, fn_args=(checkpoint,), batch_format="pandas", batch_size=None,
+                            num_cpus=1).to_pandas()
+    if scored.empty:
+        outputs, y = np.zeros((0, state.output_dim)), np.zeros(0, dtype=np.int64)
+    else:
+        outputs = np.stack(scored["outputs"].to_numpy()) if state.task == "classification" \
+            else scored["outputs"].to_numpy()
+        y = scored["y"].to_numpy()
+    metrics = compute_metrics(outputs, y, state)
+    if not details:
+        return metrics
+    out: dict[str, Any] = {"metrics": metrics, "rows": len(y)}
+    if state.task == "classification":
+        out["confusion_matrix"] = confusion_matrix(outputs, y, state.classes)
+    else:
+        out["residuals"] = residual_summary(outputs, y, state)
+        keep = np.sort(np.random.default_rng(0).choice(len(y), size=min(len(y), SAMPLE_POINTS), replace=False))
+        out["sample"] = {"actual": (y[keep].astype(np.float64) * state.target_std + state.target_mean).tolist(),
+                         "predicted": (outputs[keep].astype(np.float64) * state.target_std
+                                       + state.target_mean).tolist()}
+    return out
+
+
+def _predict_block(batch, checkpoint: str, model_batch: int):
+    """Ray Data batch function: a block of raw rows (Arrow) plus the prediction columns.
+
+    The input columns pass through untouched (types included); only the feature columns
+    go through pandas for the model."""
+    predictor = cached_predictor(checkpoint)
+    columns = predictor.prediction_columns(batch.select(predictor.state.features).to_pandas(), model_batch)
+    for name, values in columns.items():
+        if name in batch.column_names:  # predicting over an earlier output: replace
+            batch = batch.drop_columns([name])
+        batch = batch.append_column(name, pa.array(values.tolist() if values.dtype == object else values))
+    return batch
+
+
+def predict_dataset(checkpoint: str, ds, concurrency: int, batch_size: int):
+    """A lazy Dataset of the input rows plus predictions, in the order Ray Data keeps
+    (input order when `preserve_order` is set): at most `concurrency` blocks are scored at
+    once, each by a 1-CPU task that calls the model on `batch_size` rows at a time."""
+    import ray.data
+
+    return ds.map_batches(_predict_block, fn_args=(checkpoint, batch_size), batch_format="pyarrow",
+                          batch_size=None, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=max(1, concurrency)),
+                          zero_copy_batch=True)

@@ -1,0 +1,43 @@
+"""A run folder's layout: `<run.storage>/<name>/`, and every file name in it, once.
+
+    runs/quickstart/
+      config.yaml                        the resolved config that ran
+      metrics.json                       validation and test metrics, history, timings
+      baselines.json                     scikit-learn baselines (`baseline`, report.baselines)
+      report.html                        `python -m app report runs/quickstart`
+      checkpoint_epoch_0012/             checkpoints (app/training/checkpoint.py)
+      checkpoint_manager_snapshot.json   Ray Train's record of the registered checkpoints
+      tensorboard/                       event files (tracking.tensorboard)
+    runs/quickstart-sweep/               a sweep (`tune`)
+      leaderboard.csv  best_config.yaml  metrics.json  curves.png
+      trials/<trial id>/                 each trial a run folder as above, plus overrides.json
+"""
+
+from __future__ import annotations
+
+from app import storage
+from app.config import Config
+
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+BASELINES = "baselines.json"
+REPORT = "report.html"
+RAY_CHECKPOINTS = "checkpoint_manager_snapshot.json"  # written by Ray Train
+TENSORBOARD = "tensorboard"
+CHECKPOINT_PREFIX = "checkpoint_epoch_"
+MLFLOW_DB = "mlflow.db"  # beside the run folders, in run.storage itself (local storage only)
+
+LEADERBOARD = "leaderboard.csv"
+BEST_CONFIG = "best_config.yaml"
+CURVES = "curves.png"
+TRIALS = "trials"
+OVERRIDES = "overrides.json"  # in each trial's run folder: the values the trial searched
+
+
+def run_dir(cfg: Config) -> str:
+    """The run's folder: an absolute local path or a URI."""
+    return storage.join(storage.absolute(cfg.run.storage), cfg.name)
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{epoch:04d}"

@@ -1,0 +1,225 @@
+"""The one place that knows filesystems: local paths and pyarrow URIs (`s3://`, `gs://`, ...).
+
+    fs, path = storage.filesystem("s3://bucket/runs/quickstart")
+    storage.write_json(storage.join(run, "metrics.json"), metrics)    # atomic
+    storage.read_json(storage.join(run, "metrics.json"))              # None if absent
+
+Every other module goes through these functions; none imports `pyarrow.fs`. A location is
+a URI string (a local path, absolute or relative, or `scheme://...`); code that already holds
+an open filesystem (Ray Data readers, Ray Train's storage context) uses the `(fs, path)`
+forms at the bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from app.errors import UserError
+
+FileSystem = pafs.FileSystem
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One listed file or folder."""
+
+    path: str  # on its filesystem
+    name: str
+    is_dir: bool
+    size: int | None
+
+
+# ---------------------------------------------------------------- locations
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def filesystem(location: str) -> tuple[FileSystem, str]:
+    """(filesystem, path on it) of a local path or a pyarrow URI."""
+    if is_uri(location):
+        try:
+            return pafs.FileSystem.from_uri(location)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise UserError(f"cannot open {location}: {e}") from None
+    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+def absolute(location: str) -> str:
+    """An absolute local path, or the URI without a trailing slash (Ray needs absolute paths)."""
+    if is_uri(location):
+        return location.rstrip("/")
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts) if is_uri(base) else os.path.join(base, *parts)
+
+
+def parent(location: str) -> str:
+    """The folder holding `location`."""
+    if is_uri(location):
+        return posixpath.dirname(location.rstrip("/"))
+    return os.path.dirname(os.path.abspath(os.path.expanduser(location)))
+
+
+def name(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def is_local(fs: FileSystem) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+# ---------------------------------------------------------------- what is there
+
+
+def exists(location: str) -> bool:
+    return kind(*filesystem(location)) is not None
+
+
+def is_dir(location: str) -> bool:
+    return kind(*filesystem(location)) == "dir"
+
+
+def is_file(location: str) -> bool:
+    return kind(*filesystem(location)) == "file"
+
+
+def listdir(location: str) -> list[Entry]:
+    """The folder's direct entries, sorted by name; empty when it does not exist."""
+    fs, path = filesystem(location)
+    return entries(fs, path)
+
+
+# ---------------------------------------------------------------- read and write
+
+
+def read_bytes(location: str) -> bytes | None:
+    """The file's content; None when there is no such file."""
+    fs, path = filesystem(location)
+    if kind(fs, path) != "file":
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_text(location: str) -> str | None:
+    data = read_bytes(location)
+    return None if data is None else data.decode()
+
+
+def read_json(location: str) -> Any:
+    """The parsed file; None when there is no such file. Invalid JSON is a UserError."""
+    text = read_text(location)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{location} is not valid JSON ({e}); delete it or pass --fresh") from None
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a file under the
+    final name (object stores publish an upload only once it is complete)."""
+    fs, path = filesystem(location)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        remove_path(fs, tmp)
+        raise
+
+
+def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode())
+
+
+def write_json(location: str, payload: Any) -> None:
+    write_text(location, json.dumps(payload, indent=1))
+
+
+def remove(location: str) -> None:
+    """Delete a file or a folder tree; nothing when absent."""
+    remove_path(*filesystem(location))
+
+
+def check_writable(location: str, key: str) -> None:
+    """Create the folder, then write and delete a probe file there; a UserError naming
+    `key` (the config key or flag) if that fails."""
+    fs, path = filesystem(location)
+    probe = posixpath.join(path, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{key}: cannot write to {location} ({' '.join(str(e).split())})") from None
+
+
+# ---------------------------------------------------------------- copies to and from this machine
+
+
+def download(location: str, local_dir: str | Path) -> None:
+    """Copy the folder at `location` into the local folder `local_dir`."""
+    fs, path = filesystem(location)
+    pafs.copy_files(path, str(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+def upload_file(local_path: str | Path, fs: FileSystem, path: str) -> None:
+    pafs.copy_files(str(local_path), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def upload_dir(local_dir: str | Path, fs: FileSystem, path: str) -> None:
+    pafs.copy_files(str(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+# ---------------------------------------------------------------- on an open filesystem
+
+
+def stat(fs: FileSystem, path: str) -> Entry | None:
+    """The file or folder at `path`; None when nothing is there."""
+    return _entry(fs.get_file_info(path))
+
+
+def kind(fs: FileSystem, path: str) -> str | None:
+    """"file", "dir", or None when nothing is there."""
+    found = stat(fs, path)
+    return None if found is None else "dir" if found.is_dir else "file"
+
+
+def entries(fs: FileSystem, path: str, recursive: bool = False) -> list[Entry]:
+    """What the folder holds (everything below it with `recursive`), sorted by path."""
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    return sorted(filter(None, map(_entry, infos)), key=lambda e: e.path)
+
+
+def _entry(info: pafs.FileInfo) -> Entry | None:
+    if info.type == pafs.FileType.Directory:
+        return Entry(info.path, info.base_name, True, None)
+    if info.type == pafs.FileType.File:
+        return Entry(info.path, info.base_name, False, info.size)
+    return None
+
+
+def remove_path(fs: FileSystem, path: str) -> None:
+    found = kind(fs, path)
+    if found == "dir":
+        fs.delete_dir(path)
+    elif found == "file":
+        fs.delete_file(path)
