@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from app import runs, storage
-from app.config import LOSSES, TASK_METRICS
+from app.config import TASK_METRICS
 from app.errors import UserError
 
 
@@ -163,7 +163,7 @@ def learning_curves(history: list[dict[str, Any]], task: str, best_epoch: int | 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
     epochs = [r["epoch"] for r in history]
-    for key in LOSSES:
+    for key in ("train_loss", "valid_loss"):
         left.plot(epochs, [r.get(key) for r in history], marker="o", markersize=3, label=key)
     left.set_title("loss")
     for key in TASK_METRICS[task]:

@@ -30,12 +30,20 @@ FileSystem = pafs.FileSystem
 
 @dataclass(frozen=True)
 class Entry:
-    """One listed file or folder."""
+    """One file, folder or other thing (a device, a pipe) on a filesystem."""
 
     path: str  # on its filesystem
     name: str
-    is_dir: bool
-    size: int | None
+    kind: str  # "file" | "dir" | "other"
+    size: int | None  # bytes, for a file
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == "file"
 
 
 # ---------------------------------------------------------------- locations
@@ -121,12 +129,12 @@ def read_text(location: str) -> str | None:
 
 def read_json(location: str) -> Any:
     """The parsed file; None when there is no such file. Invalid JSON is a UserError."""
-    text = read_text(location)
-    if text is None:
+    data = read_bytes(location)
+    if data is None:
         return None
     try:
-        return json.loads(text)
-    except ValueError as e:
+        return json.loads(data)  # bytes: UTF-8 with or without a BOM, or UTF-16/32
+    except ValueError as e:  # UnicodeDecodeError included
         raise UserError(f"{location} is not valid JSON ({e}); delete it or pass --fresh") from None
 
 
@@ -141,7 +149,10 @@ def write_bytes(location: str, data: bytes) -> None:
             f.write(data)
         fs.move(tmp, path)
     except BaseException:
-        remove_path(fs, tmp)
+        try:
+            remove_path(fs, tmp)
+        except OSError:
+            pass  # the error that stopped the write is the one to report
         raise
 
 
@@ -198,9 +209,9 @@ def stat(fs: FileSystem, path: str) -> Entry | None:
 
 
 def kind(fs: FileSystem, path: str) -> str | None:
-    """"file", "dir", or None when nothing is there."""
+    """"file", "dir", "other" (a device, a pipe), or None when nothing is there."""
     found = stat(fs, path)
-    return None if found is None else "dir" if found.is_dir else "file"
+    return None if found is None else found.kind
 
 
 def entries(fs: FileSystem, path: str, recursive: bool = False) -> list[Entry]:
@@ -210,11 +221,13 @@ def entries(fs: FileSystem, path: str, recursive: bool = False) -> list[Entry]:
 
 
 def _entry(info: pafs.FileInfo) -> Entry | None:
+    if info.type == pafs.FileType.NotFound:
+        return None
     if info.type == pafs.FileType.Directory:
-        return Entry(info.path, info.base_name, True, None)
+        return Entry(info.path, info.base_name, "dir", None)
     if info.type == pafs.FileType.File:
-        return Entry(info.path, info.base_name, False, info.size)
-    return None
+        return Entry(info.path, info.base_name, "file", info.size)
+    return Entry(info.path, info.base_name, "other", None)
 
 
 def remove_path(fs: FileSystem, path: str) -> None:

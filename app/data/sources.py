@@ -73,7 +73,7 @@ def resolve(uri: str, key: str) -> Source:
             raise UserError(f"{key}: {uri} does not exist")
         found = _list(fs, path, uri, key) if entry.is_dir else [entry]
 
-    files = [e for e in found if not e.is_dir and _visible(e.path)]
+    files = [e for e in found if e.is_file and _visible(e.path)]
     data_files = [i for i in files if _format_of(i.path)]
     if not data_files:
         if len(files) == 1:

@@ -75,13 +75,21 @@ def test_best_config_trains_to_the_same_metric(asha_sweep, tmp_path):
 
 @pytest.mark.slow
 def test_optuna_search_runs(ray_session, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     cfg = sweep_config(tmp_path, "optuna", num_samples=2, search="optuna", scheduler={"name": "fifo"})
     cfg.train.epochs = 2
+    cfg.tracking.mlflow = True  # the trials log into one MLflow experiment named after the sweep
     metrics = run_tune(cfg, preflight(cfg))
     board = pd.read_csv(tmp_path / "runs" / "optuna" / "leaderboard.csv")
     assert len(board) == 2 and (board.status == "completed").all() and (board.epochs == 2).all()
     assert board["train.lr"].nunique() == 2
     assert metrics["valid"]["valid_loss"] == pytest.approx(board.valid_loss.min())
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    trials = client.search_runs([client.get_experiment_by_name("optuna").experiment_id])
+    assert sorted(r.info.run_name for r in trials) == sorted(map(str, board.trial_id))
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    assert all(len(client.get_metric_history(r.info.run_id, "valid_loss")) == 2 for r in trials)
 
 
 def test_metric_that_training_never_reports(ray_session, tmp_path):

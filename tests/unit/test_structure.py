@@ -95,3 +95,21 @@ def test_run_folder_names_are_spelled_once():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
                 spelled.append((module, node.value))
     assert spelled == []
+
+
+def test_the_readme_module_map_is_in_dependency_order():
+    """README's map of app/ lists each module below every app module it imports."""
+    text = (APP.parent / "README.md").read_text()
+    block = text.split("\napp/ ", 1)[1].split("```", 1)[0]
+    listed = []
+    for line in block.splitlines()[1:]:
+        if not line.startswith("  "):  # the end of app/'s entries
+            break
+        listed.append("app." + line.split()[0].removesuffix(".py").replace("/", "."))
+    trees = modules()
+    assert set(listed) == set(trees) - {"app", "app.data", "app.training", "app.exported", "app.exported.predict"}
+    seen: set[str] = set()
+    for name in listed:
+        above = imported(trees[name], set(trees)) - {name, "app.data", "app.training"}
+        assert above <= seen, f"README lists {name} above {sorted(above - seen)}, which it imports"
+        seen.add(name)
