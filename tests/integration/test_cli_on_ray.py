@@ -7,27 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from app.cli import main
 from tests.conftest import PENGUINS, penguins_tree
+from tests.unit.test_cli_errors import assert_bad_input, write_config
 
 
-def write_config(tmp_path: Path, tree: dict) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
-
-def assert_bad_input(args: list[str], capsys, run_dir: Path, *fragments: str) -> None:
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err[-3000:]
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, err[-3000:]
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    assert "Traceback" not in err
+def assert_refused(args: list[str], capsys, run_dir: Path, *fragments: str) -> None:
+    assert_bad_input(args, capsys, *fragments)
     assert not (run_dir / "metrics.json").exists()
 
 
@@ -44,7 +30,7 @@ def penguins_with(tmp_path: Path, edit) -> Path:
 def test_single_class_label(ray_session, tmp_path, capsys):
     data = penguins_with(tmp_path, lambda h, rows: (h, [r for r in rows if r[0] == "Adelie"]))
     cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(data)))
-    assert_bad_input(["train", "--config", str(cfg)], capsys, tmp_path / "runs" / "quickstart",
+    assert_refused(["train", "--config", str(cfg)], capsys, tmp_path / "runs" / "quickstart",
                      "data.label", "single class")
 
 
@@ -54,14 +40,14 @@ def test_numeric_column_with_stray_strings(ray_session, tmp_path, capsys):
         return header, rows
 
     cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(penguins_with(tmp_path, stray))))
-    assert_bad_input(["train", "--config", str(cfg)], capsys, tmp_path / "runs" / "quickstart",
+    assert_refused(["train", "--config", str(cfg)], capsys, tmp_path / "runs" / "quickstart",
                      "'bill_depth_mm' looks numeric", "'n/a?'")
 
 
 def test_more_workers_than_the_cluster_can_host(ray_session, tmp_path, capsys):
     cfg = write_config(tmp_path, penguins_tree(tmp_path))
     have = int(ray_session.cluster_resources()["CPU"])
-    assert_bad_input(["train", "--config", str(cfg), "--set", f"scaling.num_workers={have + 1}"], capsys,
+    assert_refused(["train", "--config", str(cfg), "--set", f"scaling.num_workers={have + 1}"], capsys,
                      tmp_path / "runs" / "quickstart", f"scaling.num_workers: {have + 1} worker(s)",
                      "can never be scheduled")
 
