@@ -2,15 +2,17 @@
 
     python -m app baseline --config configs/quickstart.yaml
 
-A RandomForest (100 trees) and a HistGradientBoosting model are fitted on the training
-split, in parallel as Ray tasks, and scored on the validation and test splits with the
-same metric code as the network. The network's inputs serve as theirs: standardised
+A RandomForest (100 trees) and a HistGradientBoosting model are fitted in parallel as Ray
+tasks on a seeded sample of the training split (at most `report.baseline_max_rows` rows,
+drawn on the cluster), and scored on the full validation and test splits by Ray Data
+tasks, with the same metric sums as the network: no split passes through the driver. The network's inputs serve as theirs: standardised
 numbers with missing indicators, and category indices (native categories for gradient
 boosting). Results go to `<run folder>/baselines.json`, beside `metrics.json`.
 """
 
 from __future__ import annotations
 
+import pickle
 import time
 from typing import Any
 
@@ -20,7 +22,7 @@ from app import runs, storage
 from app.config import Config
 from app.data.prepare import Prepared, transform_batch
 from app.data.transform import PreprocessState
-from app.metrics import classification_metrics, json_safe, regression_metrics
+from app.metrics import MetricSums, json_safe
 
 MODELS = ("random_forest", "hist_gradient_boosting")
 
@@ -29,33 +31,68 @@ def run_baselines(cfg: Config, data: Prepared) -> dict[str, Any]:
     """Fit and score every baseline; write baselines.json; return its content."""
     import ray
 
-    state = data.state
-    train = collect(data.train, limit=cfg.report.baseline_max_rows, seed=cfg.data.split.seed)
-    valid = collect(data.valid)
-    test = collect(data.test_raw.map_batches(transform_batch, fn_kwargs={"state_json": state.to_json(), "split": None},
-                                             batch_format="pandas", batch_size=None))
-    refs = {split: ray.put(part) for split, part in (("train", train), ("valid", valid), ("test", test))}
-    fit = ray.remote(fit_and_score).options(num_cpus=1)
-    pending = [fit.remote(name, state.to_json(), **refs, seed=cfg.train.seed) for name in MODELS]
-    results = dict(zip(MODELS, ray.get(pending)))
+    state, state_json, limit = data.state, data.state.to_json(), cfg.report.baseline_max_rows
+    train = data.train
+    if data.counts["train"] > limit:  # a Bernoulli sample per block, seeded by the block's index
+        train = train.random_sample(limit / data.counts["train"], seed=cfg.data.split.seed)
+    blocks = train.materialize().to_numpy_refs()  # the sample stays in the object store
+    fit = ray.remote(fit_baseline).options(num_cpus=1, num_returns=2)
+    fitted = {name: fit.remote(name, state_json, blocks, limit=limit, seed=cfg.train.seed) for name in MODELS}
+    models = [model for model, _ in fitted.values()]
+    test = data.test_raw.map_batches(transform_batch, fn_kwargs={"state_json": state_json, "split": None},
+                                     batch_format="pandas", batch_size=None)
+    scores = {split: score_dataset(ds, models, state) for split, ds in (("valid", data.valid), ("test", test))}
+    results = {}
+    for i, (name, (_, info)) in enumerate(fitted.items()):
+        results[name] = {"valid": scores["valid"][i], "test": scores["test"][i], **ray.get(info)}
     storage.write_json(storage.join(runs.run_dir(cfg), runs.BASELINES), json_safe(results))
     return results
 
 
-def collect(ds, limit: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """A model-ready Dataset as arrays on the driver; at most `limit` rows, a seeded sample."""
-    parts: dict[str, list[np.ndarray]] = {"x_num": [], "x_cat": [], "y": []}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for k in parts:
-            parts[k].append(batch[k])
-    arrays = {k: np.concatenate(v) for k, v in parts.items() if v}
-    if not arrays:
-        return {"x_num": np.zeros((0, 0), np.float32), "x_cat": np.zeros((0, 0), np.int64), "y": np.zeros(0)}
-    n = len(arrays["y"])
-    if limit is not None and n > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
-        arrays = {k: v[keep] for k, v in arrays.items()}
-    return arrays
+def fit_baseline(name: str, state_json: str, blocks: list, *, limit: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    """One baseline fitted on the sampled blocks (a Ray task): the model, and its fit time
+    and training rows."""
+    import ray
+
+    parts = [b for b in ray.get(blocks) if len(b["y"])]
+    x = features({k: np.concatenate([b[k] for b in parts]) for k in ("x_num", "x_cat")})[:limit] if parts else None
+    y = np.concatenate([b["y"] for b in parts])[:limit] if parts else np.zeros(0)
+    state = PreprocessState.from_json(state_json)
+    model = make_model(name, state.task, state, seed)
+    started = time.perf_counter()
+    model.fit(x, y)
+    return model, {"fit_time_s": time.perf_counter() - started, "train_rows": len(y)}
+
+
+_FETCHED: dict[str, Any] = {}  # per worker process: the fitted models of the baselines being scored
+
+
+def _block_sums(batch: dict[str, np.ndarray], state_json: str, *model_refs) -> dict[str, np.ndarray]:
+    """Ray Data batch function: each model's metric sums on one model-ready block. A worker
+    process fetches the fitted models from the object store once."""
+    import ray
+
+    keys = [ref.hex() for ref in model_refs]
+    if [k for k in keys if k not in _FETCHED]:
+        _FETCHED.clear()
+        _FETCHED.update(zip(keys, ray.get(list(model_refs))))
+    state = PreprocessState.from_json(state_json)
+    return {"sums": np.array([pickle.dumps([sums(_FETCHED[k], batch, state) for k in keys])], dtype=object)}
+
+
+def score_dataset(ds, models: list, state: PreprocessState) -> list[dict[str, float]]:
+    """Each model's metrics on a model-ready Dataset, scored block by block on the cluster."""
+    totals = [MetricSums.empty(state) for _ in models]
+    for batch in ds.map_batches(_block_sums, fn_args=(state.to_json(), *models), batch_format="numpy",
+                                batch_size=None, num_cpus=1).iter_batches(batch_size=None, batch_format="numpy"):
+        for blob in batch["sums"]:
+            totals = [t.merge(part) for t, part in zip(totals, pickle.loads(blob))]
+    out = []
+    for total in totals:
+        metrics = total.metrics(state)
+        metrics.pop("loss", None)
+        out.append(metrics)
+    return out
 
 
 def features(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -79,29 +116,18 @@ def make_model(name: str, task: str, state: PreprocessState, seed: int):
     return cls(random_state=seed, categorical_features=categorical if any(categorical) else None)
 
 
-def fit_and_score(name: str, state_json: str, *, train: dict, valid: dict, test: dict, seed: int) -> dict[str, Any]:
-    """One baseline: fit on the training split, score validation and test (a Ray task)."""
-    state = PreprocessState.from_json(state_json)
-    model = make_model(name, state.task, state, seed)
-    started = time.perf_counter()
-    model.fit(features(train), train["y"])
-    fit_time = time.perf_counter() - started
-    return {"valid": score(model, valid, state), "test": score(model, test, state),
-            "fit_time_s": fit_time, "train_rows": len(train["y"])}
-
-
-def score(model, arrays: dict[str, np.ndarray], state: PreprocessState) -> dict[str, float]:
+def sums(model, arrays: dict[str, np.ndarray], state: PreprocessState) -> MetricSums:
     if len(arrays["y"]) == 0:
-        return {}
+        return MetricSums.empty(state)
     x = features(arrays)
     if state.task == "classification":
         proba = np.zeros((len(x), len(state.classes)))
         proba[:, model.classes_.astype(int)] = model.predict_proba(x)  # a class absent in training: p = 0
-        metrics = classification_metrics(proba, arrays["y"].astype(int), len(state.classes))
+        with np.errstate(divide="ignore"):
+            outputs = np.log(proba)  # logits whose softmax is `proba`: scored as the network's are
     else:
-        metrics = regression_metrics(model.predict(x).astype(np.float64), arrays["y"].astype(np.float64), state)
-    metrics.pop("loss")
-    return metrics
+        outputs = model.predict(x).astype(np.float64)
+    return MetricSums.of(outputs, arrays["y"], state)
 
 
 def comparison_table(model_metrics: dict[str, float] | None, baselines: dict[str, Any], kind: str = "model") -> str:

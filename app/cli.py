@@ -7,7 +7,8 @@
     python -m app baseline --config FILE [--set KEY=VALUE ...]
     python -m app report   RUN_DIR
     python -m app export   --checkpoint CKPT --output DIR [--overwrite]
-    python -m app serve    --checkpoint CKPT [--replicas N] [--host 127.0.0.1] [--port 8000]
+    python -m app serve    --checkpoint CKPT [--replicas N] [--host 127.0.0.1] [--port 8000] [--token-file FILE]
+    python -m app submit   [--address ADDR] COMMAND [ARGS ...]   (COMMAND as a Ray job)
 
 Exit codes: 0 success; 2 bad usage, config or input (one line on stderr, no
 traceback); 1 anything else.
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from app.errors import UserError, find_user_error
+from app.redact import redact, redacted_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most requests merged into one model call (default 32)")
     serve.add_argument("--batch-wait-ms", type=non_negative_float, default=5.0,
                        help="how long a batch waits for more requests after its first (default 5)")
+    serve.add_argument("--max-ongoing-requests", type=positive_int, default=64,
+                       help="requests one replica holds at once; Serve's proxy queues the rest (default 64)")
+    serve.add_argument("--token-file", help="file holding the bearer token that requests must carry (default: "
+                       "$APP_SERVE_TOKEN); required unless --host is a loopback address")
     add_address_arg(serve)
     serve.set_defaults(handler=cmd_serve)
+
+    from app.submit import ENV_HELP
+
+    submit = commands.add_parser(
+        "submit", help="run one of these commands on a Ray cluster as a Ray job and follow its logs",
+        description="Run `python -m app COMMAND ARGS...` as a Ray job: the project folder is uploaded, the "
+                    "logs are followed, and the exit status is the job's (0: it succeeded, else 1).",
+        epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    submit.add_argument("--address", help="the cluster's job API (default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
+    submit.add_argument("job_command", metavar="COMMAND", choices=[c for c in commands.choices if c != "submit"],
+                        help="the command to run in the job: %(choices)s")
+    submit.add_argument("job_args", nargs=argparse.REMAINDER, metavar="ARGS", help="its arguments, passed verbatim")
+    submit.set_defaults(handler=cmd_submit)
     return parser
 
 
@@ -142,33 +162,32 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def load_run(args: argparse.Namespace):
     """The config, or None when a run of this name already finished (and --fresh was not
-    given); --fresh deletes the run folder first."""
-    from app import runs, storage
+    given). --fresh deletes nothing here: only once the inputs checked out and this driver
+    holds the run folder's lease (`lease.run_folder`)."""
     from app.config import load_config
     from app.training.trainer import finished_metrics
 
     cfg = load_config(args.config, args.overrides)
-    if args.fresh:
-        storage.remove(runs.run_dir(cfg))
-    elif finished_metrics(cfg) is not None:
+    if not args.fresh and finished_metrics(cfg) is not None:
         return None
     return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from app import cluster
+    from app import cluster, lease, runs
     from app.training.trainer import preflight, run_training
 
     cfg = load_run(args)
     if cfg is None:
         return 0
-    inputs = preflight(cfg)  # no Ray yet: bad input fails in a second
-    run_training(cfg, inputs, ray_start_s=cluster.connect(args.address))
+    inputs = preflight(cfg)  # no Ray yet: bad input fails in a second, before --fresh deletes anything
+    with lease.run_folder(runs.run_dir(cfg), fresh=args.fresh, what="run"):
+        run_training(cfg, inputs, ray_start_s=cluster.connect(args.address))
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from app import cluster, runs, storage
+    from app import cluster, lease, runs, storage
     from app.training.trainer import preflight
     from app.tuning import run_tune, search_space
 
@@ -177,11 +196,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     search_space(cfg)  # a bad space fails before Ray starts
     inputs = preflight(cfg)
-    if not args.resume and storage.exists(runs.run_dir(cfg)):
+    if not (args.resume or args.fresh) and storage.exists(runs.run_dir(cfg)):
         raise UserError(f"{runs.run_dir(cfg)} holds an unfinished sweep; pass --resume to continue it "
                         f"or --fresh to start over")
-    cluster.connect(args.address)
-    run_tune(cfg, inputs, resume=args.resume)
+    with lease.run_folder(runs.run_dir(cfg), fresh=args.fresh, what="sweep"):
+        cluster.connect(args.address)
+        run_tune(cfg, inputs, resume=args.resume)
     return 0
 
 
@@ -263,26 +283,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app import storage
     from app.predictor import load_predictor
 
+    token_sha256 = serving.token_digest(args.token_file, args.host)  # a listener with no token: refused first
     args.checkpoint = storage.absolute(args.checkpoint)  # replicas do not run in this directory
     predictor = load_predictor(args.checkpoint)  # a bad checkpoint fails before Ray starts
     options = serving.ServeOptions(replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
                                    max_rows=args.max_rows, max_body_bytes=int(args.max_body_mb * 2**20),
-                                   max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000)
+                                   max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
+                                   max_ongoing_requests=args.max_ongoing_requests, token_sha256=token_sha256)
     serving.run(args.checkpoint, epoch=predictor.epoch, options=options, host=args.host, port=args.port,
                 address=args.address)
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from app.submit import submit
+
+    return submit(args.job_command, args.job_args, address=args.address)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - sorted into "bad input" and "bug" right here
-        user_error = find_user_error(e)
-        if user_error is None:
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        return 2
+    # Everything this process prints, the app's lines, Ray's, the workers' and a traceback,
+    # goes out with the credentials of URIs in it replaced by *** (app/redact.py).
+    with redacted_output():
+        args = build_parser().parse_args(argv)
+        try:
+            return args.handler(args)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001 - sorted into "bad input" and "bug" right here
+            user_error = find_user_error(e)
+            if user_error is None:
+                traceback.print_exc()  # here, while the output is redacted
+                return 1
+            print(f"error: {redact(str(user_error))}", file=sys.stderr)
+            return 2

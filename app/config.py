@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.errors import UserError
+from app.redact import redact_tree
 
 # The metric registry: what training reports per task (beside the losses), and which way
 # each metric is better. Checkpoint ranking, early stopping, Tune and the report use it.
@@ -110,6 +111,10 @@ class DataConfig(Section):
     """Columns to treat as categorical even though they hold numbers (codes, years)."""
     drop: list[str] = []
     """Columns to ignore (ids, leaks) when `features` is not set."""
+    max_categories: int = Field(10_000, ge=1)
+    """Most categories a categorical column keeps: the most frequent in training. The rest go to
+    the unknown bucket, with a warning naming the column. Bounds the memory of the statistics
+    pass and the size of the model's embeddings."""
     split: SplitConfig = SplitConfig()
     """`valid + test` must be below 1"""
 
@@ -369,7 +374,9 @@ class Config(Section):
         return self.model_copy(update={"train": self.train.resolved(train_rows)})
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The config as YAML for files (config.yaml, best_config.yaml), with the credentials
+        of any URI in it replaced by *** (see app/redact.py)."""
+        return yaml.safe_dump(redact_tree(self.to_dict()), sort_keys=False)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

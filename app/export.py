@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from app import storage
 from app.errors import UserError
 from app.predictor import Predictor
+from app.redact import redact
 
 MODEL_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model_torchscript.pt"
@@ -45,8 +47,10 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
     out = Path(output).expanduser().resolve()
     if "://" in output:
         raise UserError(f"--output {output}: export writes a local folder; copy it to object storage after")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"--output {output} already exists and is not empty; remove it or pass --overwrite")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise UserError(f"--output {output} already exists and is not empty; remove it or pass --overwrite")
+        storage.check_replaceable(str(out), "--output")  # only a folder this app wrote is replaced
     predictor = Predictor.from_checkpoint(checkpoint)
     state = predictor.state
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,9 +64,14 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
         shutil.copy(here / "data" / "transform.py", staging / "preprocess.py")
         shutil.copy(here / "exported" / "predict.py", staging / "predict.py")
         (staging / "README.md").write_text(readme(predictor, checkpoint))
-        if out.exists():
-            shutil.rmtree(out)
+        storage.mark_owned(str(staging), "export")
+        old = None
+        if out.exists():  # swapped by two renames: a failure before leaves the old folder whole
+            old = staging.with_name(f".{out.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+            out.rename(old)
         staging.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -104,7 +113,7 @@ def readme(predictor: Predictor, checkpoint: str) -> str:
                if s["task"] == "classification" else "`prediction`, in the label's units")
     return f"""# Exported model: {s['task']} of `{s['label']}`
 
-Exported from `{checkpoint}` (epoch {predictor.epoch}). Predicting needs only
+Exported from `{redact(checkpoint)}` (epoch {predictor.epoch}). Predicting needs only
 `pip install onnxruntime numpy pandas` (and `pyarrow` for Parquet); no Ray, no PyTorch.
 
 ```

@@ -3,16 +3,33 @@
 Classification: accuracy, f1_macro, roc_auc (one-vs-rest macro for several classes),
 log_loss. Regression, in the label's own units: rmse, mae, r2. `loss` is the training
 objective on the same rows (cross-entropy, or MSE of the standardised label).
+
+Every path computes them the same way, from `MetricSums`: fixed-size sums of a block of
+rows that merge exactly (counts, a confusion matrix, sums and Chan's merge of means and
+squared deviations), so that no step needs every scored row in one process. Those give
+every metric exactly except ROC AUC, which comes from per-class histograms of the
+positive-class score on the logit scale (`AUC_BINS` bins over logits -16..16; scores
+beyond go to the end bins). Pairs of a positive and a negative row whose scores share a
+bin count as ties (half), so the AUC is off by at most half the share of such pairs:
+`MetricSums.auc_error_bound()` is that figure, typically below 1e-3. A regression's
+residual quantiles and its (actual, predicted) pairs come from a seeded sample of at most
+`SAMPLE_POINTS` rows, chosen by a hash of their values, so the same rows win however the
+data is split into blocks.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn import metrics as skm
 
 from app.data.transform import PreprocessState
+
+AUC_BINS = 4096
+LOGIT_LIMIT = 16.0
+SAMPLE_POINTS = 1000  # (actual, predicted) pairs kept for a regression's plot and residual quantiles
+_EPS = float(np.finfo(np.float64).eps)  # log_loss clips as scikit-learn does
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -23,63 +40,184 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def compute_metrics(outputs: np.ndarray, y: np.ndarray, state: PreprocessState) -> dict[str, float]:
     """outputs: logits [n, k] or standardised predictions [n]; y: encoded labels."""
-    if len(y) == 0:
-        return {}
-    if state.task == "classification":
-        return classification_metrics(softmax(outputs.astype(np.float64)), y, len(state.classes))
-    return regression_metrics(outputs.astype(np.float64), y.astype(np.float64), state)
+    return MetricSums.of(outputs, y, state).metrics(state)
 
 
-def classification_metrics(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
-    labels = list(range(n_classes))
-    p_true = np.clip(proba[np.arange(len(y)), y], 1e-15, 1.0)
-    out = {
-        "loss": float(-np.log(p_true).mean()),
-        "accuracy": float((proba.argmax(axis=1) == y).mean()),
-        "f1_macro": float(skm.f1_score(y, proba.argmax(axis=1), labels=labels, average="macro",
-                                       zero_division=0)),
-        "roc_auc": math.nan,
-        "log_loss": float(skm.log_loss(y, proba, labels=labels)),
-    }
-    try:
-        if n_classes == 2:
-            out["roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]))
-        else:
-            out["roc_auc"] = float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels))
-    except ValueError:
-        pass  # a class is absent from these rows: AUC is undefined, reported as NaN/null
-    return out
+def _merge_moments(n1: int, mean1: float, m2_1: float, n2: int, mean2: float, m2_2: float) -> tuple[float, float]:
+    """Chan et al.: mean and sum of squared deviations of two parts together."""
+    n = n1 + n2
+    if n == 0:
+        return 0.0, 0.0
+    delta = mean2 - mean1
+    return mean1 + delta * n2 / n, m2_1 + m2_2 + delta * delta * n1 * n2 / n
 
 
-def regression_metrics(pred_std: np.ndarray, y_std: np.ndarray, state: PreprocessState) -> dict[str, float]:
-    pred = pred_std * state.target_std + state.target_mean
-    y = y_std * state.target_std + state.target_mean
-    return {
-        "loss": float(np.mean((pred_std - y_std) ** 2)),
-        "rmse": float(math.sqrt(skm.mean_squared_error(y, pred))),
-        "mae": float(skm.mean_absolute_error(y, pred)),
-        "r2": float(skm.r2_score(y, pred)) if len(y) > 1 else math.nan,
-    }
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-spread 64-bit hash of each value."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
-def confusion_matrix(outputs: np.ndarray, y: np.ndarray, classes: list) -> dict:
-    """Rows: true class; columns: predicted class; in the order of `classes`."""
-    labels = list(range(len(classes)))
-    matrix = skm.confusion_matrix(y, outputs.argmax(axis=1), labels=labels) if len(y) else \
-        np.zeros((len(labels), len(labels)), dtype=np.int64)
-    return {"labels": list(classes), "matrix": matrix.tolist()}
+@dataclass
+class MetricSums:
+    """What the metrics need of a set of scored rows, in a fixed size; `merge` adds two sets."""
+
+    classification: bool
+    n_classes: int = 0
+    n: int = 0
+    loss_sum: float = 0.0
+    # classification
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    log_loss_sum: float = 0.0
+    positives: np.ndarray = field(default_factory=lambda: np.zeros((0, AUC_BINS), dtype=np.int64))
+    negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, AUC_BINS), dtype=np.int64))
+    # regression, in the label's units
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+    y_mean: float = 0.0
+    y_m2: float = 0.0
+    r_mean: float = 0.0
+    r_m2: float = 0.0
+    max_abs: float = 0.0
+    sample_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    sample_actual: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sample_predicted: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def empty(cls, state: PreprocessState) -> MetricSums:
+        if state.task != "classification":
+            return cls(classification=False)
+        k = len(state.classes)
+        return cls(classification=True, n_classes=k, confusion=np.zeros((k, k), dtype=np.int64),
+                   positives=np.zeros((k, AUC_BINS), dtype=np.int64), negatives=np.zeros((k, AUC_BINS), dtype=np.int64))
+
+    @classmethod
+    def of(cls, outputs: np.ndarray, y: np.ndarray, state: PreprocessState) -> MetricSums:
+        """The sums of one block: logits [n, k] or standardised predictions [n], encoded labels."""
+        out = cls.empty(state)
+        if len(y) == 0:
+            return out
+        out.n = len(y)
+        if out.classification:
+            y = np.asarray(y, dtype=np.int64)
+            proba = softmax(np.asarray(outputs, dtype=np.float64))
+            p_true = proba[np.arange(len(y)), y]
+            out.loss_sum = float(-np.log(np.clip(p_true, 1e-15, 1.0)).sum())
+            out.log_loss_sum = float(-np.log(np.clip(p_true, _EPS, 1 - _EPS)).sum())
+            k = out.n_classes
+            out.confusion = np.bincount(y * k + proba.argmax(axis=1), minlength=k * k).reshape(k, k).astype(np.int64)
+            with np.errstate(divide="ignore"):
+                logits = np.log(proba) - np.log1p(-np.minimum(proba, 1.0))
+            bins = _bins_of(logits)
+            for c in range(k):
+                is_c = y == c
+                out.positives[c] = np.bincount(bins[is_c, c], minlength=AUC_BINS)
+                out.negatives[c] = np.bincount(bins[~is_c, c], minlength=AUC_BINS)
+            return out
+        pred_std = np.asarray(outputs, dtype=np.float64)
+        y_std = np.asarray(y, dtype=np.float64)
+        pred = pred_std * state.target_std + state.target_mean
+        actual = y_std * state.target_std + state.target_mean
+        r = actual - pred
+        out.loss_sum = float(((pred_std - y_std) ** 2).sum())
+        out.abs_sum, out.sq_sum = float(np.abs(r).sum()), float((r ** 2).sum())
+        out.y_mean, out.y_m2 = float(actual.mean()), float(((actual - actual.mean()) ** 2).sum())
+        out.r_mean, out.r_m2 = float(r.mean()), float(((r - r.mean()) ** 2).sum())
+        out.max_abs = float(np.abs(r).max())
+        keys = _mix64(actual.view(np.uint64) ^ _mix64(pred.view(np.uint64)))
+        keep = np.argsort(keys, kind="stable")[:SAMPLE_POINTS]
+        out.sample_keys, out.sample_actual, out.sample_predicted = keys[keep], actual[keep], pred[keep]
+        return out
+
+    def merge(self, other: MetricSums) -> MetricSums:
+        """Both sets together (a new object)."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        out = MetricSums(classification=self.classification, n_classes=self.n_classes, n=self.n + other.n,
+                         loss_sum=self.loss_sum + other.loss_sum)
+        if self.classification:
+            out.confusion = self.confusion + other.confusion
+            out.log_loss_sum = self.log_loss_sum + other.log_loss_sum
+            out.positives, out.negatives = self.positives + other.positives, self.negatives + other.negatives
+            return out
+        out.abs_sum, out.sq_sum = self.abs_sum + other.abs_sum, self.sq_sum + other.sq_sum
+        out.y_mean, out.y_m2 = _merge_moments(self.n, self.y_mean, self.y_m2, other.n, other.y_mean, other.y_m2)
+        out.r_mean, out.r_m2 = _merge_moments(self.n, self.r_mean, self.r_m2, other.n, other.r_mean, other.r_m2)
+        out.max_abs = max(self.max_abs, other.max_abs)
+        keys = np.concatenate([self.sample_keys, other.sample_keys])
+        keep = np.argsort(keys, kind="stable")[:SAMPLE_POINTS]
+        out.sample_keys = keys[keep]
+        out.sample_actual = np.concatenate([self.sample_actual, other.sample_actual])[keep]
+        out.sample_predicted = np.concatenate([self.sample_predicted, other.sample_predicted])[keep]
+        return out
+
+    def metrics(self, state: PreprocessState) -> dict[str, float]:
+        if self.n == 0:
+            return {}
+        n = self.n
+        if not self.classification:
+            return {"loss": self.loss_sum / n, "rmse": math.sqrt(self.sq_sum / n), "mae": self.abs_sum / n,
+                    "r2": _r2(self.sq_sum, self.y_m2) if n > 1 else math.nan}
+        cm = self.confusion
+        tp, predicted, actual = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
+        denominator = predicted + actual
+        f1 = np.divide(2 * tp, denominator, out=np.zeros(len(tp), dtype=np.float64), where=denominator > 0)
+        return {"loss": self.loss_sum / n, "accuracy": float(tp.sum() / n), "f1_macro": float(f1.mean()),
+                "roc_auc": self.roc_auc(), "log_loss": self.log_loss_sum / n}
+
+    def _class_auc(self, c: int) -> tuple[float, float]:
+        """(AUC, its error bound) of class c against the rest."""
+        pos, neg = self.positives[c].astype(np.float64), self.negatives[c].astype(np.float64)
+        pairs = pos.sum() * neg.sum()
+        below = np.cumsum(neg) - neg  # negatives in lower bins
+        return float((pos * (below + 0.5 * neg)).sum() / pairs), float(0.5 * (pos * neg).sum() / pairs)
+
+    def roc_auc(self) -> float:
+        """One-vs-rest macro AUC (the positive class's for two classes); NaN when a class is
+        absent from these rows, as scikit-learn refuses to compute it then."""
+        if (self.confusion.sum(axis=1) == 0).any():
+            return math.nan
+        if self.n_classes == 2:
+            return self._class_auc(1)[0]
+        return float(np.mean([self._class_auc(c)[0] for c in range(self.n_classes)]))
+
+    def auc_error_bound(self) -> float:
+        if not self.classification or (self.confusion.sum(axis=1) == 0).any():
+            return 0.0
+        classes = [1] if self.n_classes == 2 else range(self.n_classes)
+        return float(np.mean([self._class_auc(c)[1] for c in classes]))
+
+    def confusion_matrix(self, classes: list) -> dict:
+        return {"labels": list(classes), "matrix": self.confusion.tolist()}
+
+    def residual_summary(self) -> dict[str, float]:
+        """Residuals (actual - predicted) in the label's units: mean, std and largest
+        magnitude exact; quantiles from the sample."""
+        if self.n == 0:
+            return {}
+        q = np.quantile(self.sample_actual - self.sample_predicted, [0.05, 0.25, 0.5, 0.75, 0.95])
+        return {"mean": self.r_mean, "std": math.sqrt(self.r_m2 / self.n), "p05": float(q[0]), "p25": float(q[1]),
+                "median": float(q[2]), "p75": float(q[3]), "p95": float(q[4]), "max_abs": self.max_abs}
+
+    def sample(self) -> dict[str, list[float]]:
+        return {"actual": self.sample_actual.tolist(), "predicted": self.sample_predicted.tolist()}
 
 
-def residual_summary(outputs: np.ndarray, y: np.ndarray, state: PreprocessState) -> dict[str, float]:
-    """Residuals (actual - predicted) in the label's units: mean, spread and quantiles."""
-    pred = outputs.astype(np.float64) * state.target_std + state.target_mean
-    actual = y.astype(np.float64) * state.target_std + state.target_mean
-    r = actual - pred
-    if len(r) == 0:
-        return {}
-    q = np.quantile(r, [0.05, 0.25, 0.5, 0.75, 0.95])
-    return {"mean": float(r.mean()), "std": float(r.std()), "p05": float(q[0]), "p25": float(q[1]),
-            "median": float(q[2]), "p75": float(q[3]), "p95": float(q[4]), "max_abs": float(np.abs(r).max())}
+def _bins_of(logits: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.nan_to_num(logits, nan=0.0, posinf=LOGIT_LIMIT, neginf=-LOGIT_LIMIT), -LOGIT_LIMIT,
+                      LOGIT_LIMIT)
+    return np.clip(((clipped + LOGIT_LIMIT) / (2 * LOGIT_LIMIT) * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
+
+
+def _r2(ss_res: float, ss_tot: float) -> float:
+    """scikit-learn's r2_score with force_finite: 1 for a perfect fit of a constant, else 0 then."""
+    if ss_tot == 0:
+        return 1.0 if ss_res == 0 else 0.0
+    return 1.0 - ss_res / ss_tot
 
 
 def json_safe(value):

@@ -6,13 +6,18 @@ Everything that can be wrong with the input (checkpoint, files, columns, output 
 checked on the driver before Ray starts. Each block of input is read and scored by one
 Ray task; a worker process loads the model once and reuses it for later blocks.
 Predictions stream back to the driver in input order and are written incrementally, so
-inputs larger than memory work; the output appears under its final name only once complete.
+inputs larger than memory work.
+
+The output is written complete beside its final name first (`.<name>.tmp-<id>`) and only
+then takes that name, so a failed job leaves a previous output as it was. `--overwrite`
+replaces a file, or a folder this app wrote (it holds `storage.OWNED`); any other folder
+is refused, never deleted.
 """
 
 from __future__ import annotations
 
-import os
 import posixpath
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,13 +41,11 @@ class Output:
     path: str
     format: str | None  # "csv" | "parquet" for one file; None for a folder of Parquet parts
 
-    @property
-    def staging(self) -> str:
-        """Where it is written before it gets its final name. Object stores publish a file
-        only when its upload completes, so there it is written in place."""
-        if storage.is_local(self.filesystem):
-            return f"{posixpath.dirname(self.path)}/.{posixpath.basename(self.path)}.tmp-{os.getpid()}"
-        return self.path
+    staging: str = ""  # beside `path`: where the output is written before it takes its name
+
+    def __post_init__(self):
+        self.staging = self.staging or \
+            f"{posixpath.dirname(self.path)}/.{posixpath.basename(self.path)}.tmp-{uuid.uuid4().hex[:12]}"
 
 
 def check_output(uri: str, overwrite: bool) -> Output:
@@ -53,6 +56,8 @@ def check_output(uri: str, overwrite: bool) -> Output:
         raise UserError(f"--output {uri} already exists; remove it or pass --overwrite")
     if fmt and found == "dir":
         raise UserError(f"--output {uri} is a folder; a .{fmt} output must be a file")
+    if not fmt and found is not None:
+        storage.check_replaceable(uri, "--output")  # a folder of parts replaces only the app's own
     parent = posixpath.dirname(path)
     if storage.is_local(fs) and storage.kind(fs, parent) == "file":
         raise UserError(f"--output {uri}: {parent} is a file, not a folder")
@@ -93,23 +98,26 @@ def predict_steps(checkpoint: str, ds, concurrency: int, batch_size: int,
 
 
 def write_output(batches: Iterable[pa.Table], out: Output) -> int:
+    """Write everything to the staging name, then replace the output with it: a file by one
+    move (an object store publishes the copy whole), a folder by `storage.publish_dir`,
+    which writes `_SUCCESS` last. On any failure the staging copy goes and the previous
+    output, if any, stays."""
     fs, staging = out.filesystem, out.staging
-    rows = 0
     try:
         if out.format:
             fs.create_dir(posixpath.dirname(staging), recursive=True)
             rows = _write_file(batches, fs, staging, out.format)
+            fs.move(staging, out.path)
         else:
             fs.create_dir(staging, recursive=True)
             rows = _write_parts(batches, fs, staging)
-        if staging != out.path:
-            storage.remove_path(fs, out.path)
-            fs.move(staging, out.path)
-        elif not out.format:
-            with fs.open_output_stream(f"{out.path}/{SUCCESS_MARKER}"):
-                pass
+            storage.mark_owned_path(fs, staging, "predictions")
+            storage.publish_dir(fs, staging, out.path, success=SUCCESS_MARKER)
     except BaseException:
-        storage.remove_path(fs, staging)
+        try:
+            storage.remove_path(fs, staging)
+        except OSError:
+            pass  # the error that stopped the job is the one to report
         raise
     return rows
 

@@ -6,6 +6,7 @@ It is the one path from raw rows to predictions: the test scoring at the end of
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,10 @@ import torch
 from app.data import sources
 from app.data.transform import PreprocessState, scorable, transform
 from app.errors import UserError
-from app.metrics import compute_metrics, confusion_matrix, residual_summary, softmax
+from app.metrics import MetricSums, compute_metrics, softmax
 from app.model import build_model
 from app.training import checkpoint as ckpt
 
-SAMPLE_POINTS = 1000  # (actual, predicted) pairs kept for a regression's plot
 SCORE_BATCH = 8192  # rows per model call when scoring labelled data
 
 
@@ -163,35 +163,37 @@ def cached_predictor(checkpoint: str) -> Predictor:
     return predictor
 
 
-def _score_block(df: pd.DataFrame, checkpoint: str) -> dict[str, np.ndarray]:
-    return cached_predictor(checkpoint).score_batch(df)
+def _block_sums(df: pd.DataFrame, checkpoint: str) -> dict[str, np.ndarray]:
+    """Ray Data batch function: the metric sums of one block of raw labelled rows, one row
+    holding them pickled. Scored rows never leave the task."""
+    predictor = cached_predictor(checkpoint)
+    scored = predictor.score_batch(df)
+    sums = MetricSums.of(scored["outputs"], scored["y"], predictor.state)
+    return {"sums": np.array([pickle.dumps(sums)], dtype=object)}
 
 
 def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool = False) -> dict[str, Any]:
     """Metrics of a checkpoint on a Ray Dataset of raw labelled rows, scored on the cluster.
 
+    Each block is scored by a task that returns only its fixed-size `MetricSums`; this
+    process merges them as they stream in, so its memory does not grow with the data.
     With `details`: {"metrics", "rows", and "confusion_matrix", or "residuals" and a
     "sample" of (actual, predicted) pairs} instead of the bare metrics."""
-    scored = ds.map_batches(_score_block, fn_args=(checkpoint,), batch_format="pandas", batch_size=None,
-                            num_cpus=1).to_pandas()
-    if scored.empty:
-        outputs, y = np.zeros((0, state.output_dim)), np.zeros(0, dtype=np.int64)
-    else:
-        outputs = np.stack(scored["outputs"].to_numpy()) if state.task == "classification" \
-            else scored["outputs"].to_numpy()
-        y = scored["y"].to_numpy()
-    metrics = compute_metrics(outputs, y, state)
+    total = MetricSums.empty(state)
+    for batch in ds.map_batches(_block_sums, fn_args=(checkpoint,), batch_format="pandas", batch_size=None,
+                                num_cpus=1).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        for blob in batch["sums"]:
+            total = total.merge(pickle.loads(blob))
+    metrics = total.metrics(state)
     if not details:
         return metrics
-    out: dict[str, Any] = {"metrics": metrics, "rows": len(y)}
+    out: dict[str, Any] = {"metrics": metrics, "rows": total.n}
     if state.task == "classification":
-        out["confusion_matrix"] = confusion_matrix(outputs, y, state.classes)
+        out["confusion_matrix"] = total.confusion_matrix(state.classes)
+        out["roc_auc_error_bound"] = total.auc_error_bound()
     else:
-        out["residuals"] = residual_summary(outputs, y, state)
-        keep = np.sort(np.random.default_rng(0).choice(len(y), size=min(len(y), SAMPLE_POINTS), replace=False))
-        out["sample"] = {"actual": (y[keep].astype(np.float64) * state.target_std + state.target_mean).tolist(),
-                         "predicted": (outputs[keep].astype(np.float64) * state.target_std
-                                       + state.target_mean).tolist()}
+        out["residuals"] = total.residual_summary()
+        out["sample"] = total.sample()
     return out
 
 

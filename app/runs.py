@@ -8,8 +8,10 @@
       checkpoint_epoch_0012/             checkpoints (app/training/checkpoint.py)
       checkpoint_manager_snapshot.json   Ray Train's record of the registered checkpoints
       tensorboard/                       event files (tracking.tensorboard)
+      .app-owned  .lease.json            the app's marker (storage.OWNED); the live driver's lease
     runs/quickstart-sweep/               a sweep (`tune`)
       leaderboard.csv  best_config.yaml  metrics.json  curves.png
+      config.yaml  sweep_preprocess.json the sweep's config and preprocessing, saved as it starts
       trials/<trial id>/                 each trial a run folder as above, plus overrides.json
 """
 
@@ -25,12 +27,14 @@ REPORT = "report.html"
 RAY_CHECKPOINTS = "checkpoint_manager_snapshot.json"  # written by Ray Train
 TENSORBOARD = "tensorboard"
 CHECKPOINT_PREFIX = "checkpoint_epoch_"
+LEASE = ".lease.json"  # the live driver's lease (app/lease.py)
 MLFLOW_DB = "mlflow.db"  # beside the run folders, in run.storage itself (local storage only)
 
 LEADERBOARD = "leaderboard.csv"
 BEST_CONFIG = "best_config.yaml"
 CURVES = "curves.png"
 TRIALS = "trials"
+SWEEP_PREPROCESS = "sweep_preprocess.json"  # the preprocessing a sweep fitted as it started; --resume reuses it
 OVERRIDES = "overrides.json"  # in each trial's run folder: the values the trial searched
 
 

@@ -1,42 +1,63 @@
 """`serve`: real-time predictions over HTTP with Ray Serve, from one checkpoint.
 
     python -m app serve --checkpoint runs/quickstart/checkpoint_epoch_0012 [--replicas 2] [--port 8000]
-    curl -s 127.0.0.1:8000/predict -d '{"records": [{"island": "Biscoe", "bill_length_mm": 45.1, ...}]}'
+    curl -s 127.0.0.1:8000/predict -H 'Content-Type: application/json' \\
+        -d '{"records": [{"island": "Biscoe", "bill_length_mm": 45.1, ...}]}'
 
 One Serve application (`APP_NAME`) with one deployment: N replicas that each load the
-checkpoint once into a `Predictor`. Every request is parsed and checked on its own first
-(JSON, row count, body size, columns, value types), so a bad request gets its own 4xx and
-never reaches the model; the good ones are then merged by `@serve.batch` into one model
-call per batch. Running `serve` again on the same cluster with another checkpoint rolls the
-running application over to it, replica by replica: a retired replica finishes the
-requests it holds, and where the cluster has room its replacement starts first, so no
-request fails and capacity never drops.
+checkpoint once into a `Predictor`, behind a FastAPI app (`api`), whose pydantic models
+give the OpenAPI schema at /docs. Every request is checked on its own before it costs
+anything: the bearer token (401), the content type (415), the body size while it streams
+in (413), then what parsing it would cost, counted on the raw bytes (413), and only then
+JSON, shape, columns and value types (400, 422). So a bad request gets its own 4xx and
+never reaches the model; the good ones are merged by `@serve.batch` into one model call
+per batch. A failure of our own is a 500 with a request id, whose details are in the
+replica's log under that id. Running `serve` again on the same cluster with another
+checkpoint rolls the running application over to it, replica by replica: a retired
+replica finishes the requests it holds, and where the cluster has room its replacement
+starts first, so no request fails and capacity never drops.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the routes' signatures at
+# run time, after Ray's class-based view has rewritten them, and needs real types there.
 import asyncio
+import hashlib
+import hmac
+import ipaddress
+import itertools
 import json
 import logging
 import os
+import re
 import signal
 import threading
-from dataclasses import dataclass
-from typing import Any
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+from fastapi import Depends, FastAPI
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from ray import serve
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app import cluster
+from app import cluster, storage
 from app.data.transform import PreprocessState
 from app.errors import UserError
 from app.predictor import SCORE_BATCH
 
 APP_NAME = "app"  # the Serve application; a second `serve` on the same cluster updates it
 DEPLOYMENT = "Predictor"
+TOKEN_ENV = "APP_SERVE_TOKEN"  # the bearer token, where --token-file is not given
+MIN_TOKEN_CHARS = 16
+EXTRA_KEYS = 64  # keys a record may carry beyond the model's columns, in the parse budget
+
+logger = logging.getLogger("ray.serve")  # in a replica: its log file, each line with the request id
 
 
 @dataclass
@@ -47,6 +68,63 @@ class ServeOptions:
     max_body_bytes: int = 10 * 2**20  # request body size; more is refused with 413
     max_batch_size: int = 32  # requests merged into one model call
     batch_wait_s: float = 0.005  # how long a batch waits for more requests after its first
+    # Requests a replica holds at once (reading, waiting for a batch, in the model); Serve's
+    # proxy queues the rest. Two batches' worth, so batching is never starved.
+    max_ongoing_requests: int = 64
+    # SHA-256 of the bearer token (None: no token). Only the digest travels to the replicas.
+    token_sha256: bytes | None = field(default=None, repr=False)
+
+
+# ---------------------------------------------------------------- the bearer token, no Ray
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (a name other than localhost counts as not)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The bearer token from `token_file`, else from $APP_SERVE_TOKEN (unset or empty: none).
+    The messages name where the token comes from, never the token."""
+    if token_file is not None:
+        where = f"--token-file {token_file}"
+        try:
+            token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise UserError(f"{where}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{where}: cannot read it ({type(e).__name__})") from None
+    else:
+        where, token = f"${TOKEN_ENV}", os.environ.get(TOKEN_ENV, "").strip()
+        if not token:
+            return None
+    if len(token) < MIN_TOKEN_CHARS or not all("!" <= c <= "~" for c in token):
+        raise UserError(f"{where}: the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters "
+                        f"without spaces (e.g. the output of `openssl rand -hex 32`)")
+    return token
+
+
+def token_digest(token_file: str | None, host: str) -> bytes | None:
+    """The SHA-256 of the configured token (None: none), after refusing a listener beyond
+    this machine that has none."""
+    token = read_token(token_file)
+    if token is None:
+        require_token(host)
+        return None
+    return hashlib.sha256(token.encode()).digest()
+
+
+def require_token(host: str, where: str | None = None) -> None:
+    """Refuse to listen on `host` without a token, unless only this machine can reach it."""
+    if not is_loopback(host):
+        where = where or f"--host {host or '(every interface)'}"
+        raise UserError(f"{where} is not a loopback address: serving there needs a bearer token; "
+                        f"give --token-file FILE or set {TOKEN_ENV}")
 
 
 # ---------------------------------------------------------------- one request, no Ray
@@ -55,37 +133,114 @@ class ServeOptions:
 class BadRequest(Exception):
     """A request the service refuses: HTTP status and a message naming the problem."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
+
+
+def check_content_type(value: str | None) -> None:
+    """JSON, which is UTF-8 (RFC 8259): `application/json`, with no charset or utf-8."""
+    media, _, params = (value or "").partition(";")
+    charset = next((p.split("=", 1)[1].strip().strip('"').lower() for p in params.split(";")
+                    if p.strip().lower().startswith("charset=")), "utf-8")
+    if media.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        raise BadRequest(415, f"send the records as JSON with Content-Type: application/json, "
+                              f"not {_short(value) if value else 'no Content-Type'}")
+
+
+# A JSON string, or an unterminated one up to the end; never fails once it has started,
+# so one pass over the body is linear in its length.
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
+_NESTING = np.zeros(256, dtype=np.int8)
+_NESTING[[ord("{"), ord("[")]] = 1
+_NESTING[[ord("}"), ord("]")]] = -1
+
+
+def check_cost(body: bytes, *, max_rows: int, columns: int) -> None:
+    """Refuse (413) a body that would cost more to parse than the largest request the
+    limits allow (`max_rows` records of the model's `columns` and `EXTRA_KEYS` more keys
+    each), counted on its bytes, before json.loads builds one Python object per value:
+    a few megabytes of `[{}, {}, ...]` are millions of dicts.
+
+    Every JSON value but the first in each container follows a `,` or a `:`, so the
+    structural characters bound the number of values from above. Characters inside
+    strings only add to that bound; where they push it past the budget, the strings are
+    blanked out and the characters counted again."""
+    budget = 2 * max_rows * (columns + EXTRA_KEYS)  # keys and values
+    count = body.count
+    if count(b",") + count(b":") + count(b"{") + count(b"[") <= budget:
+        return  # the common case: a few C-speed passes over the bytes
+    # Each string is a value of its own: a lower bound on them, before blanking them out
+    # costs time per string (a quote that `\` escapes is inside a string).
+    if (count(b'"') - count(b'\\"')) // 2 > budget:
+        raise BadRequest(413, _too_complex(max_rows, columns))
+    bare = _STRING.sub(b'""', body)
+    records = _count_records(bare)
+    if records > max_rows:
+        raise BadRequest(413, f"{records} records in one request; the limit is {max_rows}, "
+                              f"split them over several requests")
+    if bare.count(b",") + bare.count(b":") + bare.count(b"{") + bare.count(b"[") > budget:
+        raise BadRequest(413, _too_complex(max_rows, columns))
+
+
+def _too_complex(max_rows: int, columns: int) -> str:
+    return (f"the body holds more JSON values than {max_rows} records of the model's {columns} columns "
+            f"and {EXTRA_KEYS} other keys each; split it over several requests")
+
+
+def _count_records(bare: bytes, chunk: int = 2**20) -> int:
+    """Objects two levels down, where {"records": [{...}, ...]} has its records, in a body
+    whose strings are blanked out: counted from the nesting depth, a chunk at a time."""
+    records, depth = 0, 0
+    for start in range(0, len(bare), chunk):
+        chars = np.frombuffer(bare, dtype=np.uint8, count=min(chunk, len(bare) - start), offset=start)
+        after = depth + np.cumsum(_NESTING[chars], dtype=np.int64)  # the depth after each character
+        records += int(np.count_nonzero((chars == ord("{")) & (after == 3)))
+        depth = int(after[-1])
+    return records
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON; send null for a missing value")
 
 
-def parse_records(body: bytes, state: PreprocessState, max_rows: int) -> pd.DataFrame:
-    """The feature columns of `{"records": [{column: value, ...}, ...]}`, checked.
+# What one record's values may be: JSON scalars (types kept: 1 stays an int, true a bool).
+Scalar = StrictStr | StrictInt | StrictFloat | StrictBool | None
+
+
+class PredictRequest(BaseModel):
+    """The body of POST /predict."""
+
+    records: list[dict[str, Scalar]] = Field(
+        min_length=1,
+        description="One object per row: every feature column of the model (GET /schema lists them) -> a "
+                    "number, string, boolean or null (a missing value). Other keys are ignored.",
+        examples=[[{"island": "Biscoe", "bill_length_mm": 45.1, "bill_depth_mm": 14.5,
+                    "flipper_length_mm": 215, "body_mass_g": 5000, "sex": "female", "year": 2008}]])
+
+
+def parse_records(body: bytes, state: PreprocessState, max_rows: int) -> dict[str, np.ndarray]:
+    """The feature columns of `{"records": [{column: value, ...}, ...]}`, checked, as arrays
+    (a batch of requests becomes one DataFrame: building one per request costs more than
+    all the rest of its checks).
 
     Numeric features take numbers or null (null is imputed as in training); categorical
     ones take strings, numbers, booleans or null (unseen values go to the unknown bucket).
-    Every record names every feature; other keys are ignored."""
+    Every record names every feature; other keys are ignored, but hold scalars too."""
+    check_cost(body, max_rows=max_rows, columns=len(state.features))
     try:
         payload = json.loads(body, parse_constant=_no_constants)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadRequest(400, f"malformed JSON: {e}") from None
-    if not isinstance(payload, dict) or "records" not in payload:
-        raise BadRequest(400, 'expected a JSON object {"records": [{column: value, ...}, ...]}')
-    records = payload["records"]
-    if not isinstance(records, list) or not records:
-        raise BadRequest(400, '"records" must be a non-empty list of objects')
+    try:
+        records = PredictRequest.model_validate(payload).records
+    except ValidationError as e:
+        raise _refusal(e.errors()[0], state) from None
     if len(records) > max_rows:
         raise BadRequest(413, f"{len(records)} records in one request; the limit is {max_rows}, "
                               f"split them over several requests")
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise BadRequest(400, f"records[{i}] is not an object")
     features = state.features
     absent = [f for f in features if all(f not in r for r in records)]
     if absent:
@@ -96,8 +251,24 @@ def parse_records(body: bytes, state: PreprocessState, max_rows: int) -> pd.Data
         if lacking:
             raise BadRequest(422, f"records[{i}] lacks feature(s) {', '.join(lacking)}; send null for a missing value")
     numeric = {c.name for c in state.numeric}
-    return pd.DataFrame({name: (_numeric_column if name in numeric else _categorical_column)(name, records)
-                         for name in features})
+    return {name: (_numeric_column if name in numeric else _categorical_column)(name, records)
+            for name in features}
+
+
+def _refusal(error: dict[str, Any], state: PreprocessState) -> BadRequest:
+    """PredictRequest's first complaint, in the words of this service."""
+    loc = error["loc"]
+    if not loc or (loc == ("records",) and error["type"] == "missing"):
+        return BadRequest(400, 'expected a JSON object {"records": [{column: value, ...}, ...]}')
+    if len(loc) == 1:
+        return BadRequest(400, '"records" must be a non-empty list of objects')
+    if len(loc) == 2:
+        return BadRequest(400, f"records[{loc[1]}] is not an object")
+    name = loc[2]
+    expected = "a number or null" if name in {c.name for c in state.numeric} \
+        else "a string, number, boolean or null"
+    what = "column" if name in state.features else "key"
+    return BadRequest(422, f"{what} {name!r}, records[{loc[1]}]: got {_short(error['input'])}; expected {expected}")
 
 
 def _short(value: Any) -> str:
@@ -106,29 +277,23 @@ def _short(value: Any) -> str:
 
 
 def _numeric_column(name: str, records: list[dict]) -> np.ndarray:
-    out = np.empty(len(records), dtype=np.float64)
-    for i, record in enumerate(records):
-        v = record[name]
-        if v is None:
-            out[i] = np.nan
-        elif type(v) in (int, float):  # not bool, an int to Python but not a number in JSON
-            try:
-                out[i] = v
-            except OverflowError:  # an integer beyond float64
-                out[i] = np.inf
-            if np.isinf(out[i]):  # JSON's 1e999 parses as infinity
-                raise BadRequest(422, f"column {name!r}, records[{i}]: a number out of range")
-        else:
+    values = [record[name] for record in records]
+    for i, v in enumerate(values):
+        if v is not None and type(v) not in (int, float):  # a bool is an int to Python, not a number in JSON
             raise BadRequest(422, f"column {name!r}, records[{i}]: got {_short(v)}; expected a number or null")
+    try:
+        out = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        out_of_range = np.flatnonzero(np.isinf(out))  # JSON's 1e999 parses as infinity
+    except OverflowError:  # an integer beyond float64
+        out_of_range = [i for i, v in enumerate(values) if type(v) is int and np.isinf(_as_float(v))]
+    if len(out_of_range):
+        raise BadRequest(422, f"column {name!r}, records[{out_of_range[0]}]: a number out of range")
     return out
 
 
 def _categorical_column(name: str, records: list[dict]) -> np.ndarray:
     values = [record[name] for record in records]
     for i, v in enumerate(values):
-        if v is not None and not isinstance(v, (str, int, float)):  # bool is an int
-            raise BadRequest(422, f"column {name!r}, records[{i}]: got {_short(v)}; "
-                                  f"expected a string, number, boolean or null")
         if type(v) is int and not np.isfinite(_as_float(v)):  # canonical category text goes through float
             raise BadRequest(422, f"column {name!r}, records[{i}]: a number out of range")
     return np.array(values, dtype=object)
@@ -141,26 +306,123 @@ def _as_float(v: int) -> float:
         return float("inf")
 
 
-def response_body(columns: dict[str, np.ndarray], state: PreprocessState) -> dict[str, Any]:
-    """{"predictions": [...]} (and "probabilities": [{class: p, ...}, ...]) of one request."""
-    body: dict[str, Any] = {"predictions": columns["prediction"].tolist()}
+class PredictResponse(BaseModel):
+    """One prediction per record, in order; for classification also each class's probability."""
+
+    predictions: list[StrictStr | StrictInt | StrictBool | StrictFloat | None] = Field(
+        description="The predicted class (classification) or value in the label's units (regression).")
+    probabilities: list[dict[str, float]] | None = Field(
+        default=None, description="Classification only: {class: probability} per record.")
+
+
+def response_body(columns: dict[str, np.ndarray], state: PreprocessState) -> bytes:
+    """The JSON of one request's PredictResponse."""
+    probabilities = None
     if state.task == "classification":
         names = [str(c) for c in state.classes]
         proba = np.column_stack([columns[f"proba_{c}"] for c in state.classes]).tolist()
-        body["probabilities"] = [dict(zip(names, row)) for row in proba]
-    return body
+        probabilities = [dict(zip(names, row)) for row in proba]
+    answer = PredictResponse(predictions=columns["prediction"].tolist(), probabilities=probabilities)
+    return answer.model_dump_json(exclude_none=True).encode()
+
+
+# ---------------------------------------------------------------- the HTTP API
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What is wrong, and where (the column and the record, where there is one).")
+
+
+class ServerError(BaseModel):
+    error: str
+    request_id: str = Field(description="Also in the X-Request-ID header; the replica's log has the details "
+                                        "under this id.")
+
+
+class Health(BaseModel):
+    """Which model answers: nothing about where it came from."""
+
+    status: str
+    kind: str = Field(description="The model kind: tabm or mlp.")
+    epoch: int = Field(description="The training epoch of the checkpoint.")
+    task: str = Field(description="classification or regression.")
+    replica: str = Field(description="The Serve replica that answered.")
+
+
+class Feature(BaseModel):
+    name: str
+    kind: str = Field(description="numeric or categorical")
+    type: str = Field(description="The Arrow type that training read.")
+
+
+class Limits(BaseModel):
+    max_rows: int
+    max_body_bytes: int
+
+
+class Schema(BaseModel):
+    """What POST /predict expects."""
+
+    features: list[Feature]
+    label: str
+    task: str
+    classes: list[Scalar] | None
+    limits: Limits
+
+
+_WHEN = {
+    400: 'Not JSON (NaN and Infinity are not JSON), or not {"records": [...]} with a non-empty list of objects.',
+    401: "A token is configured, and the request lacks `Authorization: Bearer <token>` or has another token.",
+    413: "A body over the byte limit, more records than the row limit, or more values than parsing them allows.",
+    415: "A Content-Type other than application/json.",
+    422: "A feature column missing from a record, or a value of the wrong type or out of range.",
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    **{status: {"model": ErrorBody, "description": when} for status, when in _WHEN.items()},
+    500: {"model": ServerError, "description": "A failure of the service; quote the request id."}}
+
+api = FastAPI(title="app serve", version="1", redoc_url=None,
+              description="Predictions from one checkpoint. Where `serve` has a token, every route but /docs "
+                          "and /openapi.json needs `Authorization: Bearer <token>`.")
+bearer = HTTPBearer(auto_error=False, description="The token that `serve` was given (--token-file or "
+                                                  f"${TOKEN_ENV}).")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]  # None: no bearer token sent
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps({"error": message}), status_code=status, media_type="application/json",
+    return Response(ErrorBody(error=message).model_dump_json(), status_code=status, media_type="application/json",
                     headers=headers)
 
 
-def ok(payload: dict[str, Any]) -> Response:
-    return Response(json.dumps(payload), media_type="application/json")
+def internal_error(request: Request, what: str, e: BaseException) -> Response:
+    """A 500 that names the request, not the failure: the replica's log has the traceback
+    under the same id (Serve's proxy sets the id, or keeps the client's X-Request-ID, and
+    returns it in the X-Request-ID header of every answer)."""
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex  # none: not through the proxy
+    logger.error(f"request {request_id}: {what}", exc_info=e)
+    body = ServerError(error=f"internal error; the service log has the details under request id {request_id}",
+                       request_id=request_id)
+    return Response(body.model_dump_json(), status_code=500, media_type="application/json")
 
 
-# ---------------------------------------------------------------- the deployment
+@api.exception_handler(BadRequest)
+async def _refused(request: Request, e: BadRequest) -> Response:
+    return error(e.status, e.message, e.headers)
+
+
+@api.exception_handler(HTTPException)
+async def _no_route(request: Request, e: HTTPException) -> Response:
+    path = request.url.path
+    if e.status_code == 404:
+        return error(404, f"no route {path}; try POST /predict, GET /health, GET /schema or GET /docs")
+    if e.status_code == 405:
+        return error(405, f"{path} takes {(e.headers or {}).get('Allow', '')}, not {request.method}", e.headers)
+    return error(e.status_code, str(e.detail), e.headers)
+
+
+@api.exception_handler(Exception)
+async def _failed(request: Request, e: Exception) -> Response:
+    return internal_error(request, f"{request.method} {request.url.path} failed", e)
 
 
 # A crashed replica is noticed within health_check_period_s and replaced; a retired one
@@ -168,6 +430,7 @@ def ok(payload: dict[str, Any]) -> Response:
 # graceful_shutdown_timeout_s, checking every graceful_shutdown_wait_loop_s.
 @serve.deployment(name=DEPLOYMENT, health_check_period_s=2, graceful_shutdown_timeout_s=10,
                   graceful_shutdown_wait_loop_s=0.5)
+@serve.ingress(api)
 class PredictorDeployment:
     """One replica: the checkpoint's `Predictor` behind POST /predict, GET /health, GET /schema."""
 
@@ -175,43 +438,66 @@ class PredictorDeployment:
         import torch
 
         from app.predictor import Predictor
+        from app.training import checkpoint as ckpt
 
         torch.set_num_threads(max(1, int(options.cpus_per_replica)))
-        self.checkpoint = checkpoint
         self.options = options
         self.predictor = Predictor.from_checkpoint(checkpoint)
         self.predict_batch.set_max_batch_size(options.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(options.batch_wait_s)
-        self.replica = serve.get_replica_context().replica_id.to_full_id_str()
+        kind = ckpt.model_config(storage.read_json(storage.join(checkpoint, ckpt.MANIFEST))).kind
+        self.health = Health(status="ok", kind=kind, epoch=self.predictor.epoch, task=self.predictor.state.task,
+                             replica=serve.get_replica_context().replica_id.to_full_id_str())
+        self.schema = Schema(**self.predictor.schema(), limits=Limits(max_rows=options.max_rows,
+                                                                       max_body_bytes=options.max_body_bytes))
 
-    async def __call__(self, request: Request) -> Response:
-        routes = {"/predict": "POST", "/health": "GET", "/schema": "GET"}
-        path = request.url.path.rstrip("/") or "/"
-        if path not in routes:
-            return error(404, f"no route {path}; try POST /predict, GET /health or GET /schema")
-        if request.method != routes[path]:
-            return error(405, f"{path} takes {routes[path]}, not {request.method}", {"Allow": routes[path]})
-        if path == "/health":
-            return ok({"status": "ok", "checkpoint": self.checkpoint, "epoch": self.predictor.epoch,
-                       "replica": self.replica})
-        if path == "/schema":
-            return ok({**self.predictor.schema(), "limits": {"max_rows": self.options.max_rows,
-                                                             "max_body_bytes": self.options.max_body_bytes}})
+    def authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+        """With a token configured: the request's bearer token is it (compared in constant time)."""
+        expected = self.options.token_sha256
+        if expected is None:
+            return
+        if credentials is None:
+            raise BadRequest(401, "this service needs the header Authorization: Bearer <token>",
+                             {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(hashlib.sha256(credentials.credentials.encode()).digest(), expected):
+            raise BadRequest(401, "the bearer token is not this service's", {"WWW-Authenticate": "Bearer"})
+
+    @api.get("/health", response_model=Health, responses={401: _ERRORS[401]})
+    async def get_health(self, credentials: Credentials) -> Health:
+        """The model this replica serves."""
+        self.authorize(credentials)
+        return self.health
+
+    @api.get("/schema", response_model=Schema, responses={401: _ERRORS[401]})
+    async def get_schema(self, credentials: Credentials) -> Schema:
+        """The columns POST /predict expects, the label, task, classes and request limits."""
+        self.authorize(credentials)
+        return self.schema
+
+    # The body is read and checked here (not by FastAPI), so that a body over the limits is
+    # refused before it is parsed; PredictRequest still describes it in the OpenAPI schema.
+    @api.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=_ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": PredictRequest.model_json_schema()}}}})
+    async def predict(self, request: Request, credentials: Credentials) -> Response:
+        """Predictions for the records, in order. Refused before the model (4xx): see the
+        responses below."""
+        self.authorize(credentials)
+        check_content_type(request.headers.get("content-type"))
         try:
             body = await self.read_body(request)
             if len(body) < 100_000:
                 rows = parse_records(body, self.predictor.state, self.options.max_rows)
             else:  # tens of milliseconds: off the event loop, which keeps serving other requests
                 rows = await asyncio.to_thread(parse_records, body, self.predictor.state, self.options.max_rows)
-        except BadRequest as e:
-            return error(e.status, e.message)
-        except ClientDisconnect:
-            return error(400, "the client went away before sending the whole body")
-        try:
             columns = await self.predict_batch(rows)
-        except Exception as e:  # noqa: BLE001 - a bug, not the caller's fault: say so in JSON, keep serving
-            return error(500, f"prediction failed: {type(e).__name__}: {e}")
-        return ok(response_body(columns, self.predictor.state))
+            return Response(response_body(columns, self.predictor.state), media_type="application/json")
+        except BadRequest:
+            raise
+        except ClientDisconnect:
+            raise BadRequest(400, "the client went away before sending the whole body") from None
+        except Exception as e:  # noqa: BLE001 - a bug, not the caller's fault: a 500 with an id, keep serving
+            return internal_error(request, "prediction failed", e)
 
     async def read_body(self, request: Request) -> bytes:
         """The body, refused with 413 as soon as it is known to pass the limit."""
@@ -229,20 +515,19 @@ class PredictorDeployment:
         return b"".join(chunks)
 
     @serve.batch(max_batch_size=ServeOptions.max_batch_size, batch_wait_timeout_s=ServeOptions.batch_wait_s)
-    async def predict_batch(self, frames: list[pd.DataFrame]) -> list[dict[str, np.ndarray]]:
+    async def predict_batch(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """One model call for the rows of several requests; each gets its own slice back."""
-        rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        rows = pd.DataFrame({name: np.concatenate([r[name] for r in requests]) for name in requests[0]}, copy=False)
         # In a thread: the replica keeps reading and checking requests while the model runs.
         columns = await asyncio.to_thread(self.predictor.prediction_columns, rows, SCORE_BATCH)
-        bounds = np.cumsum([0] + [len(f) for f in frames])
-        return [{k: v[a:b] for k, v in columns.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+        bounds = np.cumsum([0] + [len(next(iter(r.values()))) for r in requests])
+        return [{k: v[a:b] for k, v in columns.items()} for a, b in itertools.pairwise(bounds)]
 
 
 def build_app(checkpoint: str, options: ServeOptions, surge: bool):
     return PredictorDeployment.options(
         num_replicas=options.replicas,
-        # One request per replica at a time would defeat batching: admit two batches' worth.
-        max_ongoing_requests=2 * options.max_batch_size,
+        max_ongoing_requests=options.max_ongoing_requests,
         # A rolling update starts one replica of the new version before it stops an old
         # one, so capacity never drops; without room for that extra replica, Serve stops
         # an old one first, and requests wait for the others meanwhile.
@@ -306,11 +591,16 @@ def deploy(checkpoint: str, options: ServeOptions, host: str = "127.0.0.1", port
     return url()
 
 
-def url() -> str:
-    """Where the running Serve listens (its own settings: a second `serve` cannot change them)."""
+def http_options() -> dict[str, Any]:
+    """The running Serve's HTTP settings: host, port, ..."""
     from ray.serve.context import _get_global_client
 
-    http = _get_global_client().get_serve_details().get("http_options", {})
+    return _get_global_client().get_serve_details().get("http_options", {})
+
+
+def url() -> str:
+    """Where the running Serve listens (its own settings: a second `serve` cannot change them)."""
+    http = http_options()
     host = http.get("host", "127.0.0.1")
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     host = f"[{host}]" if ":" in host else host
@@ -335,6 +625,9 @@ def run(checkpoint: str, *, epoch: int, options: ServeOptions, host: str, port: 
     cluster.connect(address)  # quiets Serve's logs before its processes start
     signals.install()
     check_replicas_fit(options)
+    if options.token_sha256 is None and serve_started():  # it listens where it was started, whatever --host says
+        running_host = http_options().get("host", "")
+        require_token(running_host, f"Serve on this cluster listens on {running_host or '(every interface)'}, which")
     updating = is_running()
     embedded = not (address or os.environ.get("RAY_ADDRESS"))  # or joined a `ray start` of this machine
     if embedded and not serve_started():
@@ -344,7 +637,9 @@ def run(checkpoint: str, *, epoch: int, options: ServeOptions, host: str, port: 
     if updating:
         print(f"updated {where} to {what}", flush=True)
         return
-    print(f"serving {what} at {where}: POST /predict, GET /health, GET /schema; Ctrl-C stops", flush=True)
+    token = "; a bearer token is required" if options.token_sha256 else ""
+    print(f"serving {what} at {where}: POST /predict, GET /health, GET /schema, GET /docs{token}; Ctrl-C stops",
+          flush=True)
     name = signals.wait()
     stop()
     print(f"{name}: stopped", flush=True)

@@ -183,6 +183,76 @@ def check_writable(location: str, key: str) -> None:
         raise UserError(f"{key}: cannot write to {location} ({' '.join(str(e).split())})") from None
 
 
+# ---------------------------------------------------------------- what the app owns
+
+OWNED = ".app-owned"  # in each folder the app creates (run, sweep, predictions, export)
+
+
+def mark_owned(location: str, what: str) -> None:
+    """Leave the marker that lets a later `--fresh` or `--overwrite` delete this folder."""
+    mark_owned_path(*filesystem(location), what)
+
+
+def mark_owned_path(fs: FileSystem, path: str, what: str) -> None:
+    marker = posixpath.join(path, OWNED)
+    if kind(fs, marker) != "file":
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(marker) as f:
+            f.write(json.dumps({"written_by": "app", "what": what}).encode())
+
+
+def check_replaceable(location: str, key: str) -> None:
+    """A UserError naming `key` unless nothing is at `location`, or an empty folder, or a
+    folder holding the app's marker: the app deletes only what it wrote."""
+    fs, path = filesystem(location)
+    found = kind(fs, path)
+    if found is None or (found == "dir" and (kind(fs, posixpath.join(path, OWNED)) == "file"
+                                             or not entries(fs, path))):
+        return
+    what = "a folder" if found == "dir" else "a file" if found == "file" else "something"
+    raise UserError(f"{key} {location} is {what} this app did not write (it has no {OWNED} marker), and "
+                    f"the app deletes only what it wrote: remove it yourself or choose another location")
+
+
+def clear(location: str, *, keep: set[str]) -> None:
+    """Delete what the folder holds, except the entries named in `keep`."""
+    fs, path = filesystem(location)
+    for entry in entries(fs, path):
+        if entry.name not in keep:
+            remove_path(fs, entry.path)
+
+
+def publish_dir(fs: FileSystem, staging: str, final: str, *, success: str) -> None:
+    """Replace the folder `final` (if any, the app's own: see `check_replaceable`) by the
+    complete folder `staging`, and write the empty file `success` into it last.
+
+    A local folder is swapped by two renames. An object store cannot rename a prefix, so
+    there the old `success` file goes first (readers that wait for it never see old and
+    new parts mixed), then the old parts (the marker stays, so a cut-short switch can be
+    redone with --overwrite), then the new parts are copied over, and `success` comes last."""
+    if is_local(fs):
+        old = None
+        if kind(fs, final) is not None:
+            old = f"{posixpath.dirname(final)}/.{posixpath.basename(final)}.old-{uuid.uuid4().hex[:8]}"
+            fs.move(final, old)
+        fs.move(staging, final)
+        with fs.open_output_stream(posixpath.join(final, success)):
+            pass
+        if old is not None:
+            remove_path(fs, old)
+        return
+    remove_path(fs, posixpath.join(final, success))
+    for entry in entries(fs, final):
+        if entry.name != OWNED:
+            remove_path(fs, entry.path)
+    for entry in entries(fs, staging, recursive=True):
+        if entry.is_file:
+            fs.copy_file(entry.path, final + entry.path[len(staging):])
+    with fs.open_output_stream(posixpath.join(final, success)):
+        pass
+    remove_path(fs, staging)
+
+
 # ---------------------------------------------------------------- copies to and from this machine
 
 

@@ -3,25 +3,39 @@
     mlflow ui --backend-store-uri sqlite:///runs/mlflow.db      # needs `pip install mlflow`
     tensorboard --logdir runs/                                  # every run's <run>/tensorboard
 
-The driver opens (or, on resume, reopens) one MLflow run per training run or sweep trial
-and logs the resolved config as parameters; rank 0 of the worker group logs each epoch as
-it is reported; the driver adds the test metrics and closes the run. A tracking backend
-that fails never fails training: it warns once and goes quiet.
+The driver opens one MLflow run per training run or sweep trial and logs the resolved
+config as parameters; rank 0 of the worker group logs each epoch as it is reported; the
+driver adds the test metrics and closes the run. A run that resumes from its checkpoints
+reopens its MLflow run; a run folder without checkpoints (a first run, or `--fresh`) gets a
+new one. A tracking backend that fails never fails training: it warns once and goes quiet.
+An HTTP tracking server that does not answer is found out within seconds (a probe, short
+timeouts, few retries), not after MLflow's minutes of retries. Parameters and tags carry
+URIs with their credentials redacted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from app import runs, storage
 from app.config import Config, flatten
+from app.redact import redact, redact_tree
 
 RUN_DIR_TAG = "app.run_dir"  # finds the MLflow run of a run folder again on resume
 SKIPPED_KEYS = ("epoch", "time")  # epoch is the step; time is the timestamp
+PROBE_TIMEOUT_S = 5.0  # an HTTP tracking server must answer within this, or tracking is off
+# MLflow's own defaults wait 120 s per request and retry 7 times with growing pauses: minutes
+# before a dead server is noticed. These apply unless the environment sets them.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 def mlflow_uri(cfg: Config) -> str | None:
@@ -37,12 +51,58 @@ def mlflow_uri(cfg: Config) -> str | None:
 
 
 def quiet() -> None:
+    """MLflow's log lines down to warnings, and its HTTP waits short (see HTTP_DEFAULTS)."""
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def warn_off(uri: str, error: BaseException) -> None:
+    """The one warning that MLflow logging is off, with no credential of `uri` in it."""
+    print(f"warning: MLflow logging is off: {redact(uri)}: {_describe(error)}", file=sys.stderr, flush=True)
+
+
+def _describe(error: BaseException) -> str:
+    return redact(" ".join(str(error).split())[:300]) or type(error).__name__
+
+
+def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ConnectionError unless an http(s) tracking server answers within `timeout_s`
+    (any HTTP status counts: it is there). Other stores (SQLite, files, databricks) pass.
+
+    The request runs on a daemon thread that is given up on after `timeout_s`, since no
+    timeout of `requests` bounds a name lookup that hangs."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        import requests
+
+        try:
+            requests.get(uri, timeout=timeout_s / 2, allow_redirects=False)
+            outcome.append(None)
+        except requests.RequestException as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=probe, name="app-mlflow-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise ConnectionError(f"no answer within {timeout_s:.0f} s")
+    if outcome[0] is not None:
+        import requests
+
+        e = outcome[0]
+        what = (f"no answer within {timeout_s:.0f} s" if isinstance(e, requests.Timeout) else
+                f"cannot connect to {parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}")
+        raise ConnectionError(f"{what} ({type(e).__name__})")
 
 
 def start(cfg: Config, out_dir: str) -> dict[str, Any]:
-    """Open the run's MLflow run (the same one again on resume); the spec rank 0 logs with."""
+    """Open the run's MLflow run (the same one again when resuming); the spec rank 0 logs with."""
     spec: dict[str, Any] = {"tensorboard": cfg.tracking.tensorboard, "mlflow_uri": None, "mlflow_run_id": None}
     uri = mlflow_uri(cfg)
     if uri is None:
@@ -50,19 +110,26 @@ def start(cfg: Config, out_dir: str) -> dict[str, Any]:
             print("note: MLflow logging is off: run.storage is remote and tracking.mlflow_uri is not set")
         return spec
     try:
-        spec["mlflow_run_id"] = _open_run(uri, cfg, out_dir)
+        check_reachable(uri)
+        spec["mlflow_run_id"] = _open_run(uri, cfg, out_dir, resume=has_checkpoints(out_dir))
         spec["mlflow_uri"] = uri
     except Exception as e:  # noqa: BLE001 - tracking is an extra; training goes on
-        print(f"warning: MLflow logging is off: {uri}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        warn_off(uri, e)
     return spec
+
+
+def has_checkpoints(out_dir: str) -> bool:
+    """Whether the run folder holds checkpoints, so that training resumes rather than starts."""
+    return any(e.is_dir and e.name.startswith(runs.CHECKPOINT_PREFIX) for e in storage.listdir(out_dir))
 
 
 def ensure_experiment(uri: str, name: str) -> str | None:
     """The experiment's id, created if new; None (with a warning) if the store fails."""
     try:
+        check_reachable(uri)
         return _experiment(uri, name)
     except Exception as e:  # noqa: BLE001
-        print(f"warning: MLflow logging is off: {uri}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        warn_off(uri, e)
         return None
 
 
@@ -75,19 +142,22 @@ def _experiment(uri: str, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
-def _open_run(uri: str, cfg: Config, out_dir: str) -> str:
+def _open_run(uri: str, cfg: Config, out_dir: str, *, resume: bool) -> str:
+    """The newest MLflow run of this run folder when resuming, else a new one."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     experiment_id = _experiment(uri, cfg.tracking.experiment or cfg.name)
     client = MlflowClient(uri)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{out_dir}'",
-                               max_results=1)
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=cfg.name, tags={RUN_DIR_TAG: out_dir})
-    params = flatten({k: v for k, v in cfg.to_dict().items() if k not in ("tune", "tracking")})
+    tag = redact(out_dir)
+    if resume:
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{tag}'",
+                                   max_results=1, order_by=["attributes.start_time DESC"])
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=cfg.name, tags={RUN_DIR_TAG: tag})
+    params = redact_tree(flatten({k: v for k, v in cfg.to_dict().items() if k not in ("tune", "tracking")}))
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return run.info.run_id
 
@@ -106,10 +176,10 @@ def finish(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
         values = [Metric(f"test_{k}", float(v), now, metrics.get("epochs_completed", 0))
                   for k, v in metrics.get("test", {}).items() if isinstance(v, (int, float))]
         client.log_batch(spec["mlflow_run_id"], metrics=values)
-        client.set_tag(spec["mlflow_run_id"], "best_checkpoint", metrics.get("best_checkpoint", ""))
+        client.set_tag(spec["mlflow_run_id"], "best_checkpoint", redact(metrics.get("best_checkpoint", "")))
         client.set_terminated(spec["mlflow_run_id"], "FINISHED")
     except Exception as e:  # noqa: BLE001
-        print(f"warning: MLflow: could not close the run: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        print(f"warning: MLflow: could not close the run: {_describe(e)}", file=sys.stderr)
 
 
 class EpochLogger:
@@ -152,7 +222,7 @@ class EpochLogger:
     def _log(self, record: dict[str, Any]) -> None:
         step = int(record["epoch"])
         values = {k: float(v) for k, v in record.items()
-                  if k not in SKIPPED_KEYS and isinstance(v, (int, float)) and v == v}
+                  if k not in SKIPPED_KEYS and isinstance(v, (int, float)) and not math.isnan(v)}
         if self.client is not None:
             from mlflow.entities import Metric
 
@@ -177,7 +247,7 @@ class EpochLogger:
         try:
             fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking never stops training
-            print(f"warning: {what} logging is off: {' '.join(str(e).split())[:300]}", file=sys.stderr, flush=True)
+            print(f"warning: {what} logging is off: {_describe(e)}", file=sys.stderr, flush=True)
             if what == "MLflow":
                 self.client = None
             else:

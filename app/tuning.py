@@ -8,6 +8,11 @@ with `TuneReportCallback` handing every epoch's report to Tune; schedulers (ASHA
 exactly the metrics that `train` records, and each trial keeps its own checkpoints.
 Data is read and preprocessed once per sweep, unless the space searches `data.*` or
 `preprocess.*` keys, in which case each trial prepares its own.
+
+A sweep saves its config and fitted preprocessing when it starts (`config.yaml`,
+`sweep_preprocess.json`). `--resume` checks the config against them as `train` checks a
+checkpoint, and reuses them; a resumed trial continues from its newest intact checkpoint
+with the preprocessing stored there, never refitted.
 """
 
 from __future__ import annotations
@@ -15,19 +20,30 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from typing import Any
 
 import pandas as pd
 
 from app import cluster, runs, storage, tracking
-from app.config import Config, check_metric, from_dict, metric_mode
+from app.config import Config, check_metric, from_dict, metric_mode, parse_yaml
 from app.data.prepare import Prepared, prepare
 from app.data.sources import Inputs
+from app.data.transform import PreprocessState
 from app.errors import UserError
 from app.metrics import json_safe
-from app.training.checkpoint import load_train_state, local_copy
-from app.training.trainer import build_trainer, latest_checkpoint, summarize
+from app.redact import redact_tree
+from app.training import faults
+from app.training.checkpoint import load_preprocess_state, load_train_state, local_copy
+from app.training.trainer import (
+    build_trainer,
+    check_same_inputs,
+    check_same_setup,
+    latest_checkpoint,
+    resume_point,
+    summarize,
+)
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 UNSEARCHABLE = ("name", "run.", "tune.", "scaling.")  # where trials run, not what they learn
@@ -140,17 +156,36 @@ def trial_config(base: dict[str, Any], overrides: dict[str, Any], trial_id: str,
 
 
 def run_trial(overrides: dict[str, Any], *, base: dict[str, Any], trials_dir: str, inputs: Inputs,
-              shared: Prepared | None) -> None:
-    """One trial: the `train` path (prepare if needed, build_trainer, fit), reporting to Tune."""
+              shared: Prepared | None, fault: str | None = None) -> None:
+    """One trial: the `train` path (prepare if needed, build_trainer, fit), reporting to Tune.
+    A trial run again (retried after a failure, or by `--resume`) continues from its newest
+    intact checkpoint, with the preprocessing fitted for it."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(base, overrides, ray.tune.get_context().get_trial_id(), trials_dir)
-    storage.write_text(storage.join(runs.run_dir(cfg), runs.OVERRIDES), _canonical(overrides))
-    data = shared if shared is not None else prepare(cfg, inputs)
-    spec = tracking.start(cfg, runs.run_dir(cfg))
-    build_trainer(cfg, data, callbacks=[TuneReportCallback()], tracking_spec=spec).fit()
+    trial_dir = runs.run_dir(cfg)
+    storage.write_text(storage.join(trial_dir, runs.OVERRIDES), _canonical(overrides))
+    resume = resume_point(cfg, trial_dir, inputs)
+    if resume is not None:
+        print(f"trial {cfg.name}: resuming from {resume.checkpoint} (epoch {resume.epoch} done)")
+    data = trial_data(cfg, inputs, shared, resume.state if resume else None)
+    spec = tracking.start(cfg, trial_dir)
+    build_trainer(cfg, data, callbacks=[TuneReportCallback()], tracking_spec=spec,
+                  resume_from=resume.resume_from if resume else None, fault=fault).fit()
     tracking.finish(spec, {})
+
+
+def trial_data(cfg: Config, inputs: Inputs, shared: Prepared | None, fitted: PreprocessState | None) -> Prepared:
+    """A trial's model-ready data: the sweep's shared preparation, unless the trial's own
+    fitted preprocessing (from its checkpoint) differs from it; then data transformed by
+    that, never refitted, so that restored weights meet the scaling and category indices
+    they were trained on."""
+    if fitted is None:
+        return shared if shared is not None else prepare(cfg, inputs)
+    if shared is not None and shared.state.to_json() == fitted.to_json():
+        return shared
+    return prepare(cfg, inputs, fitted=fitted)
 
 
 # ---------------------------------------------------------------- the sweep
@@ -163,8 +198,8 @@ def trial_base(cfg: Config) -> dict[str, Any]:
     base = cfg.to_dict()
     uri = tracking.mlflow_uri(cfg)
     base["tracking"].update(mlflow=uri is not None, mlflow_uri=uri, experiment=cfg.tracking.experiment or cfg.name)
-    if uri is not None:
-        tracking.ensure_experiment(uri, base["tracking"]["experiment"])
+    if uri is not None:  # a store that fails warns here, once, and the trials do not try it again
+        base["tracking"]["mlflow"] = tracking.ensure_experiment(uri, base["tracking"]["experiment"]) is not None
     return base
 
 
@@ -203,25 +238,32 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
     trials_dir = storage.join(sweep_dir, runs.TRIALS)
     concurrency = trial_concurrency(cfg)
     cluster.check_shared_storage(storage.absolute(cfg.run.storage))
+    if resume and not ray.tune.Tuner.can_restore(sweep_dir):
+        raise UserError(f"--resume: no sweep to resume at {sweep_dir}")
     started = time.time()
 
     # Prepared once for all trials, unless trials differ in their data or preprocessing;
-    # then this run only finds the task, and each trial prepares its own.
-    prepared = prepare(cfg, inputs)
+    # then this run only finds the task, and each trial prepares its own. A resumed sweep
+    # reuses the preprocessing fitted when it started.
+    prepared = prepare(cfg, inputs, fitted=saved_setup(cfg, inputs) if resume else None)
     cfg = cfg.resolved(prepared.counts["train"])  # auto epochs and batch size, the same for every trial
     shared = None if any(k.startswith(("data.", "preprocess.")) for k in space) else prepared
     check_metric(metric, prepared.state.task, key="tune.metric")
+    if resume:
+        check_trials(cfg, trials_dir, inputs)
+    else:
+        storage.write_text(storage.join(sweep_dir, runs.CONFIG), cfg.to_yaml())
+        storage.write_text(storage.join(sweep_dir, runs.SWEEP_PREPROCESS), prepared.state.to_json())
     print(f"sweep: {cfg.tune.num_samples} sample(s) of {len(space)} key(s), {concurrency} trial(s) at a time, "
           f"{cfg.tune.scheduler.name} scheduler, {cfg.tune.search} search, {metric} ({mode})")
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=trial_base(cfg), trials_dir=trials_dir, inputs=inputs, shared=shared),
+        tune.with_parameters(run_trial, base=trial_base(cfg), trials_dir=trials_dir, inputs=inputs, shared=shared,
+                             fault=os.environ.get(faults.ENV_VAR)),
         # The trial's driver only waits on its TorchTrainer, whose workers hold the CPUs; Tune
         # wants a non-empty request, so it asks for one byte of memory instead of a CPU.
         {"CPU": 0, "memory": 1})
     if resume:
-        if not ray.tune.Tuner.can_restore(sweep_dir):
-            raise UserError(f"--resume: no sweep to resume at {sweep_dir}")
         tuner = ray.tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = ray.tune.Tuner(
@@ -240,6 +282,37 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
     grid = tuner.fit()
     return write_outputs(cfg, grid, space=space, metric=metric, mode=mode, trials_dir=trials_dir, inputs=inputs,
                          shared=shared, started=started)
+
+
+def saved_setup(cfg: Config, inputs: Inputs) -> PreprocessState | None:
+    """For `--resume`: the preprocessing the sweep fitted when it started, after checking
+    that this config and these inputs fit the sweep as `train` checks a checkpoint (the
+    `data`, `preprocess` and `model` sections, bar searched keys; input columns and types).
+    None for a sweep started before these were saved."""
+    sweep_dir = runs.run_dir(cfg)
+    config_uri = storage.join(sweep_dir, runs.CONFIG)
+    text = storage.read_text(config_uri)
+    if text is not None:
+        check_same_setup(from_dict(parse_yaml(text), config_uri), cfg, f"sweep {sweep_dir}",
+                         ignore=frozenset(cfg.tune.space))
+    text = storage.read_text(storage.join(sweep_dir, runs.SWEEP_PREPROCESS))
+    if text is None:
+        return None
+    state = PreprocessState.from_json(text)
+    check_same_inputs(inputs, state, f"sweep {sweep_dir}")
+    return state
+
+
+def check_trials(cfg: Config, trials_dir: str, inputs: Inputs) -> None:
+    """For `--resume`: each trial's newest intact checkpoint, the one it continues from, must
+    be made by this config, checked as `train` checks; before any trial starts, so that a
+    changed config exits 2 rather than failing trials."""
+    base = cfg.to_dict()
+    for entry in storage.listdir(trials_dir):
+        trial_dir = storage.join(trials_dir, entry.name)
+        overrides = storage.read_json(storage.join(trial_dir, runs.OVERRIDES)) if entry.is_dir else None
+        if overrides is not None:
+            resume_point(trial_config(base, overrides, entry.name, trials_dir), trial_dir, inputs)
 
 
 def scheduler(cfg: Config):
@@ -350,12 +423,17 @@ def write_outputs(cfg: Config, grid, *, space: dict[str, Any], metric: str, mode
     reproducible["name"] = f"{cfg.name}-best"
     storage.write_text(storage.join(sweep_dir, runs.BEST_CONFIG), Config.model_validate(reproducible).to_yaml())
 
-    data = shared if shared is not None else prepare(best_cfg, inputs)
+    latest = latest_checkpoint(runs.run_dir(best_cfg))
+    fitted = None
+    if latest is not None:
+        with local_copy(latest) as directory:
+            fitted = load_preprocess_state(directory)
+    data = trial_data(best_cfg, inputs, shared, fitted)
     metrics = summarize(best_cfg, runs.run_dir(best_cfg), data, inputs.test or inputs.train)
     metrics.update(best_trial=str(best_row["trial_id"]), best_overrides=json_safe(
         {k: _plain(v) for k, v in overrides.items()}), trials=len(table),
         trial_epochs=int(table["epochs"].sum()), wall_time_s=time.time() - started)
-    storage.write_json(storage.join(sweep_dir, runs.METRICS), json_safe(metrics))
+    storage.write_json(storage.join(sweep_dir, runs.METRICS), json_safe(redact_tree(metrics)))
     plot_curves(trials, metric, storage.join(sweep_dir, runs.CURVES))
     print(f"best trial {best_row['trial_id']}: {metric} {best_row[metric]:.4f}; "
           f"train it again with: python -m app train --config {storage.join(sweep_dir, runs.BEST_CONFIG)}")

@@ -2,13 +2,14 @@
 
     python scripts/load_test.py --checkpoint runs/quickstart/checkpoint_epoch_0012 --replicas 1 2 \\
         --clients 8 --duration 20 [--rows-per-request 1] [--kill-replica-at 10]
-    python scripts/load_test.py --url http://127.0.0.1:8000 --clients 8 --duration 20
+    python scripts/load_test.py --url http://127.0.0.1:8000 --clients 8 --duration 20 [--token-file FILE]
 
 With --checkpoint it starts an embedded Ray, serves the checkpoint with each --replicas
 count in turn and measures each. With --kill-replica-at S it then runs once more per
 count and kills one replica (ray.kill) S seconds in, reporting the requests before the
 kill, from the kill until Serve runs the full count again, and after. With --url it
-measures a service that already runs. Each client is a thread with its own
+measures a service that already runs. With --token-file every request carries that
+bearer token (and a service started here requires it). Each client is a thread with its own
 requests.Session that sends its next request as soon as the last one is answered.
 Request rows come from --data (its columns other than the model's label).
 Prints one markdown table.
@@ -48,13 +49,14 @@ class Load:
     url: str
     body: bytes
     clients: int
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (the bearer token)
     results: list[Result] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def client(self, rows: int) -> None:
         session = requests.Session()
-        headers = {"Content-Type": "application/json"}
+        headers = {**self.headers, "Content-Type": "application/json"}
         while not self.stopping.is_set():
             start = time.monotonic()
             try:
@@ -105,10 +107,11 @@ def request_body(data: str, label: str | None, rows: int) -> bytes:
     return json.dumps({"records": json.loads(sample.to_json(orient="records"))}).encode()
 
 
-def warm_up(url: str, body: bytes, seconds: float = 2.0) -> None:
+def warm_up(url: str, body: bytes, headers: dict[str, str], seconds: float = 2.0) -> None:
     session, until = requests.Session(), time.monotonic() + seconds
+    headers = {**headers, "Content-Type": "application/json"}
     while time.monotonic() < until:
-        session.post(f"{url}/predict", data=body, timeout=60)
+        session.post(f"{url}/predict", data=body, headers=headers, timeout=60)
 
 
 def kill_one_replica(at: float, replicas: int, report: dict) -> Callable[[float], None]:
@@ -150,6 +153,7 @@ def main() -> int:
     parser.add_argument("--kill-replica-at", type=float, help="also kill a replica this many seconds into a run")
     parser.add_argument("--data", default=str(REPO / "data" / "penguins.csv"), help="CSV that rows come from")
     parser.add_argument("--port", type=int, default=8000, help="port to serve on (with --checkpoint)")
+    parser.add_argument("--token-file", help="bearer token to send (with --checkpoint: the service requires it)")
     args = parser.parse_args()
     if args.kill_replica_at is not None and not args.checkpoint:
         parser.error("--kill-replica-at needs --checkpoint (it kills a replica of the service it starts)")
@@ -157,11 +161,15 @@ def main() -> int:
     lines = ["| replicas | clients | rows/request | phase | requests | errors | req/s | p50 ms | p99 ms | max ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     notes: list[str] = []
+    from app import serve as serving
+
+    token = serving.read_token(args.token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     if args.url:
-        schema = requests.get(f"{args.url}/schema", timeout=30).json()
+        schema = requests.get(f"{args.url}/schema", headers=headers, timeout=30).json()
         body = request_body(args.data, schema.get("label"), args.rows_per_request)
-        warm_up(args.url, body)
-        load = Load(args.url, body, args.clients)
+        warm_up(args.url, body, headers)
+        load = Load(args.url, body, args.clients, headers)
         window = load.run(args.rows_per_request, args.duration)
         lines.append(row("?", args.clients, args.rows_per_request, "steady", summarize(load.results, *window)))
         print("\n".join(lines))
@@ -171,7 +179,6 @@ def main() -> int:
     from ray import serve
 
     from app import cluster
-    from app import serve as serving
     from app.predictor import load_predictor
 
     label = load_predictor(args.checkpoint).state.label
@@ -179,17 +186,18 @@ def main() -> int:
     cluster.quiet_logs()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     for replicas in args.replicas:
-        options = serving.ServeOptions(replicas=replicas)
+        options = serving.ServeOptions(replicas=replicas, token_sha256=serving.token_digest(args.token_file,
+                                                                                               "127.0.0.1"))
         serving.check_replicas_fit(options)
         url = serving.deploy(args.checkpoint, options, "127.0.0.1", args.port)
-        warm_up(url, body)
-        load = Load(url, body, args.clients)
+        warm_up(url, body, headers)
+        load = Load(url, body, args.clients, headers)
         window = load.run(args.rows_per_request, args.duration)
         lines.append(row(replicas, args.clients, args.rows_per_request, "steady",
                          summarize(load.results, *window)))
         if args.kill_replica_at is not None:
-            warm_up(url, body, 1.0)
-            load, report = Load(url, body, args.clients), {}
+            warm_up(url, body, headers, 1.0)
+            load, report = Load(url, body, args.clients, headers), {}
             start, end = load.run(args.rows_per_request, args.duration,
                                   kill_one_replica(args.kill_replica_at, replicas, report))
             killed, recovered = report["killed"], report["recovered"]

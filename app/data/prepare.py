@@ -4,10 +4,11 @@
     -> stats of the training split (map on the cluster, reduce on the driver)
     -> fit preprocessing -> transform each split into model-ready arrays -> materialize
 
-`inspect_sources` does the cheap checks that need no Ray (files exist, not empty,
-columns present); `prepare` does the rest on the cluster. The driver only ever holds
-per-batch summaries and a bounded, seeded sample of the numeric columns (for quantiles
-and embedding bins), never the whole split.
+`inspect_sources` does the cheap checks that need no Ray (files exist, not empty, every
+file has the columns, once each, and Parquet files agree on their types); `prepare` does
+the rest on the cluster. The driver only ever holds the summaries merged so far (at most
+a few times `data.max_categories` categories per column) and a bounded, seeded sample of
+the numeric columns (for quantiles and embedding bins), never the whole split.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from app.config import Config, check_metric
 from app.data import preprocess, sources
@@ -44,6 +46,12 @@ def inspect_sources(cfg: Config) -> Inputs:
     train = sources.resolve(d.train, "data.train")
     schema = sources.read_schema(train)
     kinds = preprocess.column_kinds(schema, d)
+    # A column that is all empty in the first file takes its type from the first file that
+    # has values in it (else it would be read as numbers from every file).
+    types = sources.check_files(train, [d.label, *kinds])
+    schema = pa.schema([pa.field(f.name, types.get(f.name, f.type)) if pa.types.is_null(f.type) else f
+                        for f in schema])
+    kinds = preprocess.column_kinds(schema, d)
     label_type = schema.field(d.label).type
     test = None
     if d.test:
@@ -51,6 +59,11 @@ def inspect_sources(cfg: Config) -> Inputs:
         absent = [c for c in [d.label, *kinds] if c not in sources.read_schema(test).names]
         if absent:
             raise UserError(f"data.test: column(s) {', '.join(absent)} missing from {d.test}")
+        expected = {name: "number" for name, kind in kinds.items()
+                    if kind == "numeric" and not pa.types.is_null(schema.field(name).type)}
+        if not pa.types.is_null(label_type):
+            expected[d.label] = sources.type_kind(label_type)
+        sources.check_files(test, [d.label, *kinds], expected)
     column_types = sources.column_types(kinds, d.label, label_type)
     input_types = {name: str(column_types[name]) for name in kinds}
     if d.task != "auto":
@@ -70,7 +83,7 @@ def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None) 
     raw = sources.read_dataset(inputs.train, inputs.column_types)
     tagged = sources.read_step(lambda: raw.map_batches(
         add_split_column, fn_kwargs={"valid": d.split.valid, "test": test_fraction, "seed": d.split.seed},
-        batch_format="pandas", batch_size=None).materialize(), inputs.train)
+        batch_format="pandas", batch_size=None).materialize(), inputs.train, inputs.column_types)
 
     state = fit(cfg, inputs, tagged) if fitted is None else fitted
     check_metric(cfg.run.checkpoint.metric, state.task, key="run.checkpoint.metric")
@@ -80,7 +93,7 @@ def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None) 
     for name, code in (("train", TRAIN), ("valid", VALID)):
         model_ready[name] = sources.read_step(lambda code=code: tagged.map_batches(
             transform_batch, fn_kwargs={"state_json": state_json, "split": code},
-            batch_format="pandas", batch_size=None).materialize(), inputs.train)
+            batch_format="pandas", batch_size=None).materialize(), inputs.train, inputs.column_types)
     if inputs.test:
         test_raw = sources.read_dataset(inputs.test, inputs.column_types)
     else:
@@ -102,10 +115,11 @@ def fit(cfg: Config, inputs: Inputs, tagged) -> PreprocessState:
     d = cfg.data
     sample_rows = cfg.preprocess.sample_rows
     summaries = tagged.map_batches(
-        _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label, "sample_rows": sample_rows},
+        _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label, "sample_rows": sample_rows,
+                                 "max_categories": d.max_categories},
         batch_format="pandas", batch_size=None)
-    parts, sample = sources.read_step(lambda: _collect(summaries, sample_rows), inputs.train)
-    stats = preprocess.merge_stats(parts)
+    stats, sample = sources.read_step(lambda: _collect(summaries, sample_rows, d.max_categories), inputs.train,
+                                      inputs.column_types)
     state, warnings = preprocess.fit_preprocessor(stats, data=d, preprocess=cfg.preprocess, inputs=inputs)
     numeric = [n for n, k in inputs.kinds.items() if k == "numeric"]
     preprocess.fit_numeric_scaling(state, sample.result(numeric), cfg.preprocess.numeric_scaling,
@@ -115,14 +129,15 @@ def fit(cfg: Config, inputs: Inputs, tagged) -> PreprocessState:
     return state
 
 
-def _collect(summaries, sample_rows: int) -> tuple[list[dict[str, Any]], preprocess.SampleMerger]:
-    """Per-batch stats, and the sample merged as the batches stream in (the driver holds
-    at most 3 x sample_rows rows of it at any time)."""
-    parts, sample = [], preprocess.SampleMerger(sample_rows)
+def _collect(summaries, sample_rows: int, max_categories: int) -> tuple[dict[str, Any], preprocess.SampleMerger]:
+    """The merged stats and the sample, both merged as the batches stream in (the driver
+    holds at most 3 x sample_rows rows of the sample, and a bounded number of categories
+    per column, at any time)."""
+    stats, sample = preprocess.StatsMerger(max_categories), preprocess.SampleMerger(sample_rows)
     for row in summaries.iter_rows():
-        parts.append(json.loads(row["stats"]))
+        stats.add(json.loads(row["stats"]))
         sample.add(np.frombuffer(row["sample"], dtype=np.float64).reshape(-1, row["sample_columns"]))
-    return parts, sample
+    return stats.result(), sample
 
 
 # ---------------------------------------------------------------- Ray Data batch functions
@@ -136,11 +151,12 @@ def add_split_column(df: pd.DataFrame, valid: float, test: float, seed: int) -> 
 
 
 def partial_stats_batch(df: pd.DataFrame, kinds: dict[str, str], label: str,
-                        train_mask: np.ndarray | None = None, sample_rows: int = 0) -> pd.DataFrame:
+                        train_mask: np.ndarray | None = None, sample_rows: int = 0,
+                        max_categories: int = preprocess.DEFAULT_MAX_CATEGORIES) -> pd.DataFrame:
     """One row holding the stats of the batch's training rows as JSON, and (`sample_rows`
     > 0) this batch's candidates for the seeded sample."""
     train = df if train_mask is None else df[train_mask]
-    stats = preprocess.partial_stats(train, kinds, label, all_rows=df)
+    stats = preprocess.partial_stats(train, kinds, label, all_rows=df, max_categories=max_categories)
     sample = preprocess.sample_candidates(train, kinds, label, sample_rows) if sample_rows else np.zeros((0, 0))
     return pd.DataFrame({"stats": [json.dumps(stats)], "sample": [sample.tobytes()],
                          "sample_columns": [sample.shape[1]]})
@@ -157,9 +173,9 @@ def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dic
     return {k: v[keep] for k, v in out.items()} if not keep.all() else out
 
 
-def _train_stats(df, kinds, label, sample_rows):
+def _train_stats(df, kinds, label, sample_rows, max_categories):
     return partial_stats_batch(df, kinds, label, train_mask=(df[SPLIT_COLUMN] == TRAIN).to_numpy(),
-                               sample_rows=sample_rows)
+                               sample_rows=sample_rows, max_categories=max_categories)
 
 
 def _only_split(df, split):

@@ -15,12 +15,15 @@ Rules (also in the README):
   Quantiles, and the bins of the piecewise-linear embeddings, are fitted on a seeded
   sample of at most `preprocess.sample_rows` training rows: the rows with the smallest
   hash of their values (and of their rank among a repeated row's copies in a batch).
+- infinite values in a numeric column are missing values (with a warning); an infinite
+  regression label, and values whose squares overflow, are refused, naming the column.
 - categorical columns (text, boolean, or listed in `data.categorical`): each category
-  seen in training (at least `preprocess.min_category_count` times) gets an index;
-  missing is a category of its own; anything else goes to the unknown bucket 0.
+  seen in training (at least `preprocess.min_category_count` times) gets an index, up to
+  the `data.max_categories` most frequent (with a warning when more are cut); missing is
+  a category of its own; anything else goes to the unknown bucket 0.
 - a text column whose values are almost all numbers (at least 90% of the non-missing
   ones) is refused, naming the column and a stray value: fix the data or list the
-  column in `data.categorical`.
+  column in `data.categorical`. All numbers (numbers stored as text) is refused too.
 - a column with no values at all in the training split is dropped with a warning.
 - rows whose label is missing are not used for training or scoring.
 """
@@ -37,7 +40,7 @@ import pyarrow as pa
 
 from app.config import DataConfig, PreprocessConfig
 from app.data.sources import Inputs
-from app.data.split import row_uniforms
+from app.data.split import SPLIT_COLUMN, row_uniforms
 from app.data.transform import (
     MISSING,
     CategoricalColumn,
@@ -51,6 +54,8 @@ from app.errors import UserError
 NUMERIC_LOOKING = 0.9  # share of numeric values above which a text column is suspicious
 AUTO_CLASSES = 20  # integer labels with at most this many distinct values are classes
 _LABEL_VALUES_CAP = 1000  # distinct label values tracked per batch before giving up
+DEFAULT_MAX_CATEGORIES = DataConfig.model_fields["max_categories"].default
+_TRACKED_PER_CAP = 4  # categories counted per column and batch: this many times data.max_categories
 MAX_QUANTILES = 1000  # quantile levels per numeric column (scikit-learn's default)
 _SAMPLE_SEED = 0x5A4D91E  # the sample's row hash, independent of the split's
 _GOLDEN_RATIO = (5**0.5 - 1) / 2  # spreads the copies of a repeated row evenly over [0, 1)
@@ -64,6 +69,9 @@ def column_kinds(schema: pa.Schema, data: DataConfig) -> dict[str, str]:
     label, features, categorical, drop = data.label, data.features, data.categorical, data.drop
     key = f"data.train ({data.train})"
     names = schema.names
+    if SPLIT_COLUMN in names:  # add_split_column would overwrite it, and it would leak the split
+        raise UserError(f"{key}: column {SPLIT_COLUMN!r} has a name the data step reserves for its own use; "
+                        f"rename it")
     if label not in names:
         raise UserError(f"data.label: column {label!r} is not in {key} (columns: {', '.join(names)})")
     for config_key, listed in (("data.features", features or []), ("data.categorical", categorical),
@@ -101,11 +109,13 @@ def _is_text(dtype: pa.DataType) -> bool:
 
 
 def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str,
-                  all_rows: pd.DataFrame | None = None) -> dict[str, Any]:
+                  all_rows: pd.DataFrame | None = None, max_categories: int = DEFAULT_MAX_CATEGORIES) -> dict[str, Any]:
     """Summary of one batch of training rows; JSON-able so it crosses processes cheaply.
 
     `all_rows` (training and held-out rows) is searched for stray text in numeric-looking
-    columns: one bad value in the test split still means the column was misread.
+    columns, and for infinite labels: one bad value in the test split still means the
+    column was misread. A categorical column reports its `_TRACKED_PER_CAP * max_categories`
+    most frequent categories at most, so an id column costs no more than that.
     """
     all_rows = df if all_rows is None else all_rows
     labelled = df[label].notna().to_numpy()
@@ -116,15 +126,18 @@ def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str,
         col = df[name]
         if kind == "numeric":
             v = pd.to_numeric(col, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-            v = v[~np.isnan(v)]
-            mean = float(v.mean()) if len(v) else 0.0
-            out["numeric"][name] = {"n": len(v), "mean": mean, "m2": float(((v - mean) ** 2).sum())}
+            entry = {"infinite": int(np.isinf(v).sum()), **_moments(v[np.isfinite(v)])}
+            out["numeric"][name] = entry
         else:
             text = category_strings(col)
             counts = text.fillna(MISSING).value_counts()
-            entry = {"counts": {str(k): int(c) for k, c in counts.items()}}
-            # Arrow text arrives as pandas "str", or as object when it has gaps.
-            if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            entry = {"present": int(text.notna().sum()), "distinct": len(counts) - (MISSING in counts.index)}
+            top, truncated = _top_counts(counts, _TRACKED_PER_CAP * max_categories)
+            entry.update(counts={str(k): int(c) for k, c in top.items()}, truncated=truncated)
+            # Arrow text arrives as pandas "str", or as object when it has gaps (booleans
+            # with gaps too: pd.to_numeric would take True for 1).
+            if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) \
+                    and pd.api.types.infer_dtype(all_rows[name], skipna=True) != "boolean":
                 present = all_rows[name].dropna().to_numpy(object)
                 # via numpy: on Arrow-backed text, to_numeric marks failures NaN but not NA
                 failed = np.isnan(pd.to_numeric(present, errors="coerce").astype(np.float64))
@@ -137,14 +150,35 @@ def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str,
     values = y.value_counts()
     out["label"] = {
         "missing": missing_labels,
-        "values": [[_json_scalar(k), int(c)] for k, c in values.items()][:_LABEL_VALUES_CAP],
+        "values": [[_json_scalar(k), int(c)] for k, c in values.iloc[:_LABEL_VALUES_CAP].items()],
         "overflow": len(values) > _LABEL_VALUES_CAP,
     }
     if pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y):
         v = y.to_numpy(np.float64)
-        mean = float(v.mean()) if len(v) else 0.0
-        out["label"].update(n=len(v), mean=mean, m2=float(((v - mean) ** 2).sum()))
+        every = all_rows[label]
+        if pd.api.types.is_numeric_dtype(every) and not pd.api.types.is_bool_dtype(every):
+            out["label"]["infinite"] = int(np.isinf(every.to_numpy(np.float64, na_value=np.nan)).sum())
+        out["label"].update(_moments(v[np.isfinite(v)]))
     return out
+
+
+def _moments(v: np.ndarray) -> dict[str, Any]:
+    """Count, mean and sum of squared deviations of finite values. Values too large to square
+    overflow to inf, which fit_preprocessor refuses, naming the column."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(v.mean()) if len(v) else 0.0
+        return {"n": len(v), "mean": mean, "m2": float(((v - mean) ** 2).sum())}
+
+
+def _top_counts(counts: pd.Series, keep: int) -> tuple[pd.Series, bool]:
+    """(the `keep` most frequent categories, ties by name, plus missing; whether any were
+    left out), from counts indexed by category."""
+    missing = counts.index == MISSING
+    if len(counts) - missing.sum() <= keep:
+        return counts, False
+    others = counts[~missing]
+    top = others.sort_index(kind="stable").sort_values(ascending=False, kind="stable").iloc[:keep]
+    return pd.concat([top, counts[missing]]), True
 
 
 def sample_candidates(df: pd.DataFrame, kinds: dict[str, str], label: str, size: int) -> np.ndarray:
@@ -197,27 +231,42 @@ def _json_scalar(v: Any) -> Any:
     return str(v)
 
 
-def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine per-batch summaries (Chan's parallel mean/variance for numbers)."""
-    total: dict[str, Any] = {"rows": 0, "numeric": {}, "categorical": {},
-                             "label": {"missing": 0, "values": {}, "overflow": False}}
-    for p in parts:
+class StatsMerger:
+    """Combines per-batch summaries as they stream in (Chan's parallel mean/variance for
+    numbers). Each categorical column keeps at most about 2 x `_TRACKED_PER_CAP` x
+    `max_categories` categories: beyond that the rarest are forgotten, which makes the
+    counts, and so the choice of the most frequent categories, approximate."""
+
+    def __init__(self, max_categories: int = DEFAULT_MAX_CATEGORIES):
+        self.keep = _TRACKED_PER_CAP * max_categories
+        self.total: dict[str, Any] = {"rows": 0, "numeric": {}, "categorical": {},
+                                      "label": {"missing": 0, "values": {}, "overflow": False, "infinite": 0}}
+
+    def add(self, p: dict[str, Any]) -> None:
+        total = self.total
         total["rows"] += p["rows"]
         for name, s in p["numeric"].items():
-            t = total["numeric"].setdefault(name, {"n": 0, "mean": 0.0, "m2": 0.0})
+            t = total["numeric"].setdefault(name, {"n": 0, "mean": 0.0, "m2": 0.0, "infinite": 0})
             _merge_moments(t, s)
+            t["infinite"] += s["infinite"]
         for name, s in p["categorical"].items():
-            t = total["categorical"].setdefault(name, {"counts": {}, "numeric_like": 0, "present": 0,
-                                                       "text_present": 0, "stray": None})
+            t = total["categorical"].setdefault(name, {"counts": {}, "present": 0, "distinct": 0, "truncated": False,
+                                                       "numeric_like": 0, "text_present": 0, "stray": None})
             for k, c in s["counts"].items():
                 t["counts"][k] = t["counts"].get(k, 0) + c
-            t["present"] += sum(c for k, c in s["counts"].items() if k != MISSING)
+            t["present"] += s["present"]
+            t["truncated"] = t["truncated"] or s["truncated"]
+            t["distinct"] = max(t["distinct"], s["distinct"], len(t["counts"]) - (MISSING in t["counts"]))
+            if len(t["counts"]) > 2 * self.keep:
+                t["counts"] = _top_counts(pd.Series(t["counts"], dtype=np.int64), self.keep)[0].to_dict()
+                t["truncated"] = True
             if "numeric_like" in s:  # text columns only
                 t["numeric_like"] += s["numeric_like"]
                 t["text_present"] += s["text_present"]
                 t["stray"] = t["stray"] or s["stray"]
         lab, pl = total["label"], p["label"]
         lab["missing"] += pl["missing"]
+        lab["infinite"] += pl.get("infinite", 0)
         lab["overflow"] = lab["overflow"] or pl["overflow"]
         for value, count in pl["values"]:
             k = json.dumps(value)
@@ -226,7 +275,20 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
             lab["overflow"] = True
         if "n" in pl:
             _merge_moments(lab.setdefault("moments", {"n": 0, "mean": 0.0, "m2": 0.0}), pl)
-    return total
+
+    def result(self) -> dict[str, Any]:
+        for t in self.total["categorical"].values():
+            if not t["truncated"]:  # every category was counted: the exact number
+                t["distinct"] = len(t["counts"]) - (MISSING in t["counts"])
+        return self.total
+
+
+def merge_stats(parts: list[dict[str, Any]], max_categories: int = DEFAULT_MAX_CATEGORIES) -> dict[str, Any]:
+    """Combine per-batch summaries (see StatsMerger)."""
+    merger = StatsMerger(max_categories)
+    for p in parts:
+        merger.add(p)
+    return merger.result()
 
 
 def _merge_moments(t: dict[str, float], s: dict[str, float]) -> None:
@@ -273,10 +335,16 @@ def fit_preprocessor(stats: dict[str, Any], *, data: DataConfig, preprocess: Pre
     for name, kind in kinds.items():
         if kind == "numeric":
             s = stats["numeric"][name]
+            if s["infinite"]:
+                warnings.append(f"column {name!r} has {s['infinite']} infinite value(s) in the training split; "
+                                f"they are treated as missing")
             if s["n"] == 0:
                 dropped.append(name)
                 continue
             std = math.sqrt(s["m2"] / s["n"]) if s["n"] else 0.0
+            if not (math.isfinite(s["mean"]) and math.isfinite(std)):
+                raise UserError(f"{key}: column {name!r} has values too large to scale (their squares overflow); "
+                                f"fix the data, or list the column in data.drop")
             numeric.append(NumericColumn(name, s["mean"], std if std > 1e-12 else 1.0,
                                          preprocess.missing_indicators and s["n"] < rows))
         else:
@@ -290,7 +358,13 @@ def fit_preprocessor(stats: dict[str, Any], *, data: DataConfig, preprocess: Pre
                     f"{key}: column {name!r} looks numeric but holds non-numeric values such as "
                     f"{s['stray']!r}; fix the data, or list the column in data.categorical"
                 )
-            cats = sorted(k for k, c in s["counts"].items() if c >= preprocess.min_category_count)
+            if 0 < s["text_present"] == s["numeric_like"] and name not in data.categorical:
+                # CSV reads such a column as numbers; Parquet keeps the writer's text type
+                raise UserError(f"{key}: column {name!r} holds only numbers but is stored as text; store it as "
+                                f"numbers, or list it in data.categorical to use it as categories")
+            cats, warning = _capped_categories(name, s, min_count=preprocess.min_category_count,
+                                               cap=data.max_categories)
+            warnings += [warning] if warning else []
             categorical.append(CategoricalColumn(name, cats))
     if dropped:
         warnings.append(f"column(s) {', '.join(dropped)} have no values in the training split and are dropped")
@@ -310,11 +384,36 @@ def fit_preprocessor(stats: dict[str, Any], *, data: DataConfig, preprocess: Pre
         state.classes = values
     else:
         m = lab.get("moments")
+        if lab["infinite"]:
+            raise UserError(f"data.label: {label!r} has {lab['infinite']} infinite value(s) in {key}; a regression "
+                            f"target must be finite: fix or remove those rows")
         if not m or m["n"] == 0:
             raise UserError(f"data.label: {label!r} is not numeric, so it cannot be a regression target")
         std = math.sqrt(m["m2"] / m["n"])
+        if not (math.isfinite(m["mean"]) and math.isfinite(std)):
+            raise UserError(f"data.label: {label!r} has values too large to scale in {key} (their squares "
+                            f"overflow); fix the data")
         state.target_mean, state.target_std = m["mean"], std if std > 1e-12 else 1.0
     return state, warnings
+
+
+def _capped_categories(name: str, s: dict[str, Any], *, min_count: int, cap: int) -> tuple[list[str], str | None]:
+    """(the categories a column keeps, sorted; a warning when `data.max_categories` cut some).
+
+    Missing is kept whenever it was seen and does not count against the cap."""
+    seen = {k: c for k, c in s["counts"].items() if c >= min_count and k != MISSING}
+    top = sorted(seen, key=lambda k: (-seen[k], k))[:cap]
+    cats = sorted(top + ([MISSING] if s["counts"].get(MISSING, 0) >= min_count else []))
+    if len(seen) <= cap:
+        return cats, None
+    if s["truncated"]:  # some batches or merges counted only their most frequent categories
+        total = max(s["distinct"], len(seen))
+        return cats, (f"column {name!r} has at least {total} categories, more than data.max_categories ({cap}): "
+                      f"the {cap} most frequent (counted approximately) are kept and the other {total - cap} or "
+                      f"more go to the unknown bucket (an identifier belongs in data.drop)")
+    return cats, (f"column {name!r} has {len(seen)} categories, more than data.max_categories ({cap}): the {cap} "
+                  f"most frequent are kept and the other {len(seen) - cap} go to the unknown bucket (an identifier "
+                  f"belongs in data.drop)")
 
 
 def fit_numeric_scaling(state: PreprocessState, sample: pd.DataFrame, scaling: str, n_bins: int) -> None:

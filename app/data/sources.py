@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -101,16 +104,82 @@ def csv_convert_options(column_types: dict[str, pa.DataType] | None = None) -> p
 
 
 def read_schema(source: Source) -> pa.Schema:
-    """Column names and types, from the first file only."""
-    path = source.paths[0]
+    """Column names and types, from the first file only; a column name used twice is refused."""
+    return _file_schema(source, source.paths[0])
+
+
+def _file_schema(source: Source, path: str, block_size: int | None = None) -> pa.Schema:
+    """One file's schema: a Parquet footer, or a CSV header and the types inferred from the
+    first block (`block_size` bytes; pyarrow's default when None)."""
     try:
         if source.format == "parquet":
-            return pq.read_schema(path, filesystem=source.filesystem)
-        with source.filesystem.open_input_stream(path) as f:
-            reader = pacsv.open_csv(f, convert_options=csv_convert_options())
-            return reader.schema
+            schema = pq.read_schema(path, filesystem=source.filesystem)
+        else:
+            options = pacsv.ReadOptions(use_threads=False, **({"block_size": block_size} if block_size else {}))
+            with source.filesystem.open_input_stream(path) as f:
+                schema = pacsv.open_csv(f, read_options=options, convert_options=csv_convert_options()).schema
     except (pa.ArrowInvalid, OSError) as e:
+        if block_size:  # a header longer than the small block: read it as the first file is read
+            return _file_schema(source, path)
         raise UserError(f"{source.key}: cannot read {path}: {_one_line(e)}") from None
+    counts = Counter(schema.names)
+    twice = next((name for name in schema.names if counts[name] > 1), None)
+    if twice is not None:
+        # pandas and Arrow would keep one of them, or fail later without naming the file
+        raise UserError(f"{source.key}: {path} has {counts[twice]} columns named {twice!r}; "
+                        f"give each column its own name")
+    return schema
+
+
+_HEADER_BYTES = 1 << 16  # how much of each later CSV file check_files reads: the header, usually
+
+
+def check_files(source: Source, columns: list[str],
+                expected: dict[str, str] | None = None) -> dict[str, pa.DataType]:
+    """Every file of `source` has each of `columns`, once, and (Parquet) of the same kind of
+    type (number, text, boolean, ...) in every file; `expected`: column -> the kind it must
+    have (the train source's, for a test source). Returns each column's type in the first
+    file where it is not all empty (null).
+
+    Without this, a part that stores a numeric column as text would be read as numbers with
+    its words silently made missing, and a part without a column fails in a Ray task. Only
+    headers are read (Parquet footers; CSV: the first 64 KiB), several files at once.
+    """
+    paths = source.paths
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        schemas = list(pool.map(lambda p: _file_schema(source, p, _HEADER_BYTES), paths))
+    seen: dict[str, tuple[str, pa.DataType]] = {}  # column -> the first file with a non-null type, that type
+    for path, schema in zip(paths, schemas):
+        for name in columns:
+            if name not in schema.names:
+                raise UserError(f"{source.key}: {path} has no column {name!r} (the first file, {paths[0]}, has it)")
+            dtype = schema.field(name).type
+            if pa.types.is_null(dtype):
+                continue  # all empty in this file: fits any type
+            if name not in seen:
+                seen[name] = (path, dtype)
+            if source.format != "parquet":
+                continue  # CSV is read with one type per column in every file (column_types)
+            if expected and name in expected and type_kind(dtype) != expected[name]:
+                raise UserError(f"{source.key}: column {name!r} is {dtype} in {path}, but {expected[name]} "
+                                f"in data.train; store it as {expected[name]}")
+            if type_kind(seen[name][1]) != type_kind(dtype):
+                raise UserError(f"{source.key}: column {name!r} is {seen[name][1]} in {seen[name][0]} but {dtype} "
+                                f"in {path}; store it with one type in every file")
+    return {name: seen[name][1] if name in seen else pa.null() for name in columns}
+
+
+def type_kind(dtype: pa.DataType) -> str:
+    """What the data step makes of an Arrow type: number, text, boolean or the type itself."""
+    if pa.types.is_dictionary(dtype):
+        return type_kind(dtype.value_type)
+    if pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_decimal(dtype):
+        return "number"
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return "text"
+    if pa.types.is_boolean(dtype):
+        return "boolean"
+    return str(dtype)
 
 
 def column_types(kinds: dict[str, str], label: str, label_type: pa.DataType) -> dict[str, pa.DataType]:
@@ -171,7 +240,8 @@ def read_table(source: Source, column_types: dict[str, pa.DataType] | None = Non
                 with source.filesystem.open_input_stream(path) as f:
                     tables.append(pacsv.read_csv(f, convert_options=csv_convert_options(column_types)))
         except (pa.ArrowInvalid, OSError) as e:
-            raise UserError(f"{source.key}: cannot read {path}: {_one_line(e)}") from None
+            raise UserError(f"{source.key}: cannot read {path}: {_name_csv_column(source, path, _one_line(e))}") \
+                from None
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -179,13 +249,49 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:500]
 
 
-def read_step(step, source: Source):
-    """Run a Ray Data step; a file that cannot be parsed becomes a UserError naming it."""
+_CSV_COLUMN = re.compile(r"In CSV column #(\d+)")
+# Ray Data's read task turns pyarrow's parse error into this, without the error itself.
+_RAY_CSV_FAILURE = re.compile(r"Failed to read CSV file: (.+?)\. Please check")
+
+
+def _name_csv_column(source: Source, path: str, text: str) -> str:
+    """pyarrow numbers the CSV column of a parse error ("In CSV column #3"); add its name."""
+    match = _CSV_COLUMN.search(text)
+    if match is None:
+        return text
+    try:
+        names = _file_schema(source, path, _HEADER_BYTES).names
+    except UserError:
+        return text
+    i = int(match.group(1))
+    return text if i >= len(names) else f"{text[:match.end()]} ({names[i]!r}){text[match.end():]}"
+
+
+def _csv_error(source: Source, path: str, column_types: dict[str, pa.DataType] | None) -> str | None:
+    """Why `path` cannot be read with `column_types`, found by streaming it through pyarrow
+    here (the error path only; memory: one block); None if it reads."""
+    try:
+        with source.filesystem.open_input_stream(path) as f:
+            for _ in pacsv.open_csv(f, convert_options=csv_convert_options(column_types)):
+                pass
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+        return _name_csv_column(source, path, _one_line(e))
+    return None
+
+
+def read_step(step, source: Source, column_types: dict[str, pa.DataType] | None = None):
+    """Run a Ray Data step; a file that cannot be parsed (with `column_types`, for CSV)
+    becomes a UserError naming it and, where pyarrow says, the column."""
     try:
         return step()
     except Exception as e:
-        cause = next((c for c in causes(e) if isinstance(c, (pa.ArrowInvalid, UnicodeDecodeError))), None)
-        if cause is None:
-            raise
-        text = " ".join(str(cause).split())[:400]
-        raise UserError(f"{source.key}: cannot read {source.uri}: {text}") from None
+        for cause in causes(e):
+            if isinstance(cause, (pa.ArrowInvalid, UnicodeDecodeError)):
+                text = " ".join(str(cause).split())[:400]
+                raise UserError(f"{source.key}: cannot read {source.uri}: {text}") from None
+            failed = _RAY_CSV_FAILURE.search(str(cause)) if isinstance(cause, ValueError) else None
+            if failed and failed.group(1) in source.paths:
+                path = failed.group(1)
+                why = _csv_error(source, path, column_types) or "not a readable CSV file"
+                raise UserError(f"{source.key}: cannot read {path}: {why}") from None
+        raise

@@ -15,6 +15,10 @@ import numpy as np
 import pandas as pd
 
 MISSING = "__missing__"  # the category that missing values fall into
+# Standard scores are clipped to this: no training value gets near it (the largest possible
+# score of n rows is sqrt(n - 1)), and a far larger value at prediction time, which float32
+# would make infinite, stays finite.
+STANDARD_LIMIT = 1e4
 STATE_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: standard scaling only, no embedding bins
 
@@ -143,14 +147,18 @@ def quantile_scale(v: np.ndarray, quantiles: np.ndarray, normal: np.ndarray) -> 
 
 
 def numeric_inputs(df: pd.DataFrame, state: PreprocessState) -> np.ndarray:
-    """The numeric columns scaled (missing: 0, the training centre), then their indicators."""
+    """The numeric columns scaled (missing: 0, the training centre), then their indicators.
+    Infinite values count as missing, as they did when the preprocessing was fitted."""
     x_num = np.empty((len(df), state.numeric_width), dtype=np.float32)
     j = len(state.numeric)
     for i, col in enumerate(state.numeric):
         v = pd.to_numeric(df[col.name], errors="coerce").to_numpy(np.float64, na_value=np.nan)
-        missing = np.isnan(v)
-        scaled = (v - col.mean) / col.std if col.quantiles is None else \
-            quantile_scale(v, np.asarray(col.quantiles), np.asarray(state.quantile_normal))
+        missing = ~np.isfinite(v)
+        if col.quantiles is None:
+            with np.errstate(over="ignore"):  # beyond float64: inf, clipped below
+                scaled = np.clip((v - col.mean) / col.std, -STANDARD_LIMIT, STANDARD_LIMIT)
+        else:
+            scaled = quantile_scale(v, np.asarray(col.quantiles), np.asarray(state.quantile_normal))
         x_num[:, i] = np.where(missing, 0.0, scaled)
         if col.indicator:
             x_num[:, j] = missing
@@ -171,8 +179,9 @@ def encode_label(y: pd.Series, state: PreprocessState) -> np.ndarray:
     if state.task == "classification":
         keys = [_scalar_text(c) if not isinstance(c, str) else c for c in state.classes]
         return pd.Index(keys).get_indexer(category_strings(y)).astype(np.int64)  # -1: unseen class
-    return ((pd.to_numeric(y, errors="coerce").to_numpy(np.float64) - state.target_mean)
-            / state.target_std).astype(np.float32)
+    with np.errstate(over="ignore"):  # a label far beyond the training range: inf, not scorable
+        return ((pd.to_numeric(y, errors="coerce").to_numpy(np.float64) - state.target_mean)
+                / state.target_std).astype(np.float32)
 
 
 def scorable(y: np.ndarray, state: PreprocessState) -> np.ndarray:

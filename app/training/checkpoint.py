@@ -20,7 +20,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,35 @@ def load_model_weights(directory: str | Path) -> dict[str, torch.Tensor]:
 
 def load_optimizer_state(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True)
+
+
+@dataclass
+class Intact:
+    """A checkpoint that passed `verify`, with what resuming from it needs."""
+
+    uri: str
+    manifest: dict[str, Any]
+    train_state: dict[str, Any]
+    state: PreprocessState
+
+
+def newest_intact(uris: Iterable[str]) -> tuple[Intact | None, list[str]]:
+    """The first checkpoint of `uris` (newest first) that is complete and readable, and why
+    each one before it was skipped (one message per checkpoint, naming it).
+
+    A crash can leave the newest checkpoint cut short, and a disk can damage any of them;
+    an older intact one then loses less work than starting over."""
+    skipped = []
+    for uri in uris:
+        try:
+            with local_copy(uri) as directory:
+                manifest = verify(directory, uri)
+                return Intact(uri, manifest, load_train_state(directory), load_preprocess_state(directory)), skipped
+        except UserError as e:
+            skipped.append(str(e))
+        except (ValueError, KeyError, OSError) as e:  # checksums fine, content not: written by a broken build
+            skipped.append(f"checkpoint {uri}: unreadable ({e})")
+    return None, skipped
 
 
 @contextlib.contextmanager

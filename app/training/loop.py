@@ -29,8 +29,9 @@ from app import runs, storage
 from app.cluster import quiet_logs
 from app.config import Config
 from app.data.transform import PreprocessState
-from app.metrics import compute_metrics
+from app.metrics import MetricSums
 from app.model import build_model, member_loss
+from app.redact import redact_tree
 from app.tracking import EpochLogger
 from app.training import checkpoint as ckpt
 from app.training import faults
@@ -236,10 +237,13 @@ def predict_outputs(model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) 
 
 
 def evaluate(model: nn.Module, data: Shard, state: PreprocessState) -> dict[str, float]:
-    """Metrics over the whole validation split: each rank scores its shard, then all gather."""
+    """Metrics over the whole validation split: each rank scores its shard, and the ranks
+    exchange only their fixed-size metric sums, never the scored rows."""
     outputs = predict_outputs(model, data.x_num, data.x_cat).cpu().numpy()
-    parts = gather((outputs, data.y.cpu().numpy()))
-    return compute_metrics(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), state)
+    total = MetricSums.empty(state)
+    for part in gather(MetricSums.of(outputs, data.y.cpu().numpy(), state)):
+        total = total.merge(part)
+    return total.metrics(state)
 
 
 # ---------------------------------------------------------------- state
@@ -294,7 +298,7 @@ def save_and_report(worker: Worker, record: dict[str, Any], progress: Progress, 
     with tempfile.TemporaryDirectory(prefix="app-ckpt-") as tmp:
         checkpoint = None
         if worker.rank == 0:
-            train_state = {"epoch": epoch, "progress": asdict(progress), "config": worker.cfg.to_dict(),
+            train_state = {"epoch": epoch, "progress": asdict(progress), "config": redact_tree(worker.cfg.to_dict()),
                            "world_size": len(param_fingerprints), "param_fingerprints": param_fingerprints}
             ckpt.write_checkpoint(tmp, model=unwrap(model), optimizer=optimizer, scheduler=scheduler,
                                   state=worker.state, model_cfg=worker.cfg.model, train_state=train_state,

@@ -26,8 +26,9 @@ from app.data.transform import PreprocessState
 from app.errors import UserError
 from app.metrics import json_safe
 from app.predictor import evaluate_dataset
+from app.redact import redact_tree
 from app.training import faults
-from app.training.checkpoint import load_preprocess_state, load_train_state, local_copy, verify
+from app.training.checkpoint import Intact, load_train_state, local_copy, newest_intact
 from app.training.loop import train_loop_per_worker
 
 # Keys of an epoch record that describe the run, not the model: left out of "valid".
@@ -55,8 +56,7 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     cluster.check_shared_storage(storage.absolute(cfg.run.storage))
 
     started = time.time()
-    restart_from = set_aside_cut_snapshot(out_dir)
-    resume = resume_point(cfg, out_dir, inputs, restart_from)
+    resume = resume_point(cfg, out_dir, inputs)
     if resume is not None:
         print(f"resuming from {resume.checkpoint} (epoch {resume.epoch} done); --fresh starts over")
     data = prepare(cfg, inputs, fitted=resume.state if resume else None)
@@ -64,18 +64,19 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     print(f"data: {data.counts['train']} train / {data.counts['valid']} valid rows, task {data.state.task}, "
           f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features; "
           f"model {cfg.model.kind}, {cfg.train.epochs} epochs at most, batch {cfg.train.batch_size}")
+    storage.mark_owned(out_dir, "run")  # (the command line marked it already; run_training alone has not)
     storage.write_text(storage.join(out_dir, runs.CONFIG), cfg.to_yaml())
 
     spec = tracking.start(cfg, out_dir)
     fit_started = time.time()
-    build_trainer(cfg, data, tracking_spec=spec, resume_from=restart_from).fit()
+    build_trainer(cfg, data, tracking_spec=spec, resume_from=resume.resume_from if resume else None).fit()
     fit_ended = time.time()
     metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
     metrics["wall_time_s"] = time.time() - started
     metrics["timings"] = timings(metrics, ray_start_s, started, fit_started, fit_ended)
     print("timings: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}s"
                                   for k, v in metrics["timings"].items() if v is not None))
-    storage.write_json(storage.join(out_dir, runs.METRICS), json_safe(metrics))
+    storage.write_json(storage.join(out_dir, runs.METRICS), json_safe(redact_tree(metrics)))  # no URI credentials
     tracking.finish(spec, metrics)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "loss"))
     if cfg.report.baselines:
@@ -148,76 +149,160 @@ class ResumePoint:
     checkpoint: str
     epoch: int
     state: PreprocessState  # never refitted on resume
+    registered: bool = True  # Ray Train's record names it as the latest; else the loop config must
+
+    @property
+    def resume_from(self) -> str | None:
+        """For `build_trainer`: the checkpoint when Ray Train would not hand it to the workers."""
+        return None if self.registered else self.checkpoint
+
+
+RESUME_HINT = "; pass --fresh to start over"
 
 
 def latest_checkpoint(out_dir: str) -> str | None:
-    """The checkpoint Ray Train will resume this run from, if any (its registered latest)."""
+    """The checkpoint Ray Train registered last in this run, if any."""
     snapshot = storage.read_json(storage.join(out_dir, runs.RAY_CHECKPOINTS)) or {}
     name = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
     return storage.join(out_dir, name) if name else None
 
 
-def set_aside_cut_snapshot(out_dir: str) -> str | None:
-    """Ray Train rewrites its record of the run's checkpoints in place; on a local disk, a
-    driver killed in the middle leaves it empty or cut short, and Ray could not resume from
-    it. Such a record is moved aside; the newest intact checkpoint folder, returned here,
-    is then where training resumes (None: there is none, or the record is fine)."""
+def read_snapshot(out_dir: str) -> dict[str, Any] | None:
+    """Ray Train's record of the run's checkpoints; None when there is none.
+
+    Ray Train rewrites that record in place; on a local disk, a driver killed in the middle
+    leaves it empty or cut short, and Ray could not resume from it. Such a record is moved
+    aside (`.cut-short-<time>`, kept) and None returned: the checkpoint folders are then all
+    there is to resume from."""
     path = storage.join(out_dir, runs.RAY_CHECKPOINTS)
     try:
-        storage.read_json(path)
-        return None
+        snapshot = storage.read_json(path)
+        if snapshot is None or isinstance(snapshot, dict):
+            return snapshot
     except UserError:
-        pass
+        pass  # not JSON: cut short
     fs, fs_path = storage.filesystem(path)
-    fs.move(fs_path, f"{fs_path}.cut-short-{int(time.time())}")
-    folders = sorted((e.name for e in storage.listdir(out_dir)
-                      if e.is_dir and e.name.startswith(runs.CHECKPOINT_PREFIX)), reverse=True)
-    for name in folders:
-        uri = storage.join(out_dir, name)
-        try:
-            with local_copy(uri) as directory:
-                verify(directory, uri)
-        except UserError:
-            continue  # cut short too: an older one then
-        print(f"warning: {path} was cut short (the driver died while Ray Train wrote it); set aside, resuming "
-              f"from the newest intact checkpoint", file=sys.stderr)
-        return uri
+    aside = f"{fs_path}.cut-short-{int(time.time())}"
+    fs.move(fs_path, aside)
+    print(f"warning: {path} was cut short (the driver died while Ray Train wrote it); set aside as {aside}, "
+          f"resuming from the newest intact checkpoint folder", file=sys.stderr)
     return None
 
 
-def resume_point(cfg: Config, out_dir: str, inputs: Inputs, uri: str | None = None) -> ResumePoint | None:
-    """Check the checkpoint an interrupted run would resume from (`uri`, else Ray Train's
-    latest registered one): intact, and made by this config."""
-    uri = uri or latest_checkpoint(out_dir)
-    if uri is None:
+def registered_newest_first(snapshot: dict[str, Any]) -> list[str]:
+    """The folder names of the checkpoints Ray Train registered: its latest, then the rest by epoch."""
+    latest = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    results = sorted(snapshot.get("checkpoint_results") or [], key=lambda r: r.get("metrics", {}).get("epoch", 0),
+                     reverse=True)
+    names = [latest] if latest else []
+    return names + [r["checkpoint_dir_name"] for r in results if r["checkpoint_dir_name"] not in names]
+
+
+def roll_back(snapshot: dict[str, Any], *, dropped: set[str], latest: str) -> dict[str, Any]:
+    """Ray Train's record of the run's checkpoints without the `dropped` ones and with `latest`
+    as the latest: Ray Train hands its latest checkpoint to the workers, so this is how a run
+    resumes from an older one. Report indices only grow, so the ones kept stay valid."""
+    def kept(entry: dict[str, Any]) -> bool:
+        return entry["checkpoint_dir_name"] not in dropped
+
+    out = dict(snapshot)
+    pairs = [p for p in zip(snapshot["checkpoint_results"], snapshot["checkpoint_report_indices"]) if kept(p[0])]
+    out["checkpoint_results"] = [result for result, _ in pairs]
+    out["checkpoint_report_indices"] = [index for _, index in pairs]
+    pending = [p for p in zip(snapshot.get("pending_training_results", []), snapshot.get("pending_validation_specs", []))
+               if kept(p[0])]
+    if "pending_training_results" in snapshot:
+        out["pending_training_results"] = [result for result, _ in pending]
+        out["pending_validation_specs"] = [spec for _, spec in pending]
+    for key in ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
+                "failed_validation_checkpoint_dir_names"):
+        if key in snapshot:
+            out[key] = [name for name in snapshot[key] if name not in dropped]
+    out["latest_checkpoint_result"] = next(r for r in out["checkpoint_results"] if r["checkpoint_dir_name"] == latest)
+    return out
+
+
+def choose_checkpoint(out_dir: str) -> tuple[Intact, bool] | None:
+    """The newest intact checkpoint of an interrupted run, and whether Ray Train's record
+    names it as its latest; None: nothing to resume from.
+
+    Candidates, newest first: the checkpoints Ray Train registered when its record is
+    readable, otherwise the checkpoint folders. One warning names each candidate skipped
+    (corrupt, incomplete, missing) and why; skipped folders stay as they are, and a redone
+    epoch writes its checkpoint over them. When the record's latest is skipped, the record
+    is rolled back to the chosen one (the original kept beside it as `.rolled-back-<time>`).
+    Registered checkpoints none of which is intact are a UserError: starting over silently
+    would throw the run's progress away."""
+    snapshot = read_snapshot(out_dir)
+    if snapshot is None:
+        names = sorted((e.name for e in storage.listdir(out_dir)
+                        if e.is_dir and e.name.startswith(runs.CHECKPOINT_PREFIX)), reverse=True)
+    else:
+        names = registered_newest_first(snapshot)
+    found, skipped = newest_intact(storage.join(out_dir, name) for name in names)
+    if found is None and skipped and snapshot is not None:
+        raise UserError(f"{out_dir}: no intact checkpoint to resume from ({'; '.join(skipped)}){RESUME_HINT}")
+    if skipped:
+        outcome = f"resuming from {found.uri}" if found else "starting over"
+        print(f"warning: {len(skipped)} checkpoint(s) skipped, {outcome}:\n  " + "\n  ".join(skipped),
+              file=sys.stderr)
+    if found is None:
         return None
-    hint = "; pass --fresh to start over"
-    try:
-        with local_copy(uri) as directory:
-            manifest = verify(directory, uri)
-            saved_tree = load_train_state(directory)["config"]
-            # A run from before model kinds and quantile scaling: an mlp on standard scaling.
-            saved_tree["model"] = {"kind": "mlp"} | saved_tree.get("model", {})
-            saved_tree["preprocess"] = {"numeric_scaling": "standard"} | saved_tree.get("preprocess", {})
-            saved = Config.model_validate(saved_tree)
-            state = load_preprocess_state(directory)
-    except UserError as e:
-        raise UserError(f"{e}{hint}") from None
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"checkpoint {uri}: unreadable ({e}){hint}") from None
-    # train, scaling and run may change between attempts (more epochs, other workers).
+    if snapshot is not None and skipped:
+        path = storage.join(out_dir, runs.RAY_CHECKPOINTS)
+        storage.write_json(f"{path}.rolled-back-{int(time.time())}", snapshot)
+        storage.write_json(path, roll_back(snapshot, dropped=set(names[:len(skipped)]),
+                                           latest=storage.name(found.uri)))
+    return found, snapshot is not None
+
+
+def saved_config(train_state: dict[str, Any]) -> Config:
+    """The config a checkpoint was made with."""
+    tree = train_state["config"]
+    # A run from before model kinds and quantile scaling: an mlp on standard scaling.
+    tree["model"] = {"kind": "mlp"} | tree.get("model", {})
+    tree["preprocess"] = {"numeric_scaling": "standard"} | tree.get("preprocess", {})
+    return Config.model_validate(tree)
+
+
+def check_same_setup(saved: Config, cfg: Config, what: str, *, ignore: frozenset[str] = frozenset()) -> None:
+    """Refuse to continue `what` (made with `saved`) under `cfg` if its data, preprocess or model
+    section differs: the fitted preprocessing and the weights would not fit. The `train`,
+    `scaling` and `run` sections may change between attempts (more epochs, other workers).
+    `ignore`: keys that do not matter here (a sweep's searched keys)."""
     for section in ("data", "preprocess", "model"):
-        before = flatten(getattr(saved, section).model_dump(mode="json"), section)
-        now = flatten(getattr(cfg, section).model_dump(mode="json"), section)
-        for key in sorted(set(before) | set(now)):
+        # Checkpoints hold the config with URI credentials redacted (app/redact.py): compared so.
+        before = flatten(redact_tree(getattr(saved, section).model_dump(mode="json")), section)
+        now = flatten(redact_tree(getattr(cfg, section).model_dump(mode="json")), section)
+        for key in sorted((set(before) | set(now)) - ignore):
             if before.get(key) != now.get(key):
-                raise UserError(f"checkpoint {uri} does not fit this run: {key} is {before.get(key)!r} there "
-                                f"and {now.get(key)!r} here{hint}")
+                raise UserError(f"{what} does not fit this run: {key} is {before.get(key)!r} there "
+                                f"and {now.get(key)!r} here{RESUME_HINT}")
+
+
+def check_same_inputs(inputs: Inputs, state: PreprocessState, what: str) -> None:
+    """Refuse fitted preprocessing made for other input columns or types."""
     if inputs.input_types != state.input_types:
         changed = sorted(set(inputs.input_types.items()) ^ set(state.input_types.items()))
-        raise UserError(f"checkpoint {uri} does not fit this run: the input columns differ "
-                        f"({', '.join(f'{n}: {t}' for n, t in changed)}){hint}")
-    return ResumePoint(uri, manifest["epoch"], state)
+        raise UserError(f"{what} does not fit this run: the input columns differ "
+                        f"({', '.join(f'{n}: {t}' for n, t in changed)}){RESUME_HINT}")
+
+
+def resume_point(cfg: Config, out_dir: str, inputs: Inputs) -> ResumePoint | None:
+    """Where an interrupted run continues: its newest intact checkpoint (`choose_checkpoint`),
+    made by this config."""
+    chosen = choose_checkpoint(out_dir)
+    if chosen is None:
+        return None
+    found, registered = chosen
+    what = f"checkpoint {found.uri}"
+    try:
+        saved = saved_config(found.train_state)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{what}: unreadable ({e}){RESUME_HINT}") from None
+    check_same_setup(saved, cfg, what)
+    check_same_inputs(inputs, found.state, what)
+    return ResumePoint(found.uri, found.manifest["epoch"], found.state, registered)
 
 
 def finished_metrics(cfg: Config) -> dict[str, Any] | None:
@@ -230,16 +315,19 @@ def finished_metrics(cfg: Config) -> dict[str, Any] | None:
 
 
 def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None,
-                  tracking_spec: dict[str, Any] | None = None, resume_from: str | None = None) -> TorchTrainer:
+                  tracking_spec: dict[str, Any] | None = None, resume_from: str | None = None,
+                  fault: str | None = None) -> TorchTrainer:
     """The TorchTrainer of a run: `train` fits it directly, each `tune` trial inside Tune.
-    `resume_from`: a checkpoint to start from when Ray Train has no record of the run's own."""
+    `resume_from`: a checkpoint to start from when Ray Train has no record of the run's own.
+    `fault`: the $APP_FAULT to inject (default: this process's; a sweep passes its driver's
+    to the trials, whose processes need not have it)."""
     cfg = cfg.resolved(data.counts["train"])
     s, r = cfg.scaling, cfg.run
     num_workers = s.num_workers if isinstance(s.num_workers, int) else tuple(s.num_workers)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "preprocess": data.state.to_json(),
-                           "fault": os.environ.get(faults.ENV_VAR), "tracking": tracking_spec,
+                           "fault": fault or os.environ.get(faults.ENV_VAR), "tracking": tracking_spec,
                            "resume_from": resume_from},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=s.use_gpu, resources_per_worker=cluster.worker_bundle(s),

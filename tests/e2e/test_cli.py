@@ -58,8 +58,10 @@ def test_train_quickstart_end_to_end(tmp_path, cli_env):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "classification" and metrics["epochs_completed"] == 3
     assert len(metrics["history"]) == 3
+    species = pd.read_csv(PENGUINS)["species"]
+    majority = species.value_counts(normalize=True).max()  # what a constant model scores (0.44)
     for split in ("valid", "test"):
-        assert 0.3 < metrics[split]["accuracy"] <= 1.0  # 3 balanced-ish classes: chance is ~0.4
+        assert majority + 0.15 < metrics[split]["accuracy"] <= 1.0
         assert 0.5 < metrics[split]["roc_auc"] <= 1.0
     assert Path(metrics["best_checkpoint"]).is_dir()
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
@@ -68,22 +70,8 @@ def test_train_quickstart_end_to_end(tmp_path, cli_env):
     assert again.returncode == 0 and "already finished" in again.stdout
     assert json.loads((run / "metrics.json").read_text())["wall_time_s"] == metrics["wall_time_s"]
 
-    # The other commands, from the run's best checkpoint alone.
-    ckpt = metrics["best_checkpoint"]
-    scored = run_cli(["predict", "--checkpoint", ckpt, "--input", str(PENGUINS), "--output",
-                      str(tmp_path / "scored.csv")], cli_env)
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    rows = pd.read_csv(PENGUINS)
-    out = pd.read_csv(tmp_path / "scored.csv")
-    assert len(out) == len(rows) and out["bill_length_mm"].equals(rows["bill_length_mm"])
-    assert set(out["prediction"]) <= {"Adelie", "Chinstrap", "Gentoo"}
-    evaluated = run_cli(["evaluate", "--checkpoint", ckpt, "--data", str(PENGUINS), "--output",
-                         str(tmp_path / "eval.json")], cli_env)
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["rows"] == len(rows)
-    assert result["metrics"]["accuracy"] == pytest.approx((out["prediction"] == rows["species"]).mean())
-    assert "confusion matrix" in evaluated.stdout
+    # (predict and evaluate from this checkpoint through the same `app.cli.main`, in-process
+    # on the shared Ray: tests/integration/test_inference.py)
     report = run_cli(["report", str(run)], cli_env)
     assert report.returncode == 0 and (run / "report.html").stat().st_size > 10_000
 

@@ -1,4 +1,5 @@
-"""`ray job submit` against a real head started with `ray start --head` on 127.0.0.1."""
+"""`python -m app submit` (through scripts/submit.sh) against a real head started with
+`ray start --head` on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, _free_port
 
@@ -61,10 +64,16 @@ def submit(env, *args, pip="0", timeout=600):
 
 def test_train_and_tune_run_as_ray_jobs(head, tmp_path):
     storage = tmp_path / "runs"  # absolute: the job runs in a temporary copy of the working dir
+    # An argument full of shell syntax reaches the job verbatim: the head's shell runs none of it.
+    marker = Path(tempfile.gettempdir()) / f"app-injected-{uuid.uuid4().hex}"
+    hostile = f"x'; touch {marker}-1; echo $(touch {marker}-2) `touch {marker}-3` && \"q\" | cat"
     trained, submitted = submit(head, "train", "--config", "configs/quickstart.yaml", "--set", "train.epochs=3",
-                                "--set", f"run.storage={storage}", pip="1")
+                                "--set", f"run.storage={storage}", "--set", f"tracking.experiment={hostile}", pip="1")
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
     assert re.search(r"Job 'app-train-[\d-]+' succeeded", trained.stdout + trained.stderr)
+    assert not list(marker.parent.glob(f"{marker.name}-*")), "a shell ran part of an argument"
+    written = yaml.safe_load((storage / "quickstart" / "config.yaml").read_text())
+    assert written["tracking"]["experiment"] == hostile
     metrics = json.loads((storage / "quickstart" / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 3 and metrics["test"]["accuracy"] > 0.3
     first_epoch = metrics["history"][0]["time"]
@@ -83,8 +92,20 @@ def test_train_and_tune_run_as_ray_jobs(head, tmp_path):
 def test_a_failing_job_fails_the_submission(head, tmp_path):
     failed, _ = submit(head, "train", "--config", "configs/quickstart.yaml", "--set", "train.epochs=0",
                        "--set", f"run.storage={tmp_path / 'runs'}", timeout=300)
-    assert failed.returncode != 0
+    assert failed.returncode == 1
     assert "train.epochs (from --set)" in failed.stdout + failed.stderr
+    assert re.search(r"Job 'app-train-[\d-]+' failed", failed.stderr)
+
+
+def test_bad_usage_exits_2_before_submitting():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    for args, says in (([], "required: COMMAND"), (["bogus"], "invalid choice: 'bogus'"),
+                       (["train", "--config", "x.yaml"], "error: RAY_ADDRESS http://127.0.0.1:")):
+        done = subprocess.run(["bash", "scripts/submit.sh", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, env=dict(env, RAY_ADDRESS=f"http://127.0.0.1:{_free_port()}")
+                              if args[:1] == ["train"] else env)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert says in done.stderr and "Traceback" not in done.stderr
 
 
 def stop_ray_of(temp: str) -> None:

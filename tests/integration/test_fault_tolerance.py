@@ -152,10 +152,31 @@ def test_checkpoint_of_another_config_or_corrupt_is_refused_by_name(interrupted_
     with pytest.raises(UserError, match=r"does not fit this run: model.k is 16 there and 8 here"):
         run_training(other, preflight(other))
 
-    model = run / "checkpoint_epoch_0002" / "model.pt"
-    model.write_bytes(model.read_bytes()[:-100])
-    with pytest.raises(UserError, match=r"checkpoint .*checkpoint_epoch_0002: model.pt is corrupt.*--fresh"):
+    for epoch in (2, 1):  # every checkpoint damaged: nothing to resume from
+        model = run / f"checkpoint_epoch_000{epoch}" / "model.pt"
+        model.write_bytes(model.read_bytes()[:-100])
+    with pytest.raises(UserError, match=r"no intact checkpoint to resume from \(checkpoint .*checkpoint_epoch_0002: "
+                                        r"model.pt is corrupt.*checkpoint_epoch_0001: model.pt is corrupt.*--fresh"):
         run_training(cfg, preflight(cfg))
+
+
+def test_corrupt_latest_checkpoint_resumes_from_the_previous_intact_one(finished_run, interrupted_run, capfd):
+    cfg, run = interrupted_run
+    before = json.loads((run / "checkpoint_epoch_0001" / "train_state.json").read_text())["progress"]["history"]
+    model = run / "checkpoint_epoch_0002" / "model.pt"
+    model.write_bytes(model.read_bytes()[:-100])  # a disk or a copy cut it short after its manifest was written
+    metrics = run_training(cfg, preflight(cfg))
+    out = capfd.readouterr()
+    assert f"checkpoint {run / 'checkpoint_epoch_0002'}: model.pt is corrupt (checksum mismatch)" in out.err
+    assert f"resuming from {run / 'checkpoint_epoch_0001'} (epoch 1 done)" in out.out
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2]
+    assert metrics["history"][:1] == before
+    assert metrics["attempts"][-1]["from_epoch"] == 1  # Ray Train handed the workers epoch 1, not epoch 2
+    # epoch 2 redone from epoch 1 ends exactly where the uninterrupted run did, its checkpoint rewritten whole
+    finished = json.loads((finished_run[1] / "metrics.json").read_text())
+    assert metrics["param_fingerprints"] == finished["param_fingerprints"]
+    assert metrics["valid"] == finished["valid"]
+    assert Predictor.from_checkpoint(run / "checkpoint_epoch_0002").epoch == 2
 
 
 @pytest.mark.parametrize("record", ["intact", "cut short"])

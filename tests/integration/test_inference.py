@@ -98,6 +98,25 @@ def test_evaluate_equals_the_test_metrics_of_the_run(run):
     assert run["metrics"]["test_details"]["confusion_matrix"] == result["confusion_matrix"]
 
 
+def test_predict_and_evaluate_commands(run, tmp_path, capsys):
+    """`predict` and `evaluate` as the command line runs them (`app.cli.main`), from the
+    best checkpoint alone, on every row of the penguins file."""
+    from app.cli import main
+
+    ckpt = run["checkpoint"]
+    assert main(["predict", "--checkpoint", ckpt, "--input", str(PENGUINS), "--output",
+                 str(tmp_path / "scored.csv")]) == 0
+    rows, out = pd.read_csv(PENGUINS), pd.read_csv(tmp_path / "scored.csv")
+    assert len(out) == len(rows) and out["bill_length_mm"].equals(rows["bill_length_mm"])
+    assert set(out["prediction"]) <= {"Adelie", "Chinstrap", "Gentoo"}
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(PENGUINS), "--output",
+                 str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["rows"] == len(rows)
+    assert result["metrics"]["accuracy"] == pytest.approx((out["prediction"] == rows["species"]).mean())
+    assert "confusion matrix" in capsys.readouterr().out
+
+
 def test_baselines_are_scored_on_the_same_test_rows(run):
     baselines = json.loads((run["dir"] / "baselines.json").read_text())
     assert set(baselines) == {"random_forest", "hist_gradient_boosting"}

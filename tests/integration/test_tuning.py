@@ -1,18 +1,21 @@
-"""Sweeps on one shared local Ray: ASHA stops weak trials, the best config reproduces, Optuna runs."""
+"""Sweeps on one shared local Ray: ASHA stops weak trials, the best config reproduces, Optuna runs,
+a resumed sweep keeps its fitted preprocessing and refuses a changed config."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 import yaml
 
 from app.config import from_dict, load_config
+from app.data.prepare import prepare
 from app.errors import UserError
 from app.training.trainer import preflight, run_training
 from app.tuning import run_tune
-from tests.conftest import penguins_tree
+from tests.conftest import PENGUINS, penguins_tree
 
 # Both model kinds, and a key of each: trials of either kind share the prepared data.
 SPACE = {"train.lr": {"loguniform": [1.0e-4, 3.0e-2]}, "model.kind": {"choice": ["mlp", "tabm"]},
@@ -103,3 +106,45 @@ def test_trial_that_cannot_fit_the_cluster(ray_session, tmp_path):
     cfg.scaling.num_workers = 8
     with pytest.raises(UserError, match="one trial needs 8 worker"):
         run_tune(cfg, preflight(cfg))
+
+
+@pytest.mark.slow
+def test_resumed_trial_keeps_its_fitted_preprocessing_and_a_changed_config_is_refused(ray_session, tmp_path,
+                                                                                      monkeypatch):
+    data = tmp_path / "penguins.csv"
+    shutil.copy(PENGUINS, data)
+    cfg = sweep_config(tmp_path, "resumed", num_samples=1, max_concurrent_trials=1, scheduler={"name": "fifo"},
+                       space={"train.lr": {"choice": [3.0e-3]}})
+    cfg.data.train, cfg.train.epochs, cfg.model.kind, cfg.model.hidden = str(data), 3, "mlp", [16]
+    cfg.run.max_failures = 0  # the trial fails for good below, and is left for --resume
+    # Its worker dies as epoch 3 starts. Ray Train takes a worker's reports one at a time, so
+    # epoch 1 is registered by then, and epoch 2 may be.
+    monkeypatch.setenv("APP_FAULT", "rank=0,epoch=3")
+    run_tune(cfg, preflight(cfg))
+    sweep = tmp_path / "runs" / "resumed"
+    [trial] = [p for p in (sweep / "trials").iterdir() if p.is_dir()]
+    done = json.loads((trial / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+    done = done["metrics"]["epoch"]
+    assert pd.read_csv(sweep / "leaderboard.csv").status.tolist() == ["error"]
+    assert done in (1, 2) and not (trial / "checkpoint_epoch_0003").exists()
+    fitted = (trial / f"checkpoint_epoch_000{done}" / "preprocess.json").read_text()
+    assert (sweep / "sweep_preprocess.json").read_text() == fitted
+
+    changed = cfg.model_copy(deep=True)
+    changed.model.hidden = [32]
+    with pytest.raises(UserError, match=r"sweep .*resumed does not fit this run: model.hidden is \[16\] there "
+                                        r"and \[32\] here; pass --fresh"):
+        run_tune(changed, preflight(changed), resume=True)
+
+    lines = data.read_text().splitlines(keepends=True)  # the data changes (columns and types stay):
+    data.write_text("".join(lines[:1] + [line for i, line in enumerate(lines[1:]) if i % 3]))
+    refitted = prepare(cfg, preflight(cfg)).state.to_json()
+    assert refitted != fitted  # refitting would now scale and index differently
+    monkeypatch.delenv("APP_FAULT")
+    run_tune(cfg, preflight(cfg), resume=True)
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert board.status.tolist() == ["completed"] and board.epochs.tolist() == [3]
+    assert (trial / "checkpoint_epoch_0003" / "preprocess.json").read_text() == fitted
+    progress = json.loads((trial / "checkpoint_epoch_0003" / "train_state.json").read_text())["progress"]
+    assert [a["from_epoch"] for a in progress["attempts"]] == [0, done]  # resumed, not trained again
+    assert [r["epoch"] for r in progress["history"]] == [1, 2, 3]

@@ -30,22 +30,24 @@ def frame(n=200, seed=0):
     return df
 
 
-def fit_stats(stats, kinds, *, task="auto", min_count=1, types=None, label_type="string", categorical=()):
+def fit_stats(stats, kinds, *, task="auto", min_count=1, types=None, label_type="string", categorical=(),
+              max_categories=10_000):
     """fit_preprocessor on merged stats, with the config sections and inputs of a run."""
     return pp.fit_preprocessor(
-        stats, data=DataConfig(train="train.csv", label="label", task=task, categorical=list(categorical)),
+        stats, data=DataConfig(train="train.csv", label="label", task=task, categorical=list(categorical),
+                               max_categories=max_categories),
         preprocess=PreprocessConfig(min_category_count=min_count, missing_indicators=True),
         inputs=Inputs(train=None, test=None, kinds=kinds, input_types=types or {}, column_types={},
                       label_type=label_type))
 
 
-def fit(df, kinds=KINDS, task="auto", min_count=1, batches=3, label_type=None):
-    parts = [json.loads(partial_stats_batch(chunk, kinds, "label")["stats"][0])
+def fit(df, kinds=KINDS, task="auto", min_count=1, batches=3, label_type=None, max_categories=10_000):
+    parts = [json.loads(partial_stats_batch(chunk, kinds, "label", max_categories=max_categories)["stats"][0])
              for chunk in (df.iloc[i] for i in np.array_split(np.arange(len(df)), batches))]
     types = {k: "x" for k in kinds}
     label_type = label_type or str(pa.Schema.from_pandas(df[["label"]]).field("label").type)
-    return fit_stats(pp.merge_stats(parts), kinds, task=task, min_count=min_count, types=types,
-                     label_type=label_type)
+    return fit_stats(pp.merge_stats(parts, max_categories=max_categories), kinds, task=task, min_count=min_count,
+                     types=types, label_type=label_type, max_categories=max_categories)
 
 
 def test_fit_matches_pandas_and_merges_batches_exactly():
@@ -230,3 +232,97 @@ def test_arrow_backed_text_is_checked_too():
     df.loc[17, "c"] = "oops"
     with pytest.raises(UserError, match=r"column 'c' looks numeric .* such as 'oops'"):
         fit(df)
+
+
+# ---------------------------------------------------------------- odd values
+
+
+def test_infinite_feature_values_are_treated_as_missing_with_a_warning():
+    df = frame()
+    df["b"] = df["b"].astype(float)
+    df.loc[[3, 4], "b"] = [np.inf, -np.inf]
+    state, warnings = fit(df)
+    b = state.numeric[1]
+    finite = df["b"][np.isfinite(df["b"])]
+    assert b.mean == pytest.approx(finite.mean(), rel=1e-12) and b.std == pytest.approx(finite.std(ddof=0), rel=1e-12)
+    assert b.indicator  # the infinite values count as gaps
+    assert [w for w in warnings if "'b'" in w] == [("column 'b' has 2 infinite value(s) in the training split; "
+                                                    "they are treated as missing")]
+    new = df.head(3).assign(b=[np.inf, -np.inf, np.nan])
+    x = transform(new, state, with_label=False)["x_num"]
+    assert np.isfinite(x).all()
+    np.testing.assert_array_equal(x[:, 1], [0.0, 0.0, 0.0])  # the centre, as a missing value
+    np.testing.assert_array_equal(x[:, -1], [1.0, 1.0, 1.0])  # and flagged missing
+
+
+def test_infinite_regression_label_is_refused_naming_the_column_and_file():
+    df = frame()
+    df["label"] = np.linspace(0, 1, len(df))
+    df.loc[7, "label"] = np.inf
+    with pytest.raises(UserError, match=r"data.label: 'label' has 1 infinite value\(s\) in data.train \(train.csv\)"):
+        fit(df)
+    df.loc[7, "label"] = 0.5  # and in a row of another split: still refused
+    rows = df.assign(label=df["label"].where(df.index != 9, -np.inf))
+    stats = json.loads(partial_stats_batch(rows, KINDS, "label", train_mask=rows.index != 9)["stats"][0])
+    with pytest.raises(UserError, match="infinite"):
+        fit_stats(pp.merge_stats([stats]), KINDS, label_type="double")
+
+
+def test_values_too_large_to_scale_are_refused_naming_the_column():
+    df = frame()
+    df["a"] = df["a"] * 1e300
+    with pytest.raises(UserError, match=r"data.train \(train.csv\): column 'a' has values too large"):
+        fit(df)
+
+
+def test_numbers_stored_as_text_are_refused_naming_the_column():
+    # Parquet keeps the writer's types: a numeric column written as strings would otherwise
+    # become a categorical column with one category per number.
+    df = frame()
+    df["c"] = pd.Series([str(v) for v in np.round(df["a"].fillna(0), 3)], dtype="string[pyarrow]")
+    with pytest.raises(UserError, match=r"column 'c' holds only numbers but is stored as text.*data.categorical"):
+        fit(df)
+    state, _ = fit_stats(pp.merge_stats([json.loads(partial_stats_batch(df, KINDS, "label")["stats"][0])]),
+                         KINDS, categorical={"c"})  # declared categorical: accepted as categories
+    assert len(state.categorical[0].categories) > 100
+
+
+def test_categories_beyond_the_cap_keep_the_most_frequent_and_warn():
+    rng = np.random.default_rng(0)
+    n = 3000
+    df = frame(n)
+    # 120 values at most, "id-000" the most frequent, then "id-001", ...: each batch counts them all
+    df["c"] = [f"id-{int(v):03d}" for v in (rng.zipf(1.3, n) - 1) % 120]
+    state, warnings = fit(df, max_categories=50)
+    kept = state.categorical[0].categories
+    counts = df["c"].value_counts()
+    assert len(kept) == 50
+    assert set(kept) == set(counts.index[:50]) or counts.iloc[49] == counts.iloc[50]
+    distinct = df["c"].nunique()
+    assert [w for w in warnings if "'c'" in w] == [
+        (f"column 'c' has {distinct} categories, more than data.max_categories (50): the 50 most frequent are "
+         f"kept and the other {distinct - 50} go to the unknown bucket (an identifier belongs in data.drop)")]
+    assert not [w for w in warnings if "'d'" in w]  # under the cap: no warning
+    codes = transform(df, state, with_label=False)["x_cat"][:, 0]
+    assert ((codes == 0) == ~df["c"].isin(kept).to_numpy()).all()
+
+
+def test_each_batch_reports_a_bounded_number_of_categories():
+    df = frame(4000)
+    df["c"] = [f"u{i}" for i in range(len(df))]  # an id column: every value distinct
+    stats = pp.partial_stats(df, KINDS, "label", max_categories=10)
+    assert len(stats["categorical"]["c"]["counts"]) <= 4 * 10
+    parts = [pp.partial_stats(df.iloc[i::4], KINDS, "label", max_categories=10) for i in range(4)]
+    merged = pp.merge_stats(parts, max_categories=10)
+    assert len(merged["categorical"]["c"]["counts"]) <= 2 * 4 * 10
+    state, warnings = fit_stats(merged, KINDS, max_categories=10, label_type="string")
+    assert len(state.categorical[0].categories) == 10
+    # 1,000 distinct per batch: the largest a batch saw (the 4,000 in all were never counted)
+    assert [w for w in warnings if "'c'" in w] == [
+        ("column 'c' has at least 1000 categories, more than data.max_categories (10): the 10 most frequent "
+         "(counted approximately) are kept and the other 990 or more go to the unknown bucket (an identifier "
+         "belongs in data.drop)")]
+    # two batches of 35 categories each (under 4 x 10), 70 in all (under 8 x 10): counted exactly
+    two = [pp.partial_stats(df.iloc[i * 35:(i + 1) * 35], KINDS, "label", max_categories=10) for i in range(2)]
+    _, warnings = fit_stats(pp.merge_stats(two, max_categories=10), KINDS, max_categories=10)
+    assert next(w for w in warnings if "'c'" in w).startswith("column 'c' has 70 categories, more than")

@@ -8,7 +8,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from app.data.transform import PreprocessState
-from app.metrics import confusion_matrix, residual_summary
+from app.metrics import MetricSums
 from app.predict import Output, write_output
 from app.report import render
 
@@ -37,11 +37,12 @@ def test_sweep_report_has_the_leaderboard():
 
 def test_confusion_matrix_and_residuals():
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
-    cm = confusion_matrix(logits, np.array([0, 0, 1]), ["a", "b"])
+    labelled = PreprocessState(label="y", task="classification", numeric=[], categorical=[], classes=["a", "b"])
+    cm = MetricSums.of(logits, np.array([0, 0, 1]), labelled).confusion_matrix(["a", "b"])
     assert cm == {"labels": ["a", "b"], "matrix": [[1, 1], [1, 0]]}
     state = PreprocessState(label="y", task="regression", numeric=[], categorical=[], target_mean=10.0,
                             target_std=2.0)
-    r = residual_summary(np.array([0.0, 0.0, 0.0]), np.array([1.0, 0.0, -1.0]), state)
+    r = MetricSums.of(np.array([0.0, 0.0, 0.0]), np.array([1.0, 0.0, -1.0]), state).residual_summary()
     assert r["mean"] == 0.0 and r["max_abs"] == 2.0 and r["p95"] == pytest.approx(1.8)
 
 

@@ -1,0 +1,204 @@
+"""What the app may delete and where it may write: outputs replaced, never mixed; `--fresh`
+and `--overwrite` only on folders the app wrote, and only after the inputs checked out;
+one live driver per run folder. On a local disk and on a real S3 server (moto), no Ray."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from app import lease, predict, runs, storage
+from app.errors import UserError
+from tests.conftest import penguins_tree
+from tests.unit.test_cli_errors import assert_bad_input, checkpoint, no_ray, write_config  # noqa: F401
+
+
+def finished_run(tmp_path):
+    """A run folder as a finished `train` leaves it."""
+    run = tmp_path / "runs" / "quickstart"
+    (run / "checkpoint_epoch_0003").mkdir(parents=True)
+    storage.mark_owned(str(run), "run")
+    (run / runs.METRICS).write_text(json.dumps({"test": {"accuracy": 0.9}}))
+    return run
+
+
+@pytest.fixture
+def other_driver():
+    """A live process of this host standing in for another driver that holds a lease."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield {"token": "other", "host": socket.gethostname(), "pid": proc.pid,
+           "process_start": lease._process_start(proc.pid), "since": time.time(), "heartbeat": time.time()}
+    proc.kill()
+    proc.wait()
+
+
+# ---------------------------------------------------------------- --fresh
+
+
+def test_fresh_with_a_mistyped_input_deletes_nothing(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    path = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(tmp_path / "typo.csv")))
+    assert_bad_input(["train", "--config", str(path), "--fresh"], capsys, "data.train", "typo.csv")
+    assert (run / runs.METRICS).exists() and (run / "checkpoint_epoch_0003").is_dir()
+
+
+def test_fresh_while_another_driver_holds_the_run_deletes_nothing(tmp_path, capsys, other_driver):
+    run = finished_run(tmp_path)
+    (run / runs.LEASE).write_text(json.dumps(other_driver))
+    path = write_config(tmp_path, penguins_tree(tmp_path))
+    assert_bad_input(["train", "--config", str(path), "--fresh"], capsys, "in use by another driver",
+                     f"pid {other_driver['pid']}")
+    assert (run / runs.METRICS).exists() and json.loads((run / runs.LEASE).read_text())["token"] == "other"
+
+
+def test_a_folder_the_app_did_not_write_is_never_a_run_folder(tmp_path, capsys):
+    mine = tmp_path / "runs" / "quickstart"
+    mine.mkdir(parents=True)
+    (mine / "thesis.tex").write_text("years of work")
+    path = write_config(tmp_path, penguins_tree(tmp_path))
+    for extra in ([], ["--fresh"]):
+        assert_bad_input(["train", "--config", str(path), *extra], capsys, "did not write", str(mine))
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+# ---------------------------------------------------------------- --overwrite
+
+
+def test_predict_overwrite_refuses_a_folder_the_app_did_not_write(tmp_path, capsys, checkpoint):  # noqa: F811
+    pd.DataFrame({"a": [1.0], "c": ["p"]}).to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_bad_input(["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in.csv"),
+                      "--output", str(tmp_path), "--overwrite"], capsys, "--output", "did not write")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_export_overwrite_refuses_a_folder_the_app_did_not_write(tmp_path, capsys, checkpoint):  # noqa: F811
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("x")
+    assert_bad_input(["export", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), "--overwrite"],
+                     capsys, "--output", "did not write")
+    assert (tmp_path / "out" / "precious.txt").read_text() == "x"
+
+
+def test_export_overwrite_replaces_its_own_folder(tmp_path, checkpoint):  # noqa: F811
+    from app.cli import main
+
+    out = tmp_path / "exports" / "model"
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(out)]) == 0
+    (out / "stale.txt").write_text("from an older export")
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(out), "--overwrite"]) == 0
+    assert (out / "model.onnx").is_file() and not (out / "stale.txt").exists()
+    assert [p.name for p in out.parent.iterdir()] == ["model"]  # no staging or old copy left beside it
+
+
+# ---------------------------------------------------------------- outputs replaced, never mixed
+
+
+def table(rows: int, start: int = 0) -> pa.Table:
+    return pa.table({"row": list(range(start, start + rows))})
+
+
+def failing(rows: int):
+    yield table(rows)
+    raise RuntimeError("the job died here")
+
+
+@pytest.fixture(params=["local", "s3"])
+def location(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return f"{request.getfixturevalue('s3')}/ownership-{time.time_ns()}/out"
+
+
+def read_rows(location: str) -> list[int]:
+    fs, path = storage.filesystem(location)
+    parts = [e.path for e in storage.entries(fs, path) if e.name.endswith(".parquet")]
+    return sorted(r for part in parts for r in pq.read_table(part, filesystem=fs).column("row").to_pylist())
+
+
+def test_a_folder_output_is_replaced_whole_and_a_failed_job_keeps_the_old_one(location, monkeypatch):
+    monkeypatch.setattr(predict, "ROWS_PER_PART", 10)
+    assert predict.write_output(iter([table(10), table(10, 10), table(5, 20)]), predict.check_output(location, False)) == 25
+    names = [e.name for e in storage.listdir(location)]
+    assert names == [storage.OWNED, predict.SUCCESS_MARKER, "part-00000.parquet", "part-00001.parquet",
+                     "part-00002.parquet"]
+
+    with pytest.raises(RuntimeError, match="died"):
+        predict.write_output(failing(3), predict.check_output(location, True))
+    assert read_rows(location) == list(range(25))  # the previous output, whole
+    assert storage.exists(storage.join(location, predict.SUCCESS_MARKER))
+
+    assert predict.write_output(iter([table(4, 100)]), predict.check_output(location, True)) == 4
+    assert read_rows(location) == list(range(100, 104))  # no surplus parts of the old output
+    assert [e.name for e in storage.listdir(storage.parent(location))] == ["out"]  # no staging left
+
+
+def test_a_file_output_survives_a_failed_overwrite(location):
+    target = location + ".parquet"
+    predict.write_output(iter([table(6)]), predict.check_output(target, False))
+    with pytest.raises(RuntimeError, match="died"):
+        predict.write_output(failing(2), predict.check_output(target, True))
+    fs, path = storage.filesystem(target)
+    assert pq.read_table(path, filesystem=fs).column("row").to_pylist() == list(range(6))
+    assert [e.name for e in storage.listdir(storage.parent(target))] == ["out.parquet"]
+
+
+# ---------------------------------------------------------------- one live driver per run
+
+
+def test_a_second_driver_is_refused_and_the_lease_goes_with_the_first(location):
+    with lease.held(location, what="run"):
+        assert storage.read_json(storage.join(location, runs.LEASE))["pid"] > 0
+        with pytest.raises(UserError, match=r"in use by another driver \(pid \d+ on "):
+            lease.Lease(location).acquire(what="run")
+    assert not storage.exists(storage.join(location, runs.LEASE))
+
+
+def test_the_lease_of_a_driver_that_died_is_taken_over_with_a_warning(tmp_path, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = {"token": "dead", "host": socket.gethostname(), "pid": pid, "process_start": "1",
+             "since": time.time(), "heartbeat": time.time()}
+    storage.write_json(str(tmp_path / runs.LEASE), stale)
+    with lease.held(str(tmp_path), what="run") as held:
+        assert storage.read_json(str(tmp_path / runs.LEASE))["token"] == held.token
+    assert f"taking over the lease of {tmp_path}: pid {pid} on {socket.gethostname()} is no longer running" \
+        in capsys.readouterr().err
+
+
+def test_a_lease_of_another_host_is_live_until_its_heartbeat_stops(tmp_path, capsys):
+    elsewhere = {"token": "far", "host": "another-node", "pid": 1, "process_start": "1", "since": time.time()}
+    storage.write_json(str(tmp_path / runs.LEASE), dict(elsewhere, heartbeat=time.time() - 5))
+    with pytest.raises(UserError, match="pid 1 on another-node"):
+        lease.Lease(str(tmp_path)).acquire(what="run")
+    storage.write_json(str(tmp_path / runs.LEASE), dict(elsewhere, heartbeat=time.time() - lease.STALE_S - 5))
+    with lease.held(str(tmp_path), what="run"):
+        pass
+    assert "has not renewed it for" in capsys.readouterr().err
+
+
+def test_the_heartbeat_keeps_the_lease_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    with lease.held(str(tmp_path), what="run"):
+        first = storage.read_json(str(tmp_path / runs.LEASE))["heartbeat"]
+        deadline = time.time() + 10
+        while storage.read_json(str(tmp_path / runs.LEASE))["heartbeat"] == first:
+            assert time.time() < deadline, "the heartbeat was not renewed"
+            time.sleep(0.01)
+
+
+def test_a_run_refused_before_it_wrote_anything_leaves_no_folder(tmp_path):
+    folder = str(tmp_path / "runs" / "new")
+    with pytest.raises(UserError, match="refused"):
+        with lease.run_folder(folder, fresh=False, what="run"):
+            assert storage.exists(storage.join(folder, storage.OWNED))
+            raise UserError("refused on the cluster")
+    assert not storage.exists(folder)
