@@ -21,7 +21,7 @@ import sys
 import traceback
 
 from app.errors import UserError, find_user_error
-from app.redact import redact, redacted_output
+from app.redact import redact, redact_tree, redacted_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,7 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = run_evaluate(args.checkpoint, predictor, source)
     print(format_evaluation(result))
     if args.output:
-        storage.write_json(args.output, json_safe(result))
+        storage.write_json(args.output, json_safe(redact_tree(result)))
         print(f"written: {args.output}")
     return 0
 

@@ -15,6 +15,7 @@ one whose lease is still there goes on.
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import socket
@@ -76,7 +77,10 @@ class Lease:
 
     def acquire(self, *, what: str) -> None:
         current = self._read()
-        if current is not None:
+        if current is None and storage.exists(self.location):  # cut short, or empty: no owner to ask
+            print(f"warning: taking over the lease of {self.folder}: its lease file is unreadable", file=sys.stderr)
+            current = {}
+        elif current is not None:
             reason = stale_reason(current)
             if reason is None:
                 raise UserError(f"{what} folder {self.folder} is in use by another driver ({describe(current)}, "
@@ -97,19 +101,22 @@ class Lease:
         self._thread.start()
 
     def _create_local(self) -> bool:
-        """On a local disk, create the lease file only if there is none (O_EXCL). False on
-        an object store, which has no such operation."""
+        """On a local disk, create the lease file, whole, only if there is none (a hard link
+        of a written temporary file). False on an object store, which has no such operation."""
         fs, path = storage.filesystem(self.location)
         if not storage.is_local(fs):
             return False
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{self.token}"
+        with open(tmp, "w") as f:
+            json.dump(self.owner, f)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, path)  # appears whole, and only where there was none
         except FileExistsError:  # another driver was faster
             raise UserError(f"{self.folder} was just taken by another driver ({describe(self._read() or {})}); "
                             f"run one driver per run name") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.owner, f)
+        finally:
+            os.unlink(tmp)
         return True
 
     def _read(self) -> dict[str, Any] | None:
@@ -124,8 +131,9 @@ class Lease:
             try:
                 current = self._read()
                 if current is not None and current.get("token") != self.token:
-                    print(f"warning: {describe(current)} took over the lease of {self.folder}; this driver "
-                          f"should stop", file=sys.stderr)
+                    print(f"error: {describe(current)} took over the lease of {self.folder} (this driver did not "
+                          f"renew it for {STALE_S:.0f}s); stopping this driver", file=sys.stderr)
+                    _thread.interrupt_main()  # two drivers must not write one run folder
                     return
                 storage.write_json(self.location, dict(self.owner, heartbeat=time.time()))
             except Exception as e:  # noqa: BLE001 - a missed heartbeat must not kill the run
@@ -156,7 +164,8 @@ def run_folder(folder: str, *, fresh: bool, what: str) -> Iterator[Lease]:
     """Hold a run (or sweep) folder for this driver: refuse a folder the app did not write,
     take the lease, then, with `fresh`, delete what the folder holds (its marker and the
     lease stay), and mark it as the app's."""
-    storage.check_replaceable(folder, f"the {what} folder (run.storage/name)")
+    if fresh or not _earlier_run(folder):
+        storage.check_replaceable(folder, f"the {what} folder (run.storage/name)")
     try:
         with held(folder, what=what) as lease:
             if fresh:
@@ -166,3 +175,19 @@ def run_folder(folder: str, *, fresh: bool, what: str) -> Iterator[Lease]:
     finally:
         if [e.name for e in storage.listdir(folder)] == [storage.OWNED]:
             storage.remove(folder)  # a run refused before it wrote anything leaves nothing behind
+
+
+def _earlier_run(folder: str) -> bool:
+    """A run or sweep folder of a version of the app that left no marker: resumed (and then
+    marked), never deleted by --fresh."""
+    if storage.exists(storage.join(folder, storage.OWNED)):
+        return False
+    if storage.exists(storage.join(folder, runs.RAY_CHECKPOINTS)):
+        return True
+    import yaml
+
+    try:
+        saved = yaml.safe_load(storage.read_text(storage.join(folder, runs.CONFIG)) or "")
+    except yaml.YAMLError:
+        return False
+    return isinstance(saved, dict) and {"name", "data", "model"} <= set(saved)

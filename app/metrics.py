@@ -7,11 +7,11 @@ objective on the same rows (cross-entropy, or MSE of the standardised label).
 Every path computes them the same way, from `MetricSums`: fixed-size sums of a block of
 rows that merge exactly (counts, a confusion matrix, sums and Chan's merge of means and
 squared deviations), so that no step needs every scored row in one process. Those give
-every metric exactly except ROC AUC, which comes from per-class histograms of the
-positive-class score on the logit scale (`AUC_BINS` bins over logits -16..16; scores
-beyond go to the end bins). Pairs of a positive and a negative row whose scores share a
-bin count as ties (half), so the AUC is off by at most half the share of such pairs:
-`MetricSums.auc_error_bound()` is that figure, typically below 1e-3. A regression's
+every metric exactly except ROC AUC, which comes from per-class histograms of each class's
+log-odds z against the rest (`AUC_BINS` bins over sign(z) log(1 + |z|) in ±`SCALE_LIMIT`,
+computed from the raw outputs so that confident rows stay apart). Pairs of a positive and
+a negative row whose scores share a bin count as ties (half), so the AUC is off by at most
+half the share of such pairs: `MetricSums.auc_error_bound()` is that figure. A regression's
 residual quantiles and its (actual, predicted) pairs come from a seeded sample of at most
 `SAMPLE_POINTS` rows, chosen by a hash of their values, so the same rows win however the
 data is split into blocks.
@@ -26,8 +26,8 @@ import numpy as np
 
 from app.data.transform import PreprocessState
 
-AUC_BINS = 4096
-LOGIT_LIMIT = 16.0
+AUC_BINS = 8192
+SCALE_LIMIT = 7.0  # bins cover sign(z) log(1 + |z|) in [-7, 7]: log-odds up to about ±1100
 SAMPLE_POINTS = 1000  # (actual, predicted) pairs kept for a regression's plot and residual quantiles
 _EPS = float(np.finfo(np.float64).eps)  # log_loss clips as scikit-learn does
 
@@ -108,9 +108,7 @@ class MetricSums:
             out.log_loss_sum = float(-np.log(np.clip(p_true, _EPS, 1 - _EPS)).sum())
             k = out.n_classes
             out.confusion = np.bincount(y * k + proba.argmax(axis=1), minlength=k * k).reshape(k, k).astype(np.int64)
-            with np.errstate(divide="ignore"):
-                logits = np.log(proba) - np.log1p(-np.minimum(proba, 1.0))
-            bins = _bins_of(logits)
+            bins = _bins_of(_class_logits(np.asarray(outputs, dtype=np.float64)))
             for c in range(k):
                 is_c = y == c
                 out.positives[c] = np.bincount(bins[is_c, c], minlength=AUC_BINS)
@@ -132,7 +130,7 @@ class MetricSums:
         return out
 
     def merge(self, other: MetricSums) -> MetricSums:
-        """Both sets together (a new object)."""
+        """Both sets together (neither argument is changed; an empty side returns the other)."""
         if other.n == 0:
             return self
         if self.n == 0:
@@ -207,10 +205,23 @@ class MetricSums:
         return {"actual": self.sample_actual.tolist(), "predicted": self.sample_predicted.tolist()}
 
 
+def _class_logits(z: np.ndarray) -> np.ndarray:
+    """Each class's log-odds against the rest, z_c - logsumexp(z_others), from the raw
+    outputs: no round trip through probabilities, which saturate at 1 for confident rows."""
+    k = z.shape[1]
+    out = np.empty_like(z)
+    for c in range(k):
+        others = np.delete(z, c, axis=1)
+        top = others.max(axis=1)
+        out[:, c] = z[:, c] - (top + np.log(np.exp(others - top[:, None]).sum(axis=1)))
+    return out
+
+
 def _bins_of(logits: np.ndarray) -> np.ndarray:
-    clipped = np.clip(np.nan_to_num(logits, nan=0.0, posinf=LOGIT_LIMIT, neginf=-LOGIT_LIMIT), -LOGIT_LIMIT,
-                      LOGIT_LIMIT)
-    return np.clip(((clipped + LOGIT_LIMIT) / (2 * LOGIT_LIMIT) * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
+    """Histogram bins of log-odds on a log-compressed scale, sign(z) log(1 + |z|): fine near
+    0, still apart at |z| in the hundreds."""
+    u = np.sign(logits) * np.log1p(np.abs(np.nan_to_num(logits, nan=0.0, posinf=1e300, neginf=-1e300)))
+    return np.clip(((u + SCALE_LIMIT) / (2 * SCALE_LIMIT) * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
 
 
 def _r2(ss_res: float, ss_tot: float) -> float:

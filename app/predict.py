@@ -113,6 +113,8 @@ def write_output(batches: Iterable[pa.Table], out: Output) -> int:
             rows = _write_parts(batches, fs, staging)
             storage.mark_owned_path(fs, staging, "predictions")
             storage.publish_dir(fs, staging, out.path, success=SUCCESS_MARKER)
+    except storage.PublishError:
+        raise  # the staging copy is the only complete output now: kept, and named in the error
     except BaseException:
         try:
             storage.remove_path(fs, staging)

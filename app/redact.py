@@ -26,15 +26,18 @@ SECRET_PARAMS = (
     "secret_key", "secret_access_key", "aws_secret_access_key", "session_token", "aws_session_token",
     "security_token", "x-amz-security-token", "x-amz-signature", "password", "passwd", "pwd", "token",
     "access_token", "refresh_token", "id_token", "client_secret", "api_key", "apikey", "sig", "signature",
+    "sas_token",
 )
 
 # `scheme://user:password@`: the password runs to the last `@` before the path (as RFC 3986
 # spells it, percent-encoded; an `@` left unencoded is taken as part of it), or, for a secret
-# pasted without encoding (AWS secret keys hold `/` and `+`), to the first `@`, unless what
-# follows the colon reads as a port and a path (`http://host:8080/a@b` names no password).
+# pasted without encoding (AWS secret keys hold `/` and `+`), to the first `@`. A port and a
+# path with an `@` in it (`http://host:8080/a@b`) read the same way and are masked too: a
+# secret that starts with digits and a `/` cannot be told from a port, and hiding too much
+# is the safe side.
 _USERINFO = re.compile(
     r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s'\"]*:)"
-    r"(?P<password>[^/?#\s'\"]*|(?!\d{1,5}(?:[/?#]|$))[^@\s'\"]*)"
+    r"(?P<password>[^/?#\s'\"]*|[^@\s'\"]*)"
     r"(?=@)")
 _QUERY = re.compile(r"(?P<head>[?&;](?:" + "|".join(re.escape(p) for p in SECRET_PARAMS) + r")=)"
                     r"(?P<value>[^&#\s'\"]*)", re.IGNORECASE)

@@ -528,6 +528,8 @@ def build_app(checkpoint: str, options: ServeOptions, surge: bool):
     return PredictorDeployment.options(
         num_replicas=options.replicas,
         max_ongoing_requests=options.max_ongoing_requests,
+        # Beyond that, each proxy queues at most this many more; the rest get 503 at once.
+        max_queued_requests=4 * options.max_ongoing_requests * options.replicas,
         # A rolling update starts one replica of the new version before it stops an old
         # one, so capacity never drops; without room for that extra replica, Serve stops
         # an old one first, and requests wait for the others meanwhile.

@@ -231,26 +231,39 @@ def publish_dir(fs: FileSystem, staging: str, final: str, *, success: str) -> No
     new parts mixed), then the old parts (the marker stays, so a cut-short switch can be
     redone with --overwrite), then the new parts are copied over, and `success` comes last."""
     if is_local(fs):
+        with fs.open_output_stream(posixpath.join(staging, success)):
+            pass
         old = None
         if kind(fs, final) is not None:
             old = f"{posixpath.dirname(final)}/.{posixpath.basename(final)}.old-{uuid.uuid4().hex[:8]}"
             fs.move(final, old)
-        fs.move(staging, final)
-        with fs.open_output_stream(posixpath.join(final, success)):
-            pass
+        try:
+            fs.move(staging, final)
+        except BaseException:
+            if old is not None:
+                fs.move(old, final)  # the previous output back under its name
+            raise
         if old is not None:
             remove_path(fs, old)
         return
-    remove_path(fs, posixpath.join(final, success))
-    for entry in entries(fs, final):
-        if entry.name != OWNED:
-            remove_path(fs, entry.path)
-    for entry in entries(fs, staging, recursive=True):
-        if entry.is_file:
-            fs.copy_file(entry.path, final + entry.path[len(staging):])
-    with fs.open_output_stream(posixpath.join(final, success)):
-        pass
+    try:
+        remove_path(fs, posixpath.join(final, success))
+        for entry in entries(fs, final):
+            if entry.name != OWNED:
+                remove_path(fs, entry.path)
+        for entry in entries(fs, staging, recursive=True):
+            if entry.is_file:
+                fs.copy_file(entry.path, final + entry.path[len(staging):])
+        with fs.open_output_stream(posixpath.join(final, success)):
+            pass
+    except BaseException as e:
+        # The old output is gone by now and the new one is whole only in `staging`: keep it.
+        raise PublishError(f"replacing {final} failed ({e}); the complete new output is kept in {staging}") from e
     remove_path(fs, staging)
+
+
+class PublishError(OSError):
+    """A switch to a new output failed midway; its message names where the output is kept."""
 
 
 # ---------------------------------------------------------------- copies to and from this machine

@@ -114,9 +114,15 @@ def follow(client, submission_id: str) -> int:
     from ray.job_submission import JobStatus
 
     async def tail() -> None:
+        pending = ""  # whole lines only: a URI cut between two chunks is still redacted as one
         async for chunk in client.tail_job_logs(submission_id):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
+            pending += chunk
+            lines, _, pending = pending.rpartition("\n")
+            if lines:
+                sys.stdout.write(lines + "\n")
+                sys.stdout.flush()
+        if pending:
+            sys.stdout.write(pending)
 
     try:
         asyncio.run(tail())

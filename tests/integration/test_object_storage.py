@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from app import storage
 from app.config import from_dict
 from app.predict import check_output, run_predict
 from app.predictor import Predictor, check_input
@@ -42,7 +43,9 @@ def test_train_and_predict_with_everything_on_s3(ray_session, s3, tmp_path):
     with fs.open_input_file(f"{bucket}/scored/one.parquet") as f:
         assert pq.read_table(f)["prediction"].to_pylist() == expected["prediction"].tolist()
     parts = {i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{bucket}/scored/parts"))}
-    assert parts == {"part-00000.parquet", "_SUCCESS"}  # the marker is written last
+    assert parts == {"part-00000.parquet", "_SUCCESS", storage.OWNED}  # _SUCCESS last; the app's marker
+    assert sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{bucket}/scored"))) == \
+        ["one.parquet", "parts"]  # no staging copies left beside them
 
     assert write_report(f"{s3}/runs/quickstart") == f"{s3}/runs/quickstart/report.html"
     assert fs.get_file_info(f"{run}/report.html").size > 10_000

@@ -202,3 +202,23 @@ def test_a_run_refused_before_it_wrote_anything_leaves_no_folder(tmp_path):
             assert storage.exists(storage.join(folder, storage.OWNED))
             raise UserError("refused on the cluster")
     assert not storage.exists(folder)
+
+
+def test_an_empty_lease_file_left_by_a_crash_is_taken_over(tmp_path, capsys):
+    (tmp_path / runs.LEASE).write_text("")  # a driver killed between creating and writing it
+    with lease.held(str(tmp_path), what="run") as held:
+        assert storage.read_json(str(tmp_path / runs.LEASE))["token"] == held.token
+    assert "its lease file is unreadable" in capsys.readouterr().err
+
+
+def test_a_run_of_an_earlier_version_resumes_but_fresh_never_deletes_it(tmp_path):
+    old = tmp_path / "runs" / "quickstart"
+    old.mkdir(parents=True)
+    (old / runs.CONFIG).write_text("name: quickstart\ndata: {train: x.csv, label: y}\nmodel: {kind: mlp}\n")
+    with pytest.raises(UserError, match="did not write"):
+        with lease.run_folder(str(old), fresh=True, what="run"):
+            pass
+    assert (old / runs.CONFIG).exists()
+    with lease.run_folder(str(old), fresh=False, what="run"):
+        pass
+    assert (old / storage.OWNED).exists() and (old / runs.CONFIG).exists()

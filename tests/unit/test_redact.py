@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 import sys
 from urllib.parse import quote
 
@@ -37,8 +36,6 @@ def test_a_percent_encoded_password_never_survives(scheme, user, password, host,
 @given(scheme=SCHEMES, user=st.from_regex(r"[A-Z0-9]{0,20}", fullmatch=True), password=RAW_SECRETS, host=HOSTS,
        path=PATHS)
 def test_an_unencoded_secret_key_never_survives(scheme, user, password, host, path):
-    # `host:8080/...` reads as a port and a path; a secret that starts like one cannot be told apart.
-    assume(not re.match(r"\d{1,5}/", password))
     assume(password not in f"{scheme}://{user}:@{host}{path}")
     out = redact(f"{scheme}://{user}:{password}@{host}{path}")
     assert password not in out
@@ -47,6 +44,8 @@ def test_an_unencoded_secret_key_never_survives(scheme, user, password, host, pa
 
 @given(scheme=SCHEMES, host=HOSTS, path=PATHS, query=QUERIES, user=st.from_regex(r"([a-z]{1,8}@)?", fullmatch=True))
 def test_uris_without_secrets_are_unchanged(scheme, host, path, query, user):
+    # (a port followed by a path with `@` in it is masked: it reads like `user:secret/...@`)
+    assume(not (":" in host and "@" in path))
     uri = f"{scheme}://{user}{host}{path}{query}"
     assert redact(uri) == uri
     assert redact(f"written: {uri} (3 files)") == f"written: {uri} (3 files)"
