@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -54,8 +53,10 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
     predictor = Predictor.from_checkpoint(checkpoint)
     state = predictor.state
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    fs, final = storage.filesystem(str(out))
+    with storage.staged(fs, final) as staging_path:
+        staging = Path(staging_path)
+        staging.mkdir()
         write_onnx(predictor, staging / MODEL_FILE)
         write_torchscript(predictor, staging / TORCHSCRIPT_FILE)
         (staging / "preprocess.json").write_text(state.to_json())
@@ -64,17 +65,8 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
         shutil.copy(here / "data" / "transform.py", staging / "preprocess.py")
         shutil.copy(here / "exported" / "predict.py", staging / "predict.py")
         (staging / "README.md").write_text(readme(predictor, checkpoint))
-        storage.mark_owned(str(staging), "export")
-        old = None
-        if out.exists():  # swapped by two renames: a failure before leaves the old folder whole
-            old = staging.with_name(f".{out.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-            out.rename(old)
-        staging.rename(out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        storage.mark_owned(staging_path, "export")
+        storage.publish_dir(fs, staging_path, final)  # a failure leaves the old folder whole
     return out
 
 

@@ -17,7 +17,6 @@ is refused, never deleted.
 from __future__ import annotations
 
 import posixpath
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -40,12 +39,6 @@ class Output:
     filesystem: storage.FileSystem
     path: str
     format: str | None  # "csv" | "parquet" for one file; None for a folder of Parquet parts
-
-    staging: str = ""  # beside `path`: where the output is written before it takes its name
-
-    def __post_init__(self):
-        self.staging = self.staging or \
-            f"{posixpath.dirname(self.path)}/.{posixpath.basename(self.path)}.tmp-{uuid.uuid4().hex[:12]}"
 
 
 def check_output(uri: str, overwrite: bool) -> Output:
@@ -102,8 +95,8 @@ def write_output(batches: Iterable[pa.Table], out: Output) -> int:
     move (an object store publishes the copy whole), a folder by `storage.publish_dir`,
     which writes `_SUCCESS` last. On any failure the staging copy goes and the previous
     output, if any, stays."""
-    fs, staging = out.filesystem, out.staging
-    try:
+    fs = out.filesystem
+    with storage.staged(fs, out.path) as staging:
         if out.format:
             fs.create_dir(posixpath.dirname(staging), recursive=True)
             rows = _write_file(batches, fs, staging, out.format)
@@ -113,14 +106,6 @@ def write_output(batches: Iterable[pa.Table], out: Output) -> int:
             rows = _write_parts(batches, fs, staging)
             storage.mark_owned_path(fs, staging, "predictions")
             storage.publish_dir(fs, staging, out.path, success=SUCCESS_MARKER)
-    except storage.PublishError:
-        raise  # the staging copy is the only complete output now: kept, and named in the error
-    except BaseException:
-        try:
-            storage.remove_path(fs, staging)
-        except OSError:
-            pass  # the error that stopped the job is the one to report
-        raise
     return rows
 
 

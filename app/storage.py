@@ -16,6 +16,8 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,17 +145,10 @@ def write_bytes(location: str, data: bytes) -> None:
     final name (object stores publish an upload only once it is complete)."""
     fs, path = filesystem(location)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged(fs, path) as tmp:
         with fs.open_output_stream(tmp) as f:
             f.write(data)
         fs.move(tmp, path)
-    except BaseException:
-        try:
-            remove_path(fs, tmp)
-        except OSError:
-            pass  # the error that stopped the write is the one to report
-        raise
 
 
 def write_text(location: str, text: str) -> None:
@@ -222,20 +217,45 @@ def clear(location: str, *, keep: set[str]) -> None:
             remove_path(fs, entry.path)
 
 
-def publish_dir(fs: FileSystem, staging: str, final: str, *, success: str) -> None:
-    """Replace the folder `final` (if any, the app's own: see `check_replaceable`) by the
-    complete folder `staging`, and write the empty file `success` into it last.
+def staging_path(path: str, kind: str = "tmp") -> str:
+    """A hidden name beside `path` that no other writer picks: `.<name>.<kind>-<id>`."""
+    return f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.{kind}-{uuid.uuid4().hex[:12]}"
 
-    A local folder is swapped by two renames. An object store cannot rename a prefix, so
-    there the old `success` file goes first (readers that wait for it never see old and
-    new parts mixed), then the old parts (the marker stays, so a cut-short switch can be
-    redone with --overwrite), then the new parts are copied over, and `success` comes last."""
+
+@contextmanager
+def staged(fs: FileSystem, final: str) -> Iterator[str]:
+    """A staging name beside `final` for the caller to write its output to, then to move or
+    publish under `final`; if the block fails, whatever was staged goes (except after a
+    `PublishError`, whose message names the staging copy as the only complete output)."""
+    staging = staging_path(final)
+    try:
+        yield staging
+    except PublishError:
+        raise
+    except BaseException:
+        try:
+            remove_path(fs, staging)
+        except OSError:
+            pass  # the error that stopped the write is the one to report
+        raise
+
+
+def publish_dir(fs: FileSystem, staging: str, final: str, *, success: str | None = None) -> None:
+    """Replace the folder `final` (if any, the app's own: see `check_replaceable`) by the
+    complete folder `staging`, and write the empty file `success` (if named) into it last.
+
+    A local folder is swapped by two renames; if the second fails, the old folder is moved
+    back. An object store cannot rename a prefix, so there the old `success` file goes first
+    (readers that wait for it never see old and new parts mixed), then the old parts (the
+    marker stays, so a cut-short switch can be redone with --overwrite), then the new parts
+    are copied over, and `success` comes last."""
     if is_local(fs):
-        with fs.open_output_stream(posixpath.join(staging, success)):
-            pass
+        if success:
+            with fs.open_output_stream(posixpath.join(staging, success)):
+                pass
         old = None
         if kind(fs, final) is not None:
-            old = f"{posixpath.dirname(final)}/.{posixpath.basename(final)}.old-{uuid.uuid4().hex[:8]}"
+            old = staging_path(final, "old")
             fs.move(final, old)
         try:
             fs.move(staging, final)
@@ -247,15 +267,17 @@ def publish_dir(fs: FileSystem, staging: str, final: str, *, success: str) -> No
             remove_path(fs, old)
         return
     try:
-        remove_path(fs, posixpath.join(final, success))
+        if success:
+            remove_path(fs, posixpath.join(final, success))
         for entry in entries(fs, final):
             if entry.name != OWNED:
                 remove_path(fs, entry.path)
         for entry in entries(fs, staging, recursive=True):
             if entry.is_file:
                 fs.copy_file(entry.path, final + entry.path[len(staging):])
-        with fs.open_output_stream(posixpath.join(final, success)):
-            pass
+        if success:
+            with fs.open_output_stream(posixpath.join(final, success)):
+                pass
     except BaseException as e:
         # The old output is gone by now and the new one is whole only in `staging`: keep it.
         raise PublishError(f"replacing {final} failed ({e}); the complete new output is kept in {staging}") from e
