@@ -12,7 +12,6 @@ boosting). Results go to `<run folder>/baselines.json`, beside `metrics.json`.
 
 from __future__ import annotations
 
-import pickle
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ from app import runs, storage
 from app.config import Config
 from app.data.prepare import Prepared, transform_batch
 from app.data.transform import PreprocessState
-from app.metrics import MetricSums, json_safe
+from app.metrics import MetricSums, block_sums, json_safe
 
 MODELS = ("random_forest", "hist_gradient_boosting")
 
@@ -67,8 +66,8 @@ def fit_baseline(name: str, state_json: str, blocks: list, *, limit: int, seed: 
 _FETCHED: dict[str, Any] = {}  # per worker process: the fitted models of the baselines being scored
 
 
-def _block_sums(batch: dict[str, np.ndarray], state_json: str, *model_refs) -> dict[str, np.ndarray]:
-    """Ray Data batch function: each model's metric sums on one model-ready block. A worker
+def _block_sums(batch: dict[str, np.ndarray], state: PreprocessState, *model_refs) -> list[MetricSums]:
+    """Each model's metric sums on one model-ready block (`metrics.block_sums`). A worker
     process fetches the fitted models from the object store once."""
     import ray
 
@@ -76,17 +75,14 @@ def _block_sums(batch: dict[str, np.ndarray], state_json: str, *model_refs) -> d
     if [k for k in keys if k not in _FETCHED]:
         _FETCHED.clear()
         _FETCHED.update(zip(keys, ray.get(list(model_refs))))
-    state = PreprocessState.from_json(state_json)
-    return {"sums": np.array([pickle.dumps([sums(_FETCHED[k], batch, state) for k in keys])], dtype=object)}
+    return [sums(_FETCHED[k], batch, state) for k in keys]
 
 
 def score_dataset(ds, models: list, state: PreprocessState) -> list[dict[str, float]]:
     """Each model's metrics on a model-ready Dataset, scored block by block on the cluster."""
     totals = [MetricSums.empty(state) for _ in models]
-    for batch in ds.map_batches(_block_sums, fn_args=(state.to_json(), *models), batch_format="numpy",
-                                batch_size=None, num_cpus=1).iter_batches(batch_size=None, batch_format="numpy"):
-        for blob in batch["sums"]:
-            totals = [t.merge(part) for t, part in zip(totals, pickle.loads(blob))]
+    for parts in block_sums(ds, _block_sums, state, *models, batch_format="numpy"):
+        totals = [t.merge(part) for t, part in zip(totals, parts)]
     out = []
     for total in totals:
         metrics = total.metrics(state)

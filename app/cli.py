@@ -175,12 +175,13 @@ def load_run(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from app import cluster, lease, runs
-    from app.training.trainer import preflight, run_training
+    from app.training.trainer import import_in_background, preflight, run_training
 
     cfg = load_run(args)
     if cfg is None:
         return 0
     inputs = preflight(cfg)  # no Ray yet: bad input fails in a second, before --fresh deletes anything
+    import_in_background()  # torch loads while the lease settles and Ray starts
     with lease.run_folder(runs.run_dir(cfg), fresh=args.fresh, what="run"):
         run_training(cfg, inputs, ray_start_s=cluster.connect(args.address))
     return 0

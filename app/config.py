@@ -115,6 +115,13 @@ class DataConfig(Section):
     """Most categories a categorical column keeps: the most frequent in training. The rest go to
     the unknown bucket, with a warning naming the column. Bounds the memory of the statistics
     pass and the size of the model's embeddings."""
+    cache: Literal["auto", "memory", "stream"] = "auto"
+    """`auto` | `memory` | `stream`: how each training worker reads its shard of the training
+    and validation splits. `memory` pulls it into the worker's memory once (the fastest
+    epochs); `stream` reads it from Ray's object store every epoch through a seeded shuffle
+    buffer, in bounded memory, for shards larger than a worker's memory; `auto` streams when
+    the shard would take more than half of `scaling.memory_per_worker_mb`. See
+    [Scale out](#scale-out)."""
     split: SplitConfig = SplitConfig()
     """`valid + test` must be below 1"""
 
@@ -230,6 +237,11 @@ class ScalingConfig(Section):
     resources_per_worker: dict[str, float] = {}
     """Extra Ray resources each worker needs, e.g. `{worker_node: 1}` to keep workers on
     nodes that advertise that resource (and off the head)."""
+    memory_per_worker_mb: int | None = Field(None, ge=1)
+    """Memory budget of each training worker, in MiB: requested from Ray as the worker's
+    `memory` resource, and what `data.cache: auto` weighs the worker's shard against. `null`
+    requests nothing, and `auto` takes the node's memory per CPU (Ray's `memory` resource over
+    its CPUs) times `cpus_per_worker`."""
 
     @field_validator("num_workers")
     @classmethod

@@ -20,7 +20,10 @@ data is split into blocks.
 from __future__ import annotations
 
 import math
+import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -240,3 +243,21 @@ def json_safe(value):
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+# ---------------------------------------------------------------- sums of a Ray Dataset's blocks
+
+
+def block_sums(ds, fn: Callable[..., Any], *args: Any, batch_format: str = "pandas") -> Iterator[Any]:
+    """`fn(block, *args)` of each block of `ds`, computed by Ray Data tasks on the cluster
+    (1 CPU each), and handed to this process as they stream in. `fn` returns fixed-size sums
+    (a `MetricSums`, a list of them): a block travels back as those, pickled, never as rows,
+    so whoever merges them holds a few at a time whatever the data's size."""
+    out = ds.map_batches(_pickled, fn_args=(fn, *args), batch_format=batch_format, batch_size=None, num_cpus=1)
+    for batch in out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        for blob in batch["sums"]:
+            yield pickle.loads(blob)
+
+
+def _pickled(block, fn: Callable[..., Any], *args: Any) -> dict[str, np.ndarray]:
+    return {"sums": np.array([pickle.dumps(fn(block, *args))], dtype=object)}

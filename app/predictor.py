@@ -6,7 +6,6 @@ It is the one path from raw rows to predictions: the test scoring at the end of
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 from app.data import sources
 from app.data.transform import PreprocessState, scorable, transform
 from app.errors import UserError
-from app.metrics import MetricSums, compute_metrics, softmax
+from app.metrics import MetricSums, block_sums, compute_metrics, softmax
 from app.model import build_model
 from app.training import checkpoint as ckpt
 
@@ -163,27 +162,34 @@ def cached_predictor(checkpoint: str) -> Predictor:
     return predictor
 
 
-def _block_sums(df: pd.DataFrame, checkpoint: str) -> dict[str, np.ndarray]:
-    """Ray Data batch function: the metric sums of one block of raw labelled rows, one row
-    holding them pickled. Scored rows never leave the task."""
+def _block_sums(df: pd.DataFrame, checkpoint: str) -> MetricSums:
+    """The metric sums of one block of raw labelled rows (`metrics.block_sums`). Scored rows
+    never leave the task."""
     predictor = cached_predictor(checkpoint)
     scored = predictor.score_batch(df)
-    sums = MetricSums.of(scored["outputs"], scored["y"], predictor.state)
-    return {"sums": np.array([pickle.dumps(sums)], dtype=object)}
+    return MetricSums.of(scored["outputs"], scored["y"], predictor.state)
 
 
-def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool = False) -> dict[str, Any]:
+def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool = False, *,
+                     here: bool = False) -> dict[str, Any]:
     """Metrics of a checkpoint on a Ray Dataset of raw labelled rows, scored on the cluster.
 
     Each block is scored by a task that returns only its fixed-size `MetricSums`; this
     process merges them as they stream in, so its memory does not grow with the data.
-    With `details`: {"metrics", "rows", and "confusion_matrix", or "residuals" and a
-    "sample" of (actual, predicted) pairs} instead of the bare metrics."""
+    `here`: this process scores the rows itself as they stream in, SCORE_BATCH at a time
+    (small data: no Ray task to start, no process that has to import torch and load the
+    model first; seconds on 2 cores). With `details`: {"metrics", "rows", and
+    "confusion_matrix", or "residuals" and a "sample" of (actual, predicted) pairs}
+    instead of the bare metrics."""
+    if here:
+        predictor = Predictor.from_checkpoint(checkpoint)
+        parts = (MetricSums.of(**predictor.score_batch(df), state=state)
+                 for df in ds.iter_batches(batch_size=SCORE_BATCH, batch_format="pandas"))
+    else:
+        parts = block_sums(ds, _block_sums, checkpoint)
     total = MetricSums.empty(state)
-    for batch in ds.map_batches(_block_sums, fn_args=(checkpoint,), batch_format="pandas", batch_size=None,
-                                num_cpus=1).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-        for blob in batch["sums"]:
-            total = total.merge(pickle.loads(blob))
+    for part in parts:
+        total = total.merge(part)
     metrics = total.metrics(state)
     if not details:
         return metrics

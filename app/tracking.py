@@ -3,11 +3,15 @@
     mlflow ui --backend-store-uri sqlite:///runs/mlflow.db      # needs `pip install mlflow`
     tensorboard --logdir runs/                                  # every run's <run>/tensorboard
 
-The driver opens one MLflow run per training run or sweep trial and logs the resolved
-config as parameters; rank 0 of the worker group logs each epoch as it is reported; the
-driver adds the test metrics and closes the run. A run that resumes from its checkpoints
-reopens its MLflow run; a run folder without checkpoints (a first run, or `--fresh`) gets a
-new one. A tracking backend that fails never fails training: it warns once and goes quiet.
+One MLflow run per training run or sweep trial, with the resolved config as parameters,
+each epoch as rank 0 of the worker group reports it, and the test metrics at the end. A
+sweep trial opens it in the trial and rank 0 logs to it directly (`start`). `train` hands
+it to a small Ray actor beside the driver (`start_in_actor`), which opens the run while the
+driver prepares the data and starts the workers: MLflow's import and its store (seconds;
+more for a new SQLite store) are then off the run's critical path, and neither the driver
+nor rank 0 imports MLflow. A run that resumes from its checkpoints reopens its MLflow run;
+a run folder without checkpoints (a first run, or `--fresh`) gets a new one. A tracking
+backend that fails never fails training: it warns once and goes quiet.
 An HTTP tracking server that does not answer is found out within seconds (a probe, short
 timeouts, few retries), not after MLflow's minutes of retries. Parameters and tags carry
 URIs with their credentials redacted.
@@ -52,6 +56,8 @@ def mlflow_uri(cfg: Config) -> str | None:
 
 def quiet() -> None:
     """MLflow's log lines down to warnings, and its HTTP waits short (see HTTP_DEFAULTS)."""
+    import mlflow  # noqa: F401 - its import sets its loggers to INFO: imported first, then turned down
+
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for name, value in HTTP_DEFAULTS.items():
@@ -60,7 +66,11 @@ def quiet() -> None:
 
 def warn_off(uri: str, error: BaseException) -> None:
     """The one warning that MLflow logging is off, with no credential of `uri` in it."""
-    print(f"warning: MLflow logging is off: {redact(uri)}: {_describe(error)}", file=sys.stderr, flush=True)
+    print(off_warning(uri, error), file=sys.stderr, flush=True)
+
+
+def off_warning(uri: str, error: BaseException) -> str:
+    return f"warning: MLflow logging is off: {redact(uri)}: {_describe(error)}"
 
 
 def _describe(error: BaseException) -> str:
@@ -164,6 +174,9 @@ def _open_run(uri: str, cfg: Config, out_dir: str, *, resume: bool) -> str:
 
 def finish(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
     """Add the test metrics and the best checkpoint to the MLflow run and close it."""
+    if spec.get("mlflow_actor") is not None:
+        _finish_in_actor(spec, metrics)
+        return
     if not spec.get("mlflow_run_id"):
         return
     try:
@@ -182,6 +195,137 @@ def finish(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
         print(f"warning: MLflow: could not close the run: {_describe(e)}", file=sys.stderr)
 
 
+def _epoch_metrics(record: dict[str, Any]) -> list:
+    """An epoch record as MLflow metrics: every number but the step and the timestamp."""
+    from mlflow.entities import Metric
+
+    step, ts = int(record["epoch"]), int(record.get("time", time.time()) * 1000)
+    return [Metric(k, v, ts, step) for k, v in _epoch_values(record).items()]
+
+
+def _epoch_values(record: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in record.items()
+            if k not in SKIPPED_KEYS and isinstance(v, (int, float)) and not math.isnan(v)}
+
+
+# ---------------------------------------------------------------- `train`: MLflow in an actor
+
+
+def start_in_actor(cfg: Config, out_dir: str) -> dict[str, Any]:
+    """`start` for `train`, in two steps that do not wait: this one starts an `MlflowRun`
+    actor on this node (a SQLite store is a file here), which imports MLflow and opens the
+    store while the caller prepares the data; `open_run` then has it open the MLflow run
+    with the resolved config. Rank 0 logs epochs to the actor; `finish` closes the run and
+    ends the actor, `release` just ends it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    spec: dict[str, Any] = {"tensorboard": cfg.tracking.tensorboard, "mlflow_uri": None, "mlflow_run_id": None,
+                            "mlflow_actor": None}
+    uri = mlflow_uri(cfg)
+    if uri is None:
+        if cfg.tracking.mlflow:
+            print("note: MLflow logging is off: run.storage is remote and tracking.mlflow_uri is not set")
+        return spec
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    spec["mlflow_uri"] = uri
+    spec["mlflow_actor"] = ray.remote(num_cpus=0)(MlflowRun).options(scheduling_strategy=here).remote(
+        uri, cfg.tracking.experiment or cfg.name, out_dir, resume=has_checkpoints(out_dir))
+    return spec
+
+
+def open_run(spec: dict[str, Any], cfg: Config) -> None:
+    """Have the actor of `start_in_actor` open the MLflow run with `cfg` (resolved) as its
+    parameters. A thread prints the warning, if MLflow logging is off, as soon as it is
+    known."""
+    actor = spec.get("mlflow_actor")
+    if actor is not None:
+        _ANNOUNCERS[actor] = threading.Thread(target=_announce, args=(actor, actor.open.remote(cfg), spec["mlflow_uri"]),
+                                              name="app-mlflow-open", daemon=True)
+        _ANNOUNCERS[actor].start()
+
+
+_ANNOUNCERS: dict[Any, threading.Thread] = {}  # MlflowRun actor -> the thread that reports how opening went
+
+
+def _announce(actor, opened, uri: str) -> None:
+    import ray
+
+    try:
+        problem = ray.get(opened)
+    except Exception as e:  # noqa: BLE001 - the actor died: the run goes on without MLflow
+        problem = off_warning(uri, e)
+    if problem and actor in _ANNOUNCERS:  # not when `release` ended the actor first
+        print(problem, file=sys.stderr, flush=True)
+
+
+def _finish_in_actor(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
+    import ray
+
+    actor = spec["mlflow_actor"]
+    if actor in _ANNOUNCERS:
+        _ANNOUNCERS[actor].join()  # a warning about opening the run comes first, and once
+    try:
+        ray.get(actor.finish.remote(metrics))
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: MLflow: could not close the run: {_describe(e)}", file=sys.stderr)
+    release(spec)
+
+
+def release(spec: dict[str, Any]) -> None:
+    """End the actor of `start_in_actor`, if it is still there: after `finish`, or when the
+    run failed (its MLflow run, if opened, stays as it was: a resumed run reopens it)."""
+    actor = spec.pop("mlflow_actor", None)
+    if actor is not None:
+        import ray
+
+        _ANNOUNCERS.pop(actor, None)
+        ray.kill(actor, no_restart=True)
+
+
+class MlflowRun:
+    """The MLflow run of one `train`, held by a Ray actor (`start_in_actor`). Its methods
+    never raise: a store that fails switches MLflow off for the run, with one warning."""
+
+    def __init__(self, uri: str, experiment: str, out_dir: str, resume: bool):
+        quiet()
+        self.uri, self.out_dir, self.resume = uri, out_dir, resume
+        self.client, self.run_id, self.problem = None, None, None
+        try:
+            check_reachable(uri)
+            _experiment(uri, experiment)  # imports MLflow and opens the store (creating it): the slow part
+        except Exception as e:  # noqa: BLE001 - tracking is an extra; training goes on
+            self.problem = off_warning(uri, e)
+
+    def open(self, cfg: Config) -> str | None:
+        """Open the MLflow run; None, or the warning that MLflow logging is off (the driver
+        prints it, without this actor's prefix)."""
+        if self.problem is None:
+            try:
+                from mlflow.tracking import MlflowClient
+
+                self.run_id = _open_run(self.uri, cfg, self.out_dir, resume=self.resume)
+                self.client = MlflowClient(self.uri)
+            except Exception as e:  # noqa: BLE001
+                self.problem = off_warning(self.uri, e)
+        return self.problem
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.client is not None:
+            try:
+                self.client.log_batch(self.run_id, metrics=_epoch_metrics(record))
+            except Exception as e:  # noqa: BLE001 - tracking never stops training
+                print(off_warning(self.uri, e), file=sys.stderr, flush=True)
+                self.client = None
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        if self.client is not None:
+            finish({"mlflow_uri": self.uri, "mlflow_run_id": self.run_id}, metrics)
+
+
+# ---------------------------------------------------------------- rank 0
+
+
 class EpochLogger:
     """Rank 0's sinks for each reported epoch record, written by a background thread so
     that a slow tracking store never holds up the other ranks."""
@@ -192,6 +336,7 @@ class EpochLogger:
         spec = spec or {}
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="app-tracking")
         self.client, self.run_id = None, spec.get("mlflow_run_id")
+        self.actor, self.logged = spec.get("mlflow_actor"), None  # `train`: epochs go to its MlflowRun actor
         self.writer, self.sync = None, None
         # Opening imports MLflow and TensorBoard (about a second each): off the training thread too.
         if self.run_id:
@@ -220,15 +365,11 @@ class EpochLogger:
         self.pool.submit(self._log, dict(record))
 
     def _log(self, record: dict[str, Any]) -> None:
-        step = int(record["epoch"])
-        values = {k: float(v) for k, v in record.items()
-                  if k not in SKIPPED_KEYS and isinstance(v, (int, float)) and not math.isnan(v)}
+        step, values = int(record["epoch"]), _epoch_values(record)
+        if self.actor is not None:
+            self.logged = self.actor.log.remote(record)
         if self.client is not None:
-            from mlflow.entities import Metric
-
-            ts = int(record.get("time", time.time()) * 1000)
-            self._guard("MLflow", self.client.log_batch, self.run_id,
-                        metrics=[Metric(k, v, ts, step) for k, v in values.items()])
+            self._guard("MLflow", self.client.log_batch, self.run_id, metrics=_epoch_metrics(record))
         if self.writer is not None:
             def write() -> None:
                 for k, v in values.items():
@@ -240,6 +381,10 @@ class EpochLogger:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)  # every epoch logged before the run reports its end
+        if self.logged is not None:  # ... by the actor too (it warns itself if MLflow fails)
+            import ray
+
+            self._guard("MLflow", ray.get, self.logged)
         if self.writer is not None:
             self._guard("TensorBoard", self.writer.close)
 

@@ -19,9 +19,11 @@ One run measures, in this order:
    ready (the app's `batch_wait_frac`); the plain loop with torch's default (unfused)
    AdamW; and, for DDP, the plain DDP step without its gradient all-reduce and the
    all-reduce alone.
-3. Ingest: the app's data step (read, split, preprocess with Ray Data) and the workers
-   pulling their shards into memory, against pyarrow reading the same Parquet files, and
-   pyarrow + the same transform in pandas in one process.
+3. Data step: the app's `prepare` (read, split, fit and apply preprocessing, on Ray tasks
+   over pieces of the files), inside each `train` run and alone, three times in a row on
+   the warm Ray; against the single-process path, pyarrow reading the same Parquet files
+   plus the same transform in pandas (median of three), as rows/s and rows/s per core. And
+   the workers pulling their shards into memory.
 4. Batch predict: `run_predict` (what `python -m app predict` runs), Parquet files in,
    one Parquet file out, against `Predictor.predict` called directly in this process on
    the same rows already in memory, with every core as torch threads. Warm-up is excluded
@@ -30,7 +32,12 @@ One run measures, in this order:
 5. Peak memory (RSS) of the driver and of each training worker.
 
 Prints markdown, writes it to --out, and ends with the line
-`train_ratio_1worker=<x.xx> train_ratio_2workers=<x.xx> predict_ratio=<x.xx>`.
+`train_ratio_1worker=<x.xx> train_ratio_2workers=<x.xx> predict_ratio=<x.xx> data_ratio_per_core=<x.xx>`.
+
+    .venv/bin/python scripts/benchmark.py --only data [--out FILE]
+
+measures 1 (the small run) and 3 only (minutes, not the half hour of the whole), prints
+them and ends with `data_ratio_per_core=<x.xx>`.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 
 from app import cluster  # noqa: E402
 from app.config import Config, from_dict  # noqa: E402
-from app.data.prepare import transform_batch  # noqa: E402
+from app.data.prepare import prepare, transform_batch  # noqa: E402
 from app.data.split import SPLIT_COLUMN, TRAIN, assign_split  # noqa: E402
 from app.data.transform import PreprocessState  # noqa: E402
 from app.model import build_model  # noqa: E402
@@ -70,7 +77,7 @@ from app.predict import check_output, default_concurrency, run_predict  # noqa: 
 from app.predictor import Predictor, check_input  # noqa: E402
 from app.training.checkpoint import load_preprocess_state, local_copy  # noqa: E402
 from app.training.loop import make_optimizer, peak_rss_mb  # noqa: E402
-from app.training.trainer import run_training  # noqa: E402
+from app.training.trainer import preflight, run_training  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
 SETUPS = [(1, CORES), (2, max(1, CORES // 2))]  # (scaling.num_workers, scaling.cpus_per_worker)
@@ -305,30 +312,73 @@ def training_table(runs: dict[int, dict], plain: dict[str, list[float]]) -> list
             "|---|---:|---:|---:|---:|---:|", *rows]
 
 
-# ---------------------------------------------------------------- 3. ingest
+# ---------------------------------------------------------------- 3. data step
+
+DATA_REPEATS = 3  # data step runs, each side
 
 
-def ingest_table(data: str, state: PreprocessState, runs: dict[int, dict], total_rows: int) -> list[str]:
-    started = time.perf_counter()
-    table = pq.read_table(data)
-    read_s = time.perf_counter() - started
-    started = time.perf_counter()
-    transform_batch(table.to_pandas(), state.to_json(), None)
-    transform_s = time.perf_counter() - started
-    rows = [f"| pyarrow `read_table` of the Parquet files, 1 process | {total_rows:,} | {read_s:.2f} "
-            f"| {total_rows / read_s:,.0f} |",
-            f"| pyarrow read + to pandas + the app's transform, 1 process | {total_rows:,} "
-            f"| {read_s + transform_s:.2f} | {total_rows / (read_s + transform_s):,.0f} |"]
+def data_step_app(data: str, storage: str, args: argparse.Namespace) -> tuple[list[float], PreprocessState]:
+    """Seconds of `prepare` (what `train` runs before it starts the worker group) on the
+    connected Ray with the 2-worker setup, DATA_REPEATS times in a row; the state it fits."""
+    cfg = make_config(data, storage, *SETUPS[-1], args)
+    inputs = preflight(cfg)
+    times = []
+    for _ in range(DATA_REPEATS):
+        started = time.perf_counter()
+        prepared = prepare(cfg, inputs)
+        times.append(time.perf_counter() - started)
+    return times, prepared.state
+
+
+def data_step_plain(data: str, state: PreprocessState) -> tuple[float, float]:
+    """Median seconds of pyarrow's read_table alone, and of read + to pandas + the app's
+    transform (the single-process path), in this process."""
+    reads, totals = [], []
+    for _ in range(DATA_REPEATS):
+        started = time.perf_counter()
+        table = pq.read_table(data)
+        reads.append(time.perf_counter() - started)
+        transform_batch(table.to_pandas(), state.to_json(), None)
+        totals.append(time.perf_counter() - started)
+    return statistics.median(reads), statistics.median(totals)
+
+
+def data_table(total_rows: int, plain: tuple[float, float], alone: list[float], runs: dict[int, dict]
+               ) -> tuple[list[str], float]:
+    """The data step's table, and the ratio per core of the warm `prepare` (median of the
+    runs after the first) to the single-process path."""
+    read_s, single_s = plain
+    single = total_rows / single_s
+
+    def row(path: str, rows: int, seconds: float, cores: int) -> str:
+        rate = rows / seconds
+        return (f"| {path} | {rows:,} | {seconds:.2f} | {rate:,.0f} | {cores} | {rate / cores:,.0f} "
+                f"| {rate / cores / single:.2f} |")
+
+    warm = statistics.median(alone[1:])
+    rows = [row("pyarrow `read_table` of the Parquet files, 1 process", total_rows, read_s, 1),
+            row("**single-process path**: pyarrow read + to pandas + the app's transform, 1 process",
+                total_rows, single_s, 1),
+            row(f"**app, `prepare`** alone, warm (median of runs 2..{DATA_REPEATS}; runs: "
+                + ", ".join(f"{t:.2f}" for t in alone) + " s)", total_rows, warm, CORES)]
     for workers, m in runs.items():
-        if "error" in m:
-            continue
-        t, attempt = m["timings"], m["attempts"][0]
-        rows.append(f"| app, {workers} worker(s): read, split, fit and apply preprocessing (Ray Data, "
-                    f"materialized) | {total_rows:,} | {t['data_s']:.2f} | {total_rows / t['data_s']:,.0f} |")
-        rows.append(f"| app, {workers} worker(s): shards from the object store into worker memory "
-                    f"(train + valid) | {attempt['ingest_rows']:,} | {attempt['ingest_s']:.2f} "
-                    f"| {attempt['ingest_rows'] / attempt['ingest_s']:,.0f} |")
-    return ["| path | rows | seconds | rows/s |", "|---|---:|---:|---:|", *rows]
+        if "error" not in m:
+            rows.append(row(f"app, inside `train` with {workers} worker(s)", total_rows, m["timings"]["data_s"], CORES))
+    for workers, m in runs.items():
+        if "error" not in m:
+            attempt = m["attempts"][0]
+            rows.append(f"| app, {workers} worker(s): shards from the object store into worker memory (train + "
+                        f"valid) | {attempt['ingest_rows']:,} | {attempt['ingest_s']:.2f} "
+                        f"| {attempt['ingest_rows'] / attempt['ingest_s']:,.0f} | - | - | - |")
+    return (["| path | rows | seconds | rows/s | cores | rows/s per core | per core, to the single-process path |",
+             "|---|---:|---:|---:|---:|---:|---:|", *rows], total_rows / warm / CORES / single)
+
+
+DATA_NOTE = ("`prepare` reads each file, or each piece of a big one, in a Ray task that splits its rows and "
+             "sums up its training rows; the driver merges the summaries and fits; a second task per piece "
+             "makes the model-ready blocks. Its time also covers cutting the shards for the workers. Inside "
+             "`train` it also covers checking the run folder; the 1-worker run goes first and pays for "
+             "starting Ray's worker processes.")
 
 
 # ---------------------------------------------------------------- 4. predict
@@ -395,10 +445,13 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--data", help="dataset folder to reuse (generated there if it holds no Parquet)")
-    p.add_argument("--out", default="docs/benchmarks.md")
+    p.add_argument("--only", choices=["data"], help="only the small run and the data step (printed; written "
+                   "to --out if given)")
+    p.add_argument("--out", help="markdown file to write (default: docs/benchmarks.md, except with --only)")
     args = p.parse_args()
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (epoch 1 is dropped as warm-up)")
+    out = args.out or (None if args.only else "docs/benchmarks.md")
     load_before = os.getloadavg()[0]
     if load_before > 0.5 * CORES:
         print(f"warning: load average {load_before:.2f}: other work on this machine will skew the numbers",
@@ -410,57 +463,107 @@ def main() -> int:
             subprocess.run([sys.executable, str(ROOT / "scripts" / "make_data.py"), "--rows", str(args.rows),
                             "--out", data], check=True)
         total_rows = pq.ParquetDataset(data).read(columns=["target"]).num_rows
+        m = measure(args, data, tmp) if not args.only else measure_data(args, data, tmp)
 
-        print("== startup", flush=True)
-        started_up = startup(tmp)
+    lines, data_ratio = data_table(total_rows, m["single"], m["alone"], m.get("runs", {}))
+    data_section = ["## Data step", "", DATA_NOTE, "", *lines, ""]
+    header = header_lines(load_before, total_rows)
+    startup_section = ["## Startup: a small `train` end to end", "",
+                       ("`python -m app train --config configs/quickstart.yaml --set train.epochs=1` (344 rows), in a "
+                        "fresh process; phases from the run's `metrics.json` `timings`."), "",
+                       *startup_table(m["startup"]), ""]
+    if args.only:
+        text = "\n".join([*header, *startup_section, *data_section])
+        last = f"data_ratio_per_core={data_ratio:.2f}"
+    else:
+        text = "\n".join([*header, *startup_section, *full_sections(args, m, data_section)])
+        last = (f"train_ratio_1worker={m['ratios'].get(1, math.nan):.2f} "
+                f"train_ratio_2workers={m['ratios'].get(2, math.nan):.2f} "
+                f"predict_ratio={m['predict_ratio']:.2f} data_ratio_per_core={data_ratio:.2f}")
+    print("\n" + text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        print(f"written to {out}")
+    print(last)
+    return 1 if any("error" in r for r in m.get("runs", {}).values()) else 0
 
-        print("== training with the app", flush=True)
-        cluster.quiet_logs()  # before ray.init, so its environment reaches the Ray processes
-        # The Ray that `python -m app train` starts for itself.
-        ray.init(num_cpus=CORES, logging_level="WARNING", dashboard_host="127.0.0.1",
-                 _system_config=cluster.EMBEDDED_RAY_CONFIG)
-        runs: dict[int, dict] = {}
-        for workers, cpus in SETUPS:
-            cfg = make_config(data, os.path.join(tmp, "runs"), workers, cpus, args)
-            try:
-                runs[workers] = run_training(cfg)
-            except Exception as e:  # measure the other setups anyway; the table says what failed
-                runs[workers] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
-                print(f"error: {workers} worker(s) failed: {runs[workers]['error']}", file=sys.stderr)
-        done = [m for m in runs.values() if "error" not in m]
-        if not done:
-            raise SystemExit("benchmark: every app run failed; nothing to compare")
-        checkpoint = done[0]["best_checkpoint"]
 
-        print("== batch predict with the app", flush=True)
-        app_rows, (cold_s, app_s), tasks = predict_app(checkpoint, data, tmp)
-        driver_rss = peak_rss_mb()
+def start_ray() -> None:
+    """The Ray that `python -m app train` starts for itself."""
+    cluster.quiet_logs()  # before ray.init, so its environment reaches the Ray processes
+    ray.init(num_cpus=CORES, logging_level="WARNING", dashboard_host="127.0.0.1",
+             _system_config=cluster.EMBEDDED_RAY_CONFIG)
 
-        print("== plain counterparts", flush=True)
-        with local_copy(checkpoint) as best:
-            state = load_preprocess_state(best)
-        arrays = training_rows(data, cfg, state)  # cfg: the last run's; data, split, model, train are shared
-        if len(arrays["y"]) != done[0]["rows"]["train"]:
-            print(f"warning: plain loop has {len(arrays['y'])} training rows, the app {done[0]['rows']['train']}",
-                  file=sys.stderr)
-        plain = {"task": plain_in_ray_task(arrays, state, cfg), "train": plain_in_train_worker(arrays, state, cfg, tmp)}
-        ray.shutdown()
-        wait_for_ray_exit()
-        plain["plain"] = plain_torch(arrays, state, cfg, CORES)
-        plain["default_adamw"] = plain_torch(arrays, state, cfg, CORES, label="plain, default AdamW",
-                                             app_optimizer=False)
-        ddp = plain_ddp(arrays, state, cfg, tmp)
-        plain["ddp"], plain["ddp_no_sync"] = ddp["rates"], ddp["no_sync"]
-        direct_rows, direct_s = predict_direct(checkpoint, data)
-        script_s = predict_script(checkpoint, data, tmp)
-        ingest = ingest_table(data, state, runs, total_rows)
 
-    app_rate, direct_rate = app_rows / app_s, direct_rows / direct_s
-    ratios = {w: steady([r["rows_per_s"] for r in m["history"]]) / steady(plain["plain"]) if "error" not in m
-              else math.nan
-              for w, m in runs.items()}
-    worker_rss = {w: max(r["worker_peak_rss_mb"] for r in m["history"]) for w, m in runs.items() if "error" not in m}
-    text = "\n".join([
+def measure_data(args: argparse.Namespace, data: str, tmp: str) -> dict:
+    """`--only data`: the small run, then the data step on both sides."""
+    print("== startup", flush=True)
+    m = {"startup": startup(tmp)}
+    start_ray()
+    print("== data step with the app", flush=True)
+    m["alone"], state = data_step_app(data, os.path.join(tmp, "runs"), args)
+    ray.shutdown()
+    wait_for_ray_exit()
+    m["single"] = data_step_plain(data, state)
+    return m
+
+
+def measure(args: argparse.Namespace, data: str, tmp: str) -> dict:
+    """Everything: the small run, training, the data step, predict, and the plain sides."""
+    print("== startup", flush=True)
+    m: dict = {"startup": startup(tmp)}
+    print("== training with the app", flush=True)
+    start_ray()
+    runs: dict[int, dict] = {}
+    for workers, cpus in SETUPS:
+        cfg = make_config(data, os.path.join(tmp, "runs"), workers, cpus, args)
+        try:
+            runs[workers] = run_training(cfg)
+        except Exception as e:  # measure the other setups anyway; the table says what failed
+            runs[workers] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
+            print(f"error: {workers} worker(s) failed: {runs[workers]['error']}", file=sys.stderr)
+    done = [r for r in runs.values() if "error" not in r]
+    if not done:
+        raise SystemExit("benchmark: every app run failed; nothing to compare")
+    checkpoint = done[0]["best_checkpoint"]
+
+    print("== data step with the app", flush=True)
+    m["alone"], _ = data_step_app(data, os.path.join(tmp, "runs"), args)
+
+    print("== batch predict with the app", flush=True)
+    app_rows, (cold_s, app_s), tasks = predict_app(checkpoint, data, tmp)
+    m["driver_rss"] = peak_rss_mb()
+
+    print("== plain counterparts", flush=True)
+    with local_copy(checkpoint) as best:
+        state = load_preprocess_state(best)
+    arrays = training_rows(data, cfg, state)  # cfg: the last run's; data, split, model, train are shared
+    if len(arrays["y"]) != done[0]["rows"]["train"]:
+        print(f"warning: plain loop has {len(arrays['y'])} training rows, the app {done[0]['rows']['train']}",
+              file=sys.stderr)
+    plain = {"task": plain_in_ray_task(arrays, state, cfg), "train": plain_in_train_worker(arrays, state, cfg, tmp)}
+    ray.shutdown()
+    wait_for_ray_exit()
+    plain["plain"] = plain_torch(arrays, state, cfg, CORES)
+    plain["default_adamw"] = plain_torch(arrays, state, cfg, CORES, label="plain, default AdamW",
+                                         app_optimizer=False)
+    ddp = plain_ddp(arrays, state, cfg, tmp)
+    plain["ddp"], plain["ddp_no_sync"] = ddp["rates"], ddp["no_sync"]
+    direct_rows, direct_s = predict_direct(checkpoint, data)
+    script_s = predict_script(checkpoint, data, tmp)
+    m["single"] = data_step_plain(data, state)
+    m.update(runs=runs, plain=plain, ddp=ddp, batch_size=cfg.train.batch_size, training_rows=len(arrays["y"]),
+             predict={"direct": (direct_rows, direct_s), "script_s": script_s, "app": (app_rows, app_s, cold_s),
+                      "tasks": tasks},
+             ratios={w: steady([r["rows_per_s"] for r in run["history"]]) / steady(plain["plain"])
+                     if "error" not in run else math.nan for w, run in runs.items()})
+    m["predict_ratio"] = (app_rows / app_s) / (direct_rows / direct_s)
+    return m
+
+
+def header_lines(load_before: float, total_rows: int) -> list[str]:
+    return [
         "# Benchmarks: the app against plain PyTorch and pyarrow on the same machine",
         "",
         f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`  ",
@@ -471,16 +574,20 @@ def main() -> int:
         f"Data: {total_rows:,} synthetic rows (scripts/make_data.py: 10 numeric, 3 categorical columns, 3 classes), "
         f"split 80/10/10",
         "",
-        "## Startup: a small `train` end to end",
-        "",
-        "`python -m app train --config configs/quickstart.yaml --set train.epochs=1` (344 rows), in a fresh "
-        "process; phases from the run's `metrics.json` `timings`.",
-        "",
-        *startup_table(started_up),
-        "",
+    ]
+
+
+def full_sections(args: argparse.Namespace, m: dict, data_section: list[str]) -> list[str]:
+    runs, plain, ddp, batch = m["runs"], m["plain"], m["ddp"], m["batch_size"]
+    (direct_rows, direct_s), script_s = m["predict"]["direct"], m["predict"]["script_s"]
+    (app_rows, app_s, cold_s), tasks = m["predict"]["app"], m["predict"]["tasks"]
+    app_rate, direct_rate = app_rows / app_s, direct_rows / direct_s
+    worker_rss = {w: max(r["worker_peak_rss_mb"] for r in run["history"]) for w, run in runs.items()
+                  if "error" not in run}
+    return [
         "## Training throughput",
         "",
-        f"{len(arrays['y']):,} training rows, MLP [256, 256] with categorical embeddings, batch {args.batch_size} "
+        f"{m['training_rows']:,} training rows, MLP [256, 256] with categorical embeddings, batch {args.batch_size} "
         f"(global), fused AdamW (the app's optimizer, on both sides), {args.epochs} epochs. rows/s: median over "
         f"epochs 2..{args.epochs} of training rows / time of the training pass (epoch 1 is warm-up on both "
         "sides); validation and checkpoints untimed on both sides. Waiting for batches: share of the training "
@@ -489,23 +596,17 @@ def main() -> int:
         *training_table(runs, plain),
         "",
         "Per-epoch rows/s: plain " + ", ".join(f"{r:,.0f}" for r in plain["plain"]) + "; "
-        + "; ".join(f"app {w} worker(s) " + ", ".join(f"{r['rows_per_s']:,.0f}" for r in m["history"])
-                    for w, m in runs.items() if "error" not in m),
-        *[f"\nFailed: {w} worker(s): `{m['error']}`" for w, m in runs.items() if "error" in m],
+        + "; ".join(f"app {w} worker(s) " + ", ".join(f"{r['rows_per_s']:,.0f}" for r in run["history"])
+                    for w, run in runs.items() if "error" not in run),
+        *[f"\nFailed: {w} worker(s): `{run['error']}`" for w, run in runs.items() if "error" in run],
         "",
         f"Where DDP's time goes (plain, no Ray): one gloo all-reduce of the model's gradients "
         f"({ddp['grad_bytes'] / 1024:,.0f} KiB) between the 2 processes takes {ddp['allreduce_ms']:.2f} ms on its own; "
-        f"the step with it takes {1e3 * cfg.train.batch_size / steady(plain['ddp']):.2f} ms, without it "
-        f"{1e3 * cfg.train.batch_size / steady(plain['ddp_no_sync']):.2f} ms, against "
-        f"{1e3 * cfg.train.batch_size / steady(plain['plain']):.2f} ms for one process with {CORES} threads.",
+        f"the step with it takes {1e3 * batch / steady(plain['ddp']):.2f} ms, without it "
+        f"{1e3 * batch / steady(plain['ddp_no_sync']):.2f} ms, against "
+        f"{1e3 * batch / steady(plain['plain']):.2f} ms for one process with {CORES} threads.",
         "",
-        "## Ingest",
-        "",
-        *ingest,
-        "",
-        "The app's data step also cuts the shards and counts the splits. The 1-worker run goes first and "
-        "pays for starting Ray Data's worker processes; the 2-worker run finds them warm.",
-        "",
+        *data_section,
         "## Batch predict",
         "",
         "| path | rows | seconds | rows/s | ratio to direct |",
@@ -524,18 +625,10 @@ def main() -> int:
         "",
         "| process | MiB |",
         "|---|---:|",
-        f"| driver (Ray Data pipeline, `run_training` x {len(SETUPS)}, `predict`) | {driver_rss:,.0f} |",
+        f"| driver (data steps, `run_training` x {len(SETUPS)}, `predict`) | {m['driver_rss']:,.0f} |",
         *[f"| training worker, {w} worker(s) (largest rank) | {mb:,.0f} |" for w, mb in worker_rss.items()],
         "",
-    ])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print("\n" + text)
-    print(f"written to {out}")
-    print(f"train_ratio_1worker={ratios.get(1, math.nan):.2f} train_ratio_2workers={ratios.get(2, math.nan):.2f} "
-          f"predict_ratio={app_rate / direct_rate:.2f}")
-    return 1 if any("error" in m for m in runs.values()) else 0
+    ]
 
 
 if __name__ == "__main__":

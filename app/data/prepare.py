@@ -1,20 +1,33 @@
 """From the `data` config to model-ready, materialized Ray Datasets.
 
-    read (Ray Data, streaming from the files) -> tag each row with its split
-    -> stats of the training split (map on the cluster, reduce on the driver)
-    -> fit preprocessing -> transform each split into model-ready arrays -> materialize
+    python -m app train --config configs/quickstart.yaml
+
+    pass 1, a task per piece: read -> tag each row with its split -> summary of the training rows
+    driver: merge the summaries as they arrive -> fit preprocessing
+    pass 2, a task per piece: model-ready train and valid blocks -> Ray Datasets
+
+A piece is a file, or a part of a big one (sources.plan_pieces), so that one big file
+is read and processed on several CPUs. Each pass is plain Ray tasks over the pieces, not
+a Ray Data job: pass 1 returns three things per piece (the training and validation rows,
+the test rows, the summary), and a Ray Data job costs a quarter second or more to start
+on a small machine. Pass 2 reads pass 1's rows from the object store, and its blocks
+become the datasets without another pass. Inputs up to SMALL_INPUT_BYTES take the same
+steps in this process, without any Ray task: for them Ray's start-up costs more than the
+work.
 
 `inspect_sources` does the cheap checks that need no Ray (files exist, not empty, every
 file has the columns, once each, and Parquet files agree on their types); `prepare` does
-the rest on the cluster. The driver only ever holds the summaries merged so far (at most
-a few times `data.max_categories` categories per column) and a bounded, seeded sample of
-the numeric columns (for quantiles and embedding bins), never the whole split.
+the rest. The driver only ever holds the summaries merged so far (at most a few times
+`data.max_categories` categories per column) and a bounded, seeded sample of the numeric
+columns (for quantiles and embedding bins), never the whole split.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +38,20 @@ import pyarrow as pa
 from app.config import Config, check_metric
 from app.data import preprocess, sources
 from app.data.shards import PresplitShards
-from app.data.sources import Inputs
-from app.data.split import SPLIT_COLUMN, TEST, TRAIN, VALID, assign_split
-from app.data.transform import PreprocessState, scorable, transform
-from app.errors import UserError
+from app.data.sources import Inputs, Piece, Source
+from app.data.split import SPLIT_COLUMN, TEST, TRAIN, VALID, RowValues, split_codes
+from app.data.transform import (
+    PreprocessState,
+    category_codes,
+    class_indices,
+    numeric_matrix,
+    scaled_target,
+    scorable,
+    transform,
+)
+from app.errors import UserError, causes
+
+SMALL_INPUT_BYTES = 32 << 20  # training files up to this size are prepared in this process
 
 
 @dataclass
@@ -36,7 +59,7 @@ class Prepared:
     state: PreprocessState
     train: Any  # MaterializedDataset of model-ready arrays
     valid: Any
-    test_raw: Any  # lazy Dataset of raw test rows (labelled)
+    test_raw: Any  # Dataset of raw test rows (labelled)
     counts: dict[str, int]
     shards: PresplitShards  # train and valid cut once for every worker count the run may use
 
@@ -73,32 +96,31 @@ def inspect_sources(cfg: Config) -> Inputs:
 
 def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None) -> Prepared:
     """Split, fit preprocessing on the training split (unless `fitted` is given), transform."""
+    import ray.data
     from ray.data import DataContext
 
-    # Blocks in input order, not completion order: the shards cut from them, and so a
-    # replayed epoch after a restart, are then the same every time.
+    # Blocks in input order, not completion order, wherever a Ray Data job runs over these
+    # datasets: the shards cut from them, and so a replayed epoch after a restart, are then
+    # the same every time.
     DataContext.get_current().execution_options.preserve_order = True
-    d = cfg.data
-    test_fraction = 0.0 if inputs.test else d.split.test
-    raw = sources.read_dataset(inputs.train, inputs.column_types)
-    tagged = sources.read_step(lambda: raw.map_batches(
-        add_split_column, fn_kwargs={"valid": d.split.valid, "test": test_fraction, "seed": d.split.seed},
-        batch_format="pandas", batch_size=None).materialize(), inputs.train, inputs.column_types)
+    here = inputs.train.total_bytes <= SMALL_INPUT_BYTES
+    whole: set[str] = set()  # CSV files that cannot be read in byte ranges
+    while True:
+        pieces = sources.plan_pieces(inputs.train, inputs.column_types, math.inf if here else sources.piece_bytes(inputs.train),
+                                     whole=frozenset(whole))
+        try:
+            state, parts = sources.read_step(lambda p=pieces: _two_passes(cfg, inputs, p, fitted, here), inputs.train)
+            break
+        except Exception as e:
+            cut = next((c for c in causes(e) if isinstance(c, sources.ReadWhole)), None)
+            if cut is None:
+                raise
+            whole.add(cut.path)
 
-    state = fit(cfg, inputs, tagged) if fitted is None else fitted
-    check_metric(cfg.run.checkpoint.metric, state.task, key="run.checkpoint.metric")
-
-    state_json = state.to_json()
-    model_ready = {}
-    for name, code in (("train", TRAIN), ("valid", VALID)):
-        model_ready[name] = sources.read_step(lambda code=code: tagged.map_batches(
-            transform_batch, fn_kwargs={"state_json": state_json, "split": code},
-            batch_format="pandas", batch_size=None).materialize(), inputs.train, inputs.column_types)
-    if inputs.test:
-        test_raw = sources.read_dataset(inputs.test, inputs.column_types)
-    else:
-        test_raw = tagged.map_batches(_only_split, fn_kwargs={"split": TEST}, batch_format="pandas",
-                                      batch_size=None)
+    as_dataset = ray.data.from_arrow if here else ray.data.from_arrow_refs
+    model_ready = sources.read_step(lambda: {name: as_dataset(list(parts[name])) for name in ("train", "valid")},
+                                    inputs.train)
+    test_raw = sources.read_dataset(inputs.test, inputs.column_types) if inputs.test else as_dataset(list(parts["test"]))
     counts = {name: ds.count() for name, ds in model_ready.items()}
     if counts["valid"] < cfg.scaling.max_workers:
         raise UserError(f"data.split.valid: the validation split has {counts['valid']} row(s), fewer than "
@@ -110,43 +132,151 @@ def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None) 
     return Prepared(state, model_ready["train"], model_ready["valid"], test_raw, counts, shards)
 
 
-def fit(cfg: Config, inputs: Inputs, tagged) -> PreprocessState:
-    """Map: stats of each batch of training rows, on the cluster; reduce: on the driver."""
+def _two_passes(cfg: Config, inputs: Inputs, pieces: list[Piece], fitted: PreprocessState | None,
+                here: bool) -> tuple[PreprocessState, dict[str, list]]:
+    """(the fitted state, {"train" | "valid" | "test": a block per piece}): Arrow tables
+    (`here`), or object refs to the blocks that Ray tasks return."""
     d = cfg.data
-    sample_rows = cfg.preprocess.sample_rows
-    summaries = tagged.map_batches(
-        _train_stats, fn_kwargs={"kinds": inputs.kinds, "label": d.label, "sample_rows": sample_rows,
-                                 "max_categories": d.max_categories},
-        batch_format="pandas", batch_size=None)
-    stats, sample = sources.read_step(lambda: _collect(summaries, sample_rows, d.max_categories), inputs.train,
-                                      inputs.column_types)
-    state, warnings = preprocess.fit_preprocessor(stats, data=d, preprocess=cfg.preprocess, inputs=inputs)
-    numeric = [n for n, k in inputs.kinds.items() if k == "numeric"]
-    preprocess.fit_numeric_scaling(state, sample.result(numeric), cfg.preprocess.numeric_scaling,
-                                   cfg.preprocess.embedding_bins)
+    plan = PassOne(d.split.valid, 0.0 if inputs.test else d.split.test, d.split.seed, inputs.kinds, d.label,
+                   summarise=fitted is None, max_categories=d.max_categories, sample_rows=cfg.preprocess.sample_rows)
+    files = inputs.train.per_file()
+    tagged = [_task(tag_piece, 3, here)(files[p.path], p, inputs.column_types, plan) for p in pieces]
+    infos = enumerate(i for _, _, i in tagged) if here else _in_order([i for _, _, i in tagged])
+    stats, sample = _merge(infos, pieces, plan, cfg)
+    state, sampled = (fitted, None) if fitted is not None else fit(cfg, inputs, stats, sample)
+    check_metric(cfg.run.checkpoint.metric, state.task, key="run.checkpoint.metric")
+    state_json = state.to_json()
+    ready = [_task(model_ready_piece, 2, here)(rows, state_json) for rows, _, _ in tagged]
+    if sampled is not None:  # while pass 2 runs
+        preprocess.fit_bins(state, sampled, cfg.preprocess.embedding_bins)
+    return state, {"train": [t for t, _ in ready], "valid": [v for _, v in ready], "test": [t for _, t, _ in tagged]}
+
+
+def _task(fn, returns: int, here: bool):
+    """`fn` itself (`here`), or `fn` as a Ray task that returns `returns` objects."""
+    if here:
+        return fn
+    import ray
+
+    return ray.remote(fn).options(num_returns=returns).remote
+
+
+def _merge(infos: Iterable[tuple[int, dict[str, Any]]], pieces: list[Piece], plan: PassOne,
+           cfg: Config) -> tuple[preprocess.StatsMerger, preprocess.SampleMerger]:
+    """The pieces' summaries merged in piece order as they come (the driver holds at most 3 x
+    sample_rows rows of the sample, and a bounded number of categories per column, at any
+    time), once every cut is known to be good: a bad cut would show as bad values."""
+    stats = preprocess.StatsMerger(cfg.data.max_categories)
+    sample = preprocess.SampleMerger(cfg.preprocess.sample_rows)
+    quotes: list[int | None] = [None] * len(pieces)
+    for i, info in infos:
+        quotes[i] = info["quotes"]
+        if plan.summarise:
+            stats.add(info["stats"])
+            sample.add(info["sample"])
+    sources.check_cuts(pieces, quotes)
+    return stats, sample
+
+
+def _in_order(refs: list) -> Iterator[tuple[int, Any]]:
+    """(position in `refs`, the object behind it), in the order of `refs`: merged in piece
+    order, the summaries give the same fitted state however the tasks happen to finish (the
+    categories a column keeps past `data.max_categories`, and means to the last bit, depend
+    on the order of the merges). Every task is running meanwhile; this only orders the merges."""
+    import ray
+
+    for i, ref in enumerate(refs):
+        yield i, ray.get(ref)
+
+
+def fit(cfg: Config, inputs: Inputs, stats: preprocess.StatsMerger, sample: preprocess.SampleMerger
+        ) -> tuple[PreprocessState, pd.DataFrame]:
+    """(Preprocessing fitted on the merged summaries of the training split, but for the
+    embedding bins, which only the model needs; the sample to fit those on.)"""
+    state, warnings = preprocess.fit_preprocessor(stats.result(), data=cfg.data, preprocess=cfg.preprocess,
+                                                  inputs=inputs)
+    sampled = sample.result([n for n, k in inputs.kinds.items() if k == "numeric"])
+    preprocess.fit_quantiles(state, sampled, cfg.preprocess.numeric_scaling)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    return state
+    return state, sampled
 
 
-def _collect(summaries, sample_rows: int, max_categories: int) -> tuple[dict[str, Any], preprocess.SampleMerger]:
-    """The merged stats and the sample, both merged as the batches stream in (the driver
-    holds at most 3 x sample_rows rows of the sample, and a bounded number of categories
-    per column, at any time)."""
-    stats, sample = preprocess.StatsMerger(max_categories), preprocess.SampleMerger(sample_rows)
-    for row in summaries.iter_rows():
-        stats.add(json.loads(row["stats"]))
-        sample.add(np.frombuffer(row["sample"], dtype=np.float64).reshape(-1, row["sample_columns"]))
-    return stats.result(), sample
+# ---------------------------------------------------------------- the tasks of the two passes
 
 
-# ---------------------------------------------------------------- Ray Data batch functions
+@dataclass(frozen=True)
+class PassOne:
+    """What pass 1 does to each piece: split its rows, and (`summarise`) sum up its
+    training rows for fitting."""
+
+    valid: float
+    test: float
+    seed: int
+    kinds: dict[str, str]
+    label: str
+    summarise: bool
+    max_categories: int
+    sample_rows: int
+
+
+def tag_piece(source: Source, piece: Piece, column_types: dict[str, pa.DataType], plan: PassOne
+              ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+    """Pass 1 (a Ray task): read one piece and split it: (its training and validation rows:
+    the features and label, text dictionary-encoded, and the split code; its test rows as
+    read; {"quotes": for a CSV byte range, the quote characters in it (sources.check_cuts),
+    and with `plan.summarise` "stats" and "sample" candidates of its training rows}).
+    """
+    table, quotes = sources.read_piece(source, piece, column_types)
+    rows = RowValues(table)
+    codes = split_codes(rows, plan.valid, plan.test, plan.seed)
+    info: dict[str, Any] = {"quotes": quotes}
+    if plan.summarise:
+        train = codes == TRAIN
+        info["stats"] = preprocess.partial_stats(rows, plan.kinds, plan.label, train, plan.max_categories)
+        info["sample"] = preprocess.sample_candidates(rows, plan.kinds, plan.label, plan.sample_rows, train)
+    held_out = codes == TEST
+    kept = rows.compact([*plan.kinds, plan.label]).append_column(SPLIT_COLUMN, pa.array(codes))
+    return (kept.filter(~held_out) if held_out.any() else kept), table.filter(held_out), info
+
+
+def model_ready_piece(rows: pa.Table, state_json: str) -> tuple[pa.Table, pa.Table]:
+    """Pass 2 (a Ray task): one piece's model-ready training and validation blocks."""
+    from ray.data.block import BlockAccessor
+
+    arrays, taken = model_ready(RowValues(rows), PreprocessState.from_json(state_json))
+    code = rows.column(SPLIT_COLUMN).to_numpy()[taken]
+    return tuple(BlockAccessor.batch_to_block({k: v[code == c] for k, v in arrays.items()}) for c in (TRAIN, VALID))
+
+
+def model_ready(rows: RowValues, state: PreprocessState) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(`transform` of the labelled rows, keeping those with a scorable label; the positions
+    of those rows): the same arrays as `transform_batch`, from each column's canonical form,
+    with category lookups done once per distinct value."""
+    labelled = ~rows.missing(state.label)
+    n = int(labelled.sum())
+    x_num = numeric_matrix([rows.numbers(c.name)[labelled] for c in state.numeric], state, n)
+    x_cat = np.empty((n, len(state.categorical)), dtype=np.int64)
+    for i, col in enumerate(state.categorical):
+        t = rows.texts(col.name)
+        lookup = category_codes(pd.Series([*t.texts, None], dtype=object), col)  # code -1 (missing): the last
+        x_cat[:, i] = lookup[t.codes[labelled]]
+    if state.task == "classification":
+        t = rows.texts(state.label)
+        y = class_indices(pd.Series(t.texts, dtype=object), state)[t.codes[labelled]]
+    else:
+        y = scaled_target(rows.numbers(state.label)[labelled], state)
+    keep = scorable(y, state)
+    return {"x_num": x_num[keep], "x_cat": x_cat[keep], "y": y[keep]}, np.flatnonzero(labelled)[keep]
+
+
+# ---------------------------------------------------------------- the same on one pandas batch
 
 
 def add_split_column(df: pd.DataFrame, valid: float, test: float, seed: int) -> pd.DataFrame:
     """Tag each row with its split code (app/data/split.py)."""
     df = df.copy()
-    df[SPLIT_COLUMN] = assign_split(df, valid, test, seed)
+    df[SPLIT_COLUMN] = split_codes(RowValues(df), valid, test, seed)
     return df
 
 
@@ -154,16 +284,18 @@ def partial_stats_batch(df: pd.DataFrame, kinds: dict[str, str], label: str,
                         train_mask: np.ndarray | None = None, sample_rows: int = 0,
                         max_categories: int = preprocess.DEFAULT_MAX_CATEGORIES) -> pd.DataFrame:
     """One row holding the stats of the batch's training rows as JSON, and (`sample_rows`
-    > 0) this batch's candidates for the seeded sample."""
-    train = df if train_mask is None else df[train_mask]
-    stats = preprocess.partial_stats(train, kinds, label, all_rows=df, max_categories=max_categories)
-    sample = preprocess.sample_candidates(train, kinds, label, sample_rows) if sample_rows else np.zeros((0, 0))
+    > 0) this batch's candidates for the seeded sample: pass 1's summary of a pandas batch."""
+    rows = RowValues(df)
+    stats = preprocess.partial_stats(rows, kinds, label, train_mask, max_categories)
+    sample = preprocess.sample_candidates(rows, kinds, label, sample_rows, train_mask) if sample_rows else \
+        np.zeros((0, 0))
     return pd.DataFrame({"stats": [json.dumps(stats)], "sample": [sample.tobytes()],
                          "sample_columns": [sample.shape[1]]})
 
 
 def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dict[str, np.ndarray]:
-    """Keep one split's labelled rows (all with `split` None); return model-ready arrays."""
+    """Keep one split's labelled rows (all with `split` None); return model-ready arrays
+    (a Ray Data batch function over raw rows, as pandas)."""
     state = PreprocessState.from_json(state_json)
     if split is not None:
         df = df[df[SPLIT_COLUMN] == split]
@@ -171,12 +303,3 @@ def transform_batch(df: pd.DataFrame, state_json: str, split: int | None) -> dic
     out = transform(df, state)
     keep = scorable(out["y"], state)
     return {k: v[keep] for k, v in out.items()} if not keep.all() else out
-
-
-def _train_stats(df, kinds, label, sample_rows, max_categories):
-    return partial_stats_batch(df, kinds, label, train_mask=(df[SPLIT_COLUMN] == TRAIN).to_numpy(),
-                               sample_rows=sample_rows, max_categories=max_categories)
-
-
-def _only_split(df, split):
-    return df[df[SPLIT_COLUMN] == split].drop(columns=[SPLIT_COLUMN])

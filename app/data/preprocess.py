@@ -37,18 +37,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from app.config import DataConfig, PreprocessConfig
 from app.data.sources import Inputs
-from app.data.split import SPLIT_COLUMN, row_uniforms
-from app.data.transform import (
-    MISSING,
-    CategoricalColumn,
-    NumericColumn,
-    PreprocessState,
-    category_strings,
-    numeric_inputs,
-)
+from app.data.split import SPLIT_COLUMN, RowValues
+from app.data.transform import MISSING, CategoricalColumn, NumericColumn, PreprocessState, numeric_inputs
 from app.errors import UserError
 
 NUMERIC_LOOKING = 0.9  # share of numeric values above which a text column is suspicious
@@ -108,57 +102,62 @@ def _is_text(dtype: pa.DataType) -> bool:
 # ---------------------------------------------------------------- fitting: stats pass
 
 
-def partial_stats(df: pd.DataFrame, kinds: dict[str, str], label: str,
-                  all_rows: pd.DataFrame | None = None, max_categories: int = DEFAULT_MAX_CATEGORIES) -> dict[str, Any]:
-    """Summary of one batch of training rows; JSON-able so it crosses processes cheaply.
+def partial_stats(rows: RowValues | pd.DataFrame | pa.Table, kinds: dict[str, str], label: str,
+                  train: np.ndarray | None = None, max_categories: int = DEFAULT_MAX_CATEGORIES) -> dict[str, Any]:
+    """Summary of the training rows (`train`, a mask; default: every row) of one batch;
+    JSON-able, and merged by `StatsMerger`.
 
-    `all_rows` (training and held-out rows) is searched for stray text in numeric-looking
-    columns, and for infinite labels: one bad value in the test split still means the
-    column was misread. A categorical column reports its `_TRACKED_PER_CAP * max_categories`
-    most frequent categories at most, so an id column costs no more than that.
+    The batch's other rows (validation and test) are searched too, for stray text in
+    numeric-looking columns and for infinite labels: one bad value in the test split
+    still means the column was misread. A categorical column reports its
+    `_TRACKED_PER_CAP * max_categories` most frequent categories at most, so an id column
+    costs no more than that.
     """
-    all_rows = df if all_rows is None else all_rows
-    labelled = df[label].notna().to_numpy()
-    missing_labels = int((~labelled).sum())
-    df = df[labelled]
-    out: dict[str, Any] = {"rows": len(df), "numeric": {}, "categorical": {}}
+    rows = rows if isinstance(rows, RowValues) else RowValues(rows)
+    train = np.ones(len(rows), dtype=bool) if train is None else train
+    labelled = train & ~rows.missing(label)
+    out: dict[str, Any] = {"rows": int(labelled.sum()), "numeric": {}, "categorical": {}}
     for name, kind in kinds.items():
-        col = df[name]
         if kind == "numeric":
-            v = pd.to_numeric(col, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-            entry = {"infinite": int(np.isinf(v).sum()), **_moments(v[np.isfinite(v)])}
-            out["numeric"][name] = entry
+            v = rows.numbers(name)[labelled]
+            out["numeric"][name] = {"infinite": int(np.isinf(v).sum()), **_moments(v[np.isfinite(v)])}
         else:
-            text = category_strings(col)
-            counts = text.fillna(MISSING).value_counts()
-            entry = {"present": int(text.notna().sum()), "distinct": len(counts) - (MISSING in counts.index)}
-            top, truncated = _top_counts(counts, _TRACKED_PER_CAP * max_categories)
-            entry.update(counts={str(k): int(c) for k, c in top.items()}, truncated=truncated)
-            # Arrow text arrives as pandas "str", or as object when it has gaps (booleans
-            # with gaps too: pd.to_numeric would take True for 1).
-            if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) \
-                    and pd.api.types.infer_dtype(all_rows[name], skipna=True) != "boolean":
-                present = all_rows[name].dropna().to_numpy(object)
-                # via numpy: on Arrow-backed text, to_numeric marks failures NaN but not NA
-                failed = np.isnan(pd.to_numeric(present, errors="coerce").astype(np.float64))
-                stray = present[failed]
-                entry["numeric_like"] = int((~failed).sum())
-                entry["text_present"] = len(present)
-                entry["stray"] = str(stray[0]) if len(stray) else None
-            out["categorical"][name] = entry
-    y = df[label]
-    values = y.value_counts()
-    out["label"] = {
-        "missing": missing_labels,
-        "values": [[_json_scalar(k), int(c)] for k, c in values.iloc[:_LABEL_VALUES_CAP].items()],
-        "overflow": len(values) > _LABEL_VALUES_CAP,
-    }
-    if pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y):
-        v = y.to_numpy(np.float64)
-        every = all_rows[label]
-        if pd.api.types.is_numeric_dtype(every) and not pd.api.types.is_bool_dtype(every):
-            out["label"]["infinite"] = int(np.isinf(every.to_numpy(np.float64, na_value=np.nan)).sum())
-        out["label"].update(_moments(v[np.isfinite(v)]))
+            out["categorical"][name] = _category_stats(rows, name, labelled, _TRACKED_PER_CAP * max_categories)
+    out["label"] = _label_stats(rows, label, labelled, missing=int(train.sum()) - out["rows"])
+    return out
+
+
+def _category_stats(rows: RowValues, name: str, labelled: np.ndarray, keep: int) -> dict[str, Any]:
+    t = rows.texts(name)
+    codes = t.codes[labelled]
+    present = codes >= 0
+    per_text = np.bincount(codes[present], minlength=len(t.texts))
+    counts = pd.Series(per_text[per_text > 0], index=pd.Index(t.texts[per_text > 0], dtype=object), dtype=np.int64)
+    if not counts.index.is_unique:  # distinct values with one text (a mixed column: 7 and "7")
+        counts = counts.groupby(level=0, sort=False).sum()
+    missing = len(codes) - int(present.sum())
+    if missing:  # "missing" is a category of its own (and a literal MISSING value is in it)
+        counts[MISSING] = counts.get(MISSING, 0) + missing
+    top, truncated = _top_counts(counts, keep)
+    entry = {"present": int(present.sum()), "distinct": len(counts) - (MISSING in counts.index),
+             "counts": {str(k): int(c) for k, c in top.items()}, "truncated": truncated}
+    if rows.is_text(name):  # every row of the batch: numbers stored as text, or one stray word among numbers
+        failed, present = rows.not_numbers(name), int((t.codes >= 0).sum())
+        first = np.flatnonzero(failed)[:1]
+        entry.update(numeric_like=present - int(failed.sum()), text_present=present,
+                     stray=str(rows.value(name, first[0])) if len(first) else None)
+    return entry
+
+
+def _label_stats(rows: RowValues, label: str, labelled: np.ndarray, missing: int) -> dict[str, Any]:
+    values = rows.series(label)[labelled].value_counts()
+    out = {"missing": missing, "values": [[_json_scalar(k), int(c)] for k, c in values.iloc[:_LABEL_VALUES_CAP].items()],
+           "overflow": len(values) > _LABEL_VALUES_CAP}
+    if rows.is_numeric(label):
+        every = rows.numbers(label)  # every split: an infinite label anywhere is refused
+        out["infinite"] = int(np.isinf(every).sum())
+        v = every[labelled]
+        out.update(_moments(v[np.isfinite(v)]))
     return out
 
 
@@ -177,29 +176,44 @@ def _top_counts(counts: pd.Series, keep: int) -> tuple[pd.Series, bool]:
     if len(counts) - missing.sum() <= keep:
         return counts, False
     others = counts[~missing]
-    top = others.sort_index(kind="stable").sort_values(ascending=False, kind="stable").iloc[:keep]
-    return pd.concat([top, counts[missing]]), True
+    values = others.to_numpy()
+    kth = np.partition(values, len(values) - keep)[len(values) - keep]  # the keep-th largest count
+    above = others[values > kth]
+    # Only the categories at that count are compared by name (Arrow: UTF-8 byte order is
+    # code point order, as Python compares strings); an id column has ~all of them there.
+    tied = others[values == kth]
+    names = pa.array(tied.index.to_numpy(object), pa.string())
+    first = pc.select_k_unstable(names, keep - len(above), sort_keys=[("dummy", "ascending")])
+    return pd.concat([above, tied.iloc[first.to_numpy()], counts[missing]]), True
 
 
-def sample_candidates(df: pd.DataFrame, kinds: dict[str, str], label: str, size: int) -> np.ndarray:
-    """[hash, numeric feature values...] of the `size` labelled rows with the smallest hash
-    of their values: the global sample is then the `size` smallest over all batches."""
+def sample_candidates(rows: RowValues | pd.DataFrame | pa.Table, kinds: dict[str, str], label: str, size: int,
+                      train: np.ndarray | None = None) -> np.ndarray:
+    """[hash, numeric feature values...] of the `size` labelled training rows (`train`: a
+    mask, default every row) with the smallest hash of their values: the global sample is
+    then the `size` smallest over all batches (in any order)."""
+    rows = rows if isinstance(rows, RowValues) else RowValues(rows)
     numeric = [n for n, k in kinds.items() if k == "numeric"]
-    df = df[df[label].notna()]
-    u = row_uniforms(df[[*kinds, label]], _SAMPLE_SEED)
+    chosen = ~rows.missing(label) if train is None else train & ~rows.missing(label)
+    u = rows.uniforms(_SAMPLE_SEED, [*kinds, label])[chosen]
     # Copies of a row share its hash, so all of them would be in the sample or none. Moving
     # each copy along by its rank among the batch's copies keeps a repeated row in the
     # sample about as often as in the data (a spike of zeros stays a spike).
-    copy = pd.Series(u).groupby(u).cumcount().to_numpy()
-    u = (u + copy * _GOLDEN_RATIO) % 1.0
-    keep = np.argsort(u, kind="stable")[:size]
-    values = [pd.to_numeric(df[n].iloc[keep], errors="coerce").to_numpy(np.float64, na_value=np.nan)
-              for n in numeric]
+    if pd.Series(u).duplicated().any():
+        copy = pd.Series(u).groupby(u).cumcount().to_numpy()
+        u = (u + copy * _GOLDEN_RATIO) % 1.0
+    keep = np.arange(len(u))
+    if len(u) > size:
+        keep = np.argpartition(u, size - 1)[:size]
+        if np.count_nonzero(u == u[keep].max()) > 1:  # a tie at the cut: the earlier row wins
+            keep = np.argsort(u, kind="stable")[:size]
+    values = [rows.numbers(n)[chosen][keep] for n in numeric]
     return np.column_stack([u[keep], *values]) if len(keep) else np.zeros((0, 1 + len(numeric)))
 
 
 class SampleMerger:
-    """Keeps the `size` rows with the smallest hash among the candidates it is given."""
+    """Keeps the `size` rows with the smallest hash among the candidates it is given (ties
+    by their values, so the result does not depend on the order the batches came in)."""
 
     def __init__(self, size: int):
         self.size, self.rows = size, None
@@ -207,18 +221,21 @@ class SampleMerger:
     def add(self, candidates: np.ndarray) -> None:
         self.rows = candidates if self.rows is None else np.concatenate([self.rows, candidates])
         if len(self.rows) > 2 * self.size:
-            self.rows = self._smallest()
+            self.rows = self._smallest_hashes()
 
-    def _smallest(self) -> np.ndarray:
-        # Sort by hash, then by the values, so ties fall the same way whatever the order
-        # the batches came in.
-        order = np.lexsort(tuple(np.nan_to_num(self.rows[:, c], nan=np.inf) for c in
-                                 range(self.rows.shape[1] - 1, -1, -1)))
-        return self.rows[order[:self.size]]
+    def _smallest_hashes(self) -> np.ndarray:
+        """The rows with the `size` smallest hashes, and any tied with the last of them."""
+        h = self.rows[:, 0]
+        if len(h) <= self.size:
+            return self.rows
+        return self.rows[h <= np.partition(h, self.size - 1)[self.size - 1]]
 
     def result(self, numeric: list[str]) -> pd.DataFrame:
-        rows = self._smallest() if self.rows is not None else np.zeros((0, 1 + len(numeric)))
-        return pd.DataFrame(rows[:, 1:], columns=numeric)
+        if self.rows is None:
+            return pd.DataFrame(np.zeros((0, len(numeric))), columns=numeric)
+        rows = self._smallest_hashes()
+        order = np.lexsort(tuple(np.nan_to_num(rows[:, c], nan=np.inf) for c in range(rows.shape[1] - 1, -1, -1)))
+        return pd.DataFrame(rows[order[:self.size], 1:], columns=numeric)
 
 
 def _json_scalar(v: Any) -> Any:
@@ -268,11 +285,11 @@ class StatsMerger:
         lab["missing"] += pl["missing"]
         lab["infinite"] += pl.get("infinite", 0)
         lab["overflow"] = lab["overflow"] or pl["overflow"]
-        for value, count in pl["values"]:
+        for value, count in ([] if lab["overflow"] else pl["values"]):  # past the cap, only the fact counts
             k = json.dumps(value)
             lab["values"][k] = lab["values"].get(k, 0) + count
         if len(lab["values"]) > _LABEL_VALUES_CAP:
-            lab["overflow"] = True
+            lab["overflow"], lab["values"] = True, {}
         if "n" in pl:
             _merge_moments(lab.setdefault("moments", {"n": 0, "mean": 0.0, "m2": 0.0}), pl)
 
@@ -417,13 +434,15 @@ def _capped_categories(name: str, s: dict[str, Any], *, min_count: int, cap: int
 
 
 def fit_numeric_scaling(state: PreprocessState, sample: pd.DataFrame, scaling: str, n_bins: int) -> None:
-    """Quantiles (for `quantile` scaling) and embedding bins, fitted on the training sample.
+    """Quantiles (for `quantile` scaling) and embedding bins, fitted on the training sample."""
+    fit_quantiles(state, sample, scaling)
+    fit_bins(state, sample, n_bins)
 
-    Quantile levels follow the TabM paper's rule, n / 30 clipped to [10, 1000]; bins are
-    the `n_bins` quantile edges of each prepared numeric input (rtdl_num_embeddings)."""
-    if not state.numeric:
-        return
-    if scaling == "quantile":
+
+def fit_quantiles(state: PreprocessState, sample: pd.DataFrame, scaling: str) -> None:
+    """Quantiles of each numeric column for `quantile` scaling: levels follow the TabM
+    paper's rule, n / 30 clipped to [10, 1000]."""
+    if state.numeric and scaling == "quantile":
         from scipy.special import ndtri
 
         n_levels = int(np.clip(len(sample) // 30, 10, MAX_QUANTILES))
@@ -441,27 +460,34 @@ def fit_numeric_scaling(state: PreprocessState, sample: pd.DataFrame, scaling: s
             v = v[np.isfinite(v)]
             if len(v):  # else no value of this column is in the sample: it keeps standard scaling
                 col.quantiles = np.interp(fine, levels, np.quantile(v, levels)).tolist()
-    state.bins = embedding_bins(numeric_inputs(sample, state), n_bins)
+
+
+def fit_bins(state: PreprocessState, sample: pd.DataFrame, n_bins: int) -> None:
+    """The `n_bins` quantile edges of each prepared numeric input, for the model's
+    piecewise-linear embeddings (the transform does not use them)."""
+    if state.numeric:
+        state.bins = embedding_bins(numeric_inputs(sample, state), n_bins)
 
 
 def embedding_bins(x: np.ndarray, n_bins: int) -> list[list[float]]:
-    """Bin edges per column of `x` for piecewise-linear embeddings: quantile edges from
-    rtdl_num_embeddings.compute_bins; a column with a single value gets one unit bin."""
-    import warnings
-
+    """Bin edges per column of `x` for piecewise-linear embeddings: the distinct quantiles
+    at n_bins + 1 evenly spaced levels, as rtdl_num_embeddings.compute_bins computes them
+    (without importing it: its import of scikit-learn takes seconds of the data step); a
+    column with a single value gets one unit bin. One torch thread: `prepare` runs this
+    beside its tasks, which hold every CPU."""
     import torch
-    from rtdl_num_embeddings import compute_bins
 
-    edges = []
-    for column in x.T.astype(np.float32):
-        column = column[np.isfinite(column)]
-        distinct = np.unique(column)
-        if len(distinct) < 2 or len(column) < 3:
-            centre = float(distinct[0]) if len(distinct) else 0.0
-            edges.append([centre - 0.5, centre + 0.5])
-            continue
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*just two bin edges")  # a 0/1 column: one bin is right
-            bins = compute_bins(torch.from_numpy(column[:, None].copy()), n_bins=min(n_bins, len(column) - 1))
-        edges.append(bins[0].tolist())
+    edges, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for column in x.T.astype(np.float32):
+            column = column[np.isfinite(column)]
+            if len(column) < 3 or column.min() == column.max():
+                centre = float(column.min()) if len(column) else 0.0
+                edges.append([centre - 0.5, centre + 0.5])
+                continue
+            levels = torch.linspace(0.0, 1.0, min(n_bins, len(column) - 1) + 1)
+            edges.append(torch.quantile(torch.from_numpy(column.copy()), levels).unique().tolist())
+    finally:
+        torch.set_num_threads(threads)
     return edges

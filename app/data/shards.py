@@ -1,4 +1,7 @@
-"""Deterministic per-worker shards of materialized datasets, cut on the driver.
+"""Deterministic per-worker shards of materialized datasets, cut on the driver, and the two
+ways a worker reads its shard (`data.cache`): into memory once, or streamed every epoch.
+
+    python -m app train --config c.yaml --set data.cache=stream
 
 Ray Train's default `DataConfig` streams each dataset to the workers through
 `streaming_split`, which assigns blocks in whatever order they finish: fine for
@@ -7,13 +10,44 @@ replay an epoch exactly. Here the driver cuts each preprocessed split into conti
 row ranges that differ in size by at most one row, once per possible worker count,
 before training starts. Cutting runs Ray tasks, so doing it up front also means the
 workers never wait for CPUs that the training workers themselves are holding.
+
+A streamed shard passes through a seeded shuffle buffer whose output depends only on the
+shard's rows (always the same, in the same order) and the seed, never on where blocks end
+or when they arrive: an epoch replays exactly after a restart in both modes.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray.train
+
+from app.config import ScalingConfig
+
+COLUMNS = ("x_num", "x_cat", "y")  # the model-ready arrays of a split (app/data/prepare.py)
+MB = 2**20
+# Blocks larger than this are re-cut before the shards are: a worker maps each block it
+# reads whole, and streaming holds a few (the one being read and those prefetched).
+MAX_BLOCK_BYTES = 8 * MB
+PREFETCH_BLOCKS = 2
+# `auto` keeps a shard in memory while it takes at most this share of the worker's budget;
+# the rest is the worker process itself (Python, torch, the model, optimizer state, batches).
+FIT_SHARE = 0.5
+# A streaming worker's shuffle buffer takes this share of its budget.
+BUFFER_SHARE = 0.125
+
+
+def bounded_blocks(ds, max_bytes: int = MAX_BLOCK_BYTES):
+    """`ds`, with its blocks re-cut into near-equal ones of at most about `max_bytes` if any
+    is larger. Order-preserving and deterministic, so the shards cut from it are too."""
+    sizes = [m.size_bytes or 0 for bundle in ds.iter_internal_ref_bundles() for m in bundle.metadata]
+    if max(sizes, default=0) <= max_bytes:
+        return ds
+    return ds.repartition(math.ceil(sum(sizes) / max_bytes)).materialize()
 
 
 def cut(ds, world_size: int) -> list:
@@ -26,19 +60,166 @@ def cut(ds, world_size: int) -> list:
     return ds.split_at_indices([n * i // world_size for i in range(1, world_size)])
 
 
+@dataclass(frozen=True)
+class ShardHandle:
+    """What `ray.train.get_dataset_shard` hands a worker here: its part of a split, and that
+    part's size, known before a row is read (the worker plans its epoch and chooses how to
+    cache from them)."""
+
+    iterator: Any  # ray.data.DataIterator over the part, in row order
+    rows: int
+    size_bytes: int
+
+    def blocks(self) -> Iterator[dict[str, np.ndarray]]:
+        """The part's blocks in row order, as read-only numpy views, a few fetched ahead."""
+        return self.iterator.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BLOCKS)
+
+    def batches(self, rows: int) -> Iterator[dict[str, np.ndarray]]:
+        """The part in batches of `rows` rows (the last one shorter), in row order, each a copy
+        of its own: a worker holds one batch and the blocks being read, never the part."""
+        stream = RowStream(self.blocks())
+        while batch := stream.take(rows):
+            yield batch
+
+
 class PresplitShards(ray.train.DataConfig):
-    """Hands rank r the r-th pre-cut part of each dataset for the current world size."""
+    """Hands rank r a `ShardHandle` of the r-th pre-cut part of each dataset for the current
+    world size."""
 
     def __init__(self, datasets: dict[str, Any], world_sizes: range):
         super().__init__()
-        self._parts = {size: {name: cut(ds, size) for name, ds in datasets.items()} for size in world_sizes}
+        self._datasets = {name: bounded_blocks(ds) for name, ds in datasets.items()}
+        self._parts = {size: self._cut(size) for size in world_sizes}
+
+    def _cut(self, world_size: int) -> dict[str, list]:
+        return {name: cut(ds, world_size) for name, ds in self._datasets.items()}
 
     def configure(self, datasets, world_size, worker_handles=None, worker_node_ids=None, **kwargs):
         if world_size not in self._parts:  # not planned for: cut now (needs a free CPU)
-            self._parts[world_size] = {name: cut(ds, world_size) for name, ds in datasets.items()}
+            self._parts[world_size] = self._cut(world_size)
         parts = self._parts[world_size]
         for ds in (p for by_name in parts.values() for p in by_name):
-            # A worker pulls its part once, as a small Ray Data job; progress bars of that
-            # would reach the driver's terminal as noise between the per-epoch lines.
+            # A worker reads its part as a small Ray Data job (once, or every epoch when
+            # streaming); progress bars of that would reach the driver's terminal as noise
+            # between the per-epoch lines.
             ds.context.enable_progress_bars = False
-        return [{name: parts[name][rank].iterator() for name in datasets} for rank in range(world_size)]
+        return [{name: ShardHandle(p[rank].iterator(), p[rank].count(), p[rank].size_bytes())
+                 for name, p in parts.items() if name in datasets} for rank in range(world_size)]
+
+
+# ---------------------------------------------------------------- on a worker: which way
+
+
+def choose_cache(mode: str, *, shard_bytes: int, budget_bytes: float, budget_from: str) -> tuple[str, str]:
+    """(`memory` or `stream`, why): `data.cache` as set, or for `auto`, `stream` when the
+    shard would take more than `FIT_SHARE` of the worker's memory budget."""
+    if mode != "auto":
+        return mode, "data.cache"
+    fits = shard_bytes <= FIT_SHARE * budget_bytes
+    why = (f"auto: a worker's shard of train + valid, {shard_bytes / MB:,.1f} MiB, is "
+           f"{'within' if fits else 'over'} half of its {budget_bytes / MB:,.0f} MiB budget ({budget_from})")
+    return "memory" if fits else "stream", why
+
+
+def memory_budget(scaling: ScalingConfig) -> tuple[float, str]:
+    """(bytes, where that figure comes from) a worker on this node may use."""
+    if scaling.memory_per_worker_mb is not None:
+        return scaling.memory_per_worker_mb * MB, "scaling.memory_per_worker_mb"
+    node_id = ray.get_runtime_context().get_node_id()
+    resources = next(n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id)
+    per_cpu = resources.get("memory", 0.0) / max(1.0, resources.get("CPU", 1.0))
+    return per_cpu * scaling.cpus_per_worker, "the node's memory per CPU x scaling.cpus_per_worker"
+
+
+# ---------------------------------------------------------------- on a worker: memory
+
+
+def read_all(handle: ShardHandle) -> dict[str, np.ndarray]:
+    """The whole part in this process's memory, one array per column. Filled block by block,
+    so that loading takes the part's size plus one block, not twice the part."""
+    out: dict[str, np.ndarray] = {}
+    at = 0
+    for block in handle.blocks():
+        n = len(block["y"])
+        for c in COLUMNS:
+            if c not in out:
+                out[c] = np.empty((handle.rows, *block[c].shape[1:]), dtype=block[c].dtype)
+            out[c][at:at + n] = block[c]
+        at += n
+    if at != handle.rows:
+        raise RuntimeError(f"shard holds {at} rows, {handle.rows} expected")
+    return out
+
+
+# ---------------------------------------------------------------- on a worker: stream
+
+
+def buffer_rows(handle: ShardHandle, budget_bytes: float) -> int:
+    """Rows of a streaming worker's shuffle buffer: `BUFFER_SHARE` of its budget."""
+    row_bytes = max(1.0, handle.size_bytes / max(1, handle.rows))
+    return int(BUFFER_SHARE * budget_bytes / row_bytes)
+
+
+def batch_sizes(rows: int, steps: int) -> list[int]:
+    """The sizes of `steps` near-equal batches of `rows` rows, larger ones first (as
+    `torch.tensor_split` cuts them in memory mode)."""
+    small, extra = divmod(rows, steps)
+    return [small + 1] * extra + [small] * (steps - extra)
+
+
+class RowStream:
+    """The rows of a stream of blocks, taken in any counts wherever the blocks end."""
+
+    def __init__(self, blocks: Iterable[dict[str, np.ndarray]]):
+        self._blocks = iter(blocks)
+        self._block: dict[str, np.ndarray] | None = None
+        self._at = 0
+
+    def take(self, n: int) -> dict[str, np.ndarray]:
+        """The next `n` rows, copied out of the blocks; fewer (maybe none: an empty dict) only
+        where the stream ends."""
+        pieces = []
+        while n > 0:
+            if self._block is None or self._at == len(self._block["y"]):
+                self._block, self._at = next(self._blocks, None), 0
+                if self._block is None:
+                    break
+                continue
+            k = min(n, len(self._block["y"]) - self._at)
+            pieces.append({c: self._block[c][self._at:self._at + k] for c in COLUMNS})
+            self._at += k
+            n -= k
+        if not pieces:
+            return {}
+        return {c: np.concatenate([p[c] for p in pieces]) for c in COLUMNS}
+
+
+def shuffled_batches(blocks: Iterable[dict[str, np.ndarray]], sizes: list[int], capacity: int,
+                     seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of exactly `sizes` rows from a stream of blocks, in a seeded local-shuffle
+    order, holding `capacity` rows (at least two batches) at a time.
+
+    The buffer starts with the first `capacity` rows. Each batch draws its rows at random
+    from the buffer, and the stream's next rows take their places; once the stream runs
+    out, the buffer's last rows fill the places instead and it shrinks. The order depends
+    only on the order of the rows in the stream and on `seed`, not on where the blocks end.
+    Nothing the size of the buffer is allocated after it is filled (a permutation of the
+    rest, say), so that memory stays flat from epoch to epoch."""
+    rng = np.random.default_rng(seed)
+    stream = RowStream(blocks)
+    buffer = stream.take(max(capacity, 2 * max(sizes, default=0)))  # concatenated: an own, writable copy
+    filled = len(buffer["y"]) if buffer else 0
+    for size in sizes:
+        picks = rng.choice(filled, size, replace=False)
+        yield {c: buffer[c][picks] for c in COLUMNS}
+        incoming = stream.take(size)
+        got = len(incoming["y"]) if incoming else 0
+        for c in incoming:
+            buffer[c][picks[:got]] = incoming[c]
+        empty = picks[got:]  # places left empty: the stream has run out
+        if len(empty):
+            filled -= len(empty)
+            holes = empty[empty < filled]
+            movers = np.setdiff1d(np.arange(filled, filled + len(empty)), empty)
+            for c in COLUMNS:
+                buffer[c][holes] = buffer[c][movers]

@@ -11,13 +11,19 @@ Ray work starts.
 from __future__ import annotations
 
 import fnmatch
+import itertools
+import math
+import pickle
 import posixpath
 import re
+import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -37,6 +43,29 @@ class Source:
     filesystem: storage.FileSystem
     paths: tuple[str, ...]
     format: str
+    sizes: tuple[int, ...] = ()  # bytes of each file, as listed (empty: not known)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes)
+
+    def per_file(self) -> dict[str, Source]:
+        """Each file's own Source (what a read task of it needs: not every other path)."""
+        sizes = self.sizes or (0,) * len(self.paths)
+        return {p: Source(self.uri, self.key, self.filesystem, (p,), self.format, (n,) if self.sizes else ())
+                for p, n in zip(self.paths, sizes)}
+
+    def __reduce__(self):
+        # Read tasks receive their Source pickled. A pyarrow S3 filesystem unpickled before
+        # pyarrow.fs is imported crashes its process at exit (Ray Data's readers wrap it for
+        # that); here the filesystem is unpickled by a function of this module, after its imports.
+        return _unpickle_source, (pickle.dumps(self.filesystem), self.uri, self.key, self.paths, self.format,
+                                  self.sizes)
+
+
+def _unpickle_source(filesystem: bytes, uri: str, key: str, paths: tuple[str, ...], fmt: str,
+                     sizes: tuple[int, ...]) -> Source:
+    return Source(uri, key, pickle.loads(filesystem), paths, fmt, sizes)
 
 
 @dataclass
@@ -88,7 +117,7 @@ def resolve(uri: str, key: str) -> Source:
     for i in data_files:
         if i.size == 0:
             raise UserError(f"{key}: {i.path} is empty")
-    return Source(uri, key, fs, tuple(i.path for i in data_files), formats.pop())
+    return Source(uri, key, fs, tuple(i.path for i in data_files), formats.pop(), tuple(i.size for i in data_files))
 
 
 def _list(fs: storage.FileSystem, base: str, uri: str, key: str) -> list[storage.Entry]:
@@ -200,48 +229,270 @@ def column_types(kinds: dict[str, str], label: str, label_type: pa.DataType) -> 
     return types
 
 
+# ---------------------------------------------------------------- reading in pieces
+
+CSV_BLOCK_BYTES = 1 << 20  # pyarrow's default CSV block: the one that CSV column types are inferred from
+PIECES = 32  # pieces of a source (when its files are big enough): 2 per CPU on 16 CPUs
+MIN_PIECE_BYTES = 8 << 20  # a task per piece costs milliseconds; below this, that adds up
+MAX_PIECE_BYTES = 256 << 20  # bounds a task's memory
+STREAM_BLOCK_BYTES = 64 << 20  # a whole file streamed by `read_dataset`: its blocks' size
+
+
+class ReadWhole(Exception):
+    """A CSV file cut into byte ranges has to be read whole: a cut fell inside a quoted
+    value that spans lines, or a piece did not parse on its own (the whole read then says
+    why, naming the column). `prepare` starts over with the file whole."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.path} cannot be read in byte ranges"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one read task reads: a whole file, some row groups of a Parquet file (and only
+    rows [a, b) of them), or the lines of a CSV file that start in bytes [start, end)."""
+
+    path: str
+    row_groups: tuple[int, ...] | None = None  # Parquet: None means the whole file
+    rows: tuple[int, int] | None = None  # Parquet: rows [a, b) of the row groups read
+    start: int = 0  # CSV: None as end means the whole file
+    end: int | None = None
+    csv_schema: pa.Schema | None = None  # CSV cut into ranges: each column's type, as a whole read infers it
+
+
+def plan_pieces(source: Source, column_types: dict[str, pa.DataType] | None, piece_bytes: int,
+                cut_csv: bool = True, whole: frozenset[str] = frozenset()) -> list[Piece]:
+    """The pieces of `source`, in file and row order: a file up to `piece_bytes` is one
+    piece; a larger one is cut into about size / piece_bytes pieces, so that one big file
+    is read (and, by the maps fused into the read, processed) on several CPUs.
+
+    Parquet files are cut at row groups, and a row group larger than a piece into row
+    ranges (each of those pieces decodes the whole row group). A CSV file is cut into byte
+    ranges at line starts (with `cut_csv`, unless its first block has no line feed), each
+    piece parsed with the column types that its first block gives a whole read; whoever
+    reads them checks the cuts with `check_cuts`. Paths in `whole` are read whole. Only
+    the files that are cut are opened here (a Parquet footer, a CSV file's first block).
+    """
+    sizes = source.sizes or (0,) * len(source.paths)
+    big = [(p, s) for p, s in zip(source.paths, sizes) if s > piece_bytes and p not in whole
+           and (source.format == "parquet" or cut_csv)]
+    cut_into = {}
+    if big:
+        with ThreadPoolExecutor(max_workers=min(16, len(big))) as pool:
+            cut = _parquet_pieces if source.format == "parquet" else _csv_pieces
+            found = pool.map(lambda ps: cut(source, ps[0], ps[1], math.ceil(ps[1] / piece_bytes), column_types), big)
+            cut_into = dict(zip((p for p, _ in big), found))
+    return [piece for path in source.paths for piece in cut_into.get(path, [Piece(path)])]
+
+
+def piece_bytes(source: Source) -> int:
+    """About PIECES pieces of the source, within [MIN, MAX]_PIECE_BYTES. From the files alone,
+    not from the cluster: the pieces, and so the summaries merged into the fitted
+    preprocessing, are the same on a laptop and on a cluster."""
+    return int(min(max(source.total_bytes / PIECES, MIN_PIECE_BYTES), MAX_PIECE_BYTES))
+
+
+def _parquet_pieces(source: Source, path: str, size: int, n: int, column_types) -> list[Piece]:
+    try:
+        meta = pq.read_metadata(path, filesystem=source.filesystem)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{source.key}: cannot read {path}: {_one_line(e)}") from None
+    rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    total = sum(rows)
+    if total == 0:
+        return [Piece(path)]
+    if len(rows) >= n:  # runs of row groups, each run about total / n rows
+        runs: dict[int, list[int]] = {}
+        for i, first_row in enumerate(itertools.accumulate([0, *rows[:-1]])):
+            runs.setdefault(first_row * n // total, []).append(i)
+        return [Piece(path, row_groups=tuple(groups)) for groups in runs.values()]
+    pieces = []
+    for i, r in enumerate(rows):
+        parts = max(1, round(n * r / total))
+        pieces += [Piece(path, row_groups=(i,), rows=(r * k // parts, r * (k + 1) // parts)) for k in range(parts)]
+    return pieces
+
+
+def _csv_pieces(source: Source, path: str, size: int, n: int, column_types) -> list[Piece]:
+    try:
+        with source.filesystem.open_input_file(path) as f:
+            head = f.read(CSV_BLOCK_BYTES)
+        head = head[:head.rfind(b"\n") + 1]  # the lines of the first block, as a streaming read parses it
+        schema = pacsv.open_csv(pa.BufferReader(head), read_options=pacsv.ReadOptions(use_threads=False),
+                                convert_options=csv_convert_options(column_types)).schema
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError):
+        return [Piece(path)]  # the whole read says what is wrong, naming the column
+    if not head:
+        return [Piece(path)]
+    bounds = [size * k // n for k in range(n + 1)]
+    return [Piece(path, start=a, end=b, csv_schema=schema) for a, b in itertools.pairwise(bounds)]
+
+
+def read_piece(source: Source, piece: Piece, column_types: dict[str, pa.DataType] | None = None
+               ) -> tuple[pa.Table, int | None]:
+    """(One piece as an Arrow table; for a CSV byte range, the number of quote characters
+    in it, for `check_cuts`). Read as Ray Data's readers read the whole file (CSV: pyarrow's
+    streaming reader, types of the columns not in `column_types` inferred from the file's
+    first block; Parquet: the file's own types), plus a text column for each `key=value`
+    folder in its path (hive partitioning, as Ray Data adds them). A file that cannot be
+    parsed is a UserError naming it and, where pyarrow says, the column."""
+    quotes = None
+    try:
+        if source.format == "parquet":
+            table = _read_parquet(source, piece)
+        elif piece.csv_schema is not None:
+            table, quotes = _read_csv_range(source, piece)
+        else:
+            with source.filesystem.open_input_stream(piece.path) as f:
+                table = pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
+                                       convert_options=csv_convert_options(column_types)).read_all()
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+        why = _name_csv_column(source, piece.path, _one_line(e)) if source.format == "csv" else _one_line(e)
+        raise UserError(f"{source.key}: cannot read {piece.path}: {why}") from None
+    return _with_partitions(table, piece.path), quotes
+
+
+def stream_piece(source: Source, piece: Piece, column_types: dict[str, pa.DataType] | None = None
+                 ) -> Iterator[pa.Table]:
+    """`read_piece`'s table in parts of about STREAM_BLOCK_BYTES: a whole file is streamed,
+    never held at once (the blocks of `read_dataset`)."""
+    if piece.row_groups is not None or piece.csv_schema is not None:
+        yield read_piece(source, piece, column_types)[0]
+        return
+    try:
+        with source.filesystem.open_input_file(piece.path) as f:
+            if source.format == "parquet":
+                pf = pq.ParquetFile(f)
+                schema, batches = pf.schema_arrow, pf.iter_batches(batch_size=64 * 1024)
+            else:
+                reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
+                                        convert_options=csv_convert_options(column_types))
+                schema, batches = reader.schema, reader
+            pending, size, yielded = [], 0, False
+            for batch in batches:
+                pending.append(batch)
+                size += batch.nbytes
+                if size >= STREAM_BLOCK_BYTES:
+                    yield _with_partitions(pa.Table.from_batches(pending, schema), piece.path)
+                    pending, size, yielded = [], 0, True
+            if pending or not yielded:
+                yield _with_partitions(pa.Table.from_batches(pending, schema), piece.path)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+        why = _name_csv_column(source, piece.path, _one_line(e)) if source.format == "csv" else _one_line(e)
+        raise UserError(f"{source.key}: cannot read {piece.path}: {why}") from None
+
+
+def _read_parquet(source: Source, piece: Piece) -> pa.Table:
+    with source.filesystem.open_input_file(piece.path) as f:
+        if piece.row_groups is None:
+            return pq.ParquetFile(f).read()
+        table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups))
+    return table if piece.rows is None else table.slice(piece.rows[0], piece.rows[1] - piece.rows[0])
+
+
+def _read_csv_range(source: Source, piece: Piece) -> tuple[pa.Table, int]:
+    """The lines that start in [piece.start, piece.end) (each piece finds the same line
+    starts, the byte after a line feed, so the pieces of a file hold each line once), and
+    the quote characters among them."""
+    with source.filesystem.open_input_file(piece.path) as f:
+        size = f.size()
+        start, end = _line_start(f, piece.start, size), _line_start(f, piece.end, size)
+        data = f.read_at(end - start, start) if end > start else b""
+    schema = piece.csv_schema
+    if not data.strip():
+        return schema.empty_table(), 0
+    read_options = pacsv.ReadOptions(use_threads=False, column_names=None if start == 0 else schema.names)
+    convert = pacsv.ConvertOptions(strings_can_be_null=True, column_types=dict(zip(schema.names, schema.types)))
+    try:
+        table = pacsv.open_csv(pa.BufferReader(data), read_options=read_options, convert_options=convert).read_all()
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        raise ReadWhole(piece.path) from None
+    if any(pc.any(pc.match_substring_regex(table.column(i), "[\r\n]")).as_py()
+           for i, t in enumerate(table.schema.types) if pa.types.is_string(t)):
+        # A line break inside a value: the piece may hold a cut inside a quoted value that
+        # the quote count missed (a stray quote elsewhere evens it out). Read it whole.
+        raise ReadWhole(piece.path)
+    return table, data.count(b'"')
+
+
+def check_cuts(pieces: list[Piece], quotes: list[int | None]) -> None:
+    """ReadWhole for a CSV file cut inside a quoted value. Before a cut outside quoted
+    values, the file's quote characters come in pairs (opening and closing quotes, quotes
+    doubled inside a value); an odd count means the cut lies inside a value, whose line
+    breaks belong to it. (A quote inside an unquoted value, which CSV writers do not
+    write, makes a count odd too: that file is then read whole, which is slower but right.)"""
+    seen: dict[str, int] = {}
+    for piece, count in zip(pieces, quotes):
+        if piece.csv_schema is None:
+            continue
+        if seen.get(piece.path, 0) % 2:
+            raise ReadWhole(piece.path)
+        seen[piece.path] = seen.get(piece.path, 0) + count
+
+
+def _line_start(f, position: int, size: int) -> int:
+    """The first line start at or after `position` (0 and `size` are line starts)."""
+    if position <= 0 or position >= size:
+        return min(max(position, 0), size)
+    at = position - 1
+    while at < size:
+        chunk = f.read_at(min(1 << 16, size - at), at)
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return at + found + 1
+        at += len(chunk)
+    return size
+
+
+def _with_partitions(table: pa.Table, path: str) -> pa.Table:
+    """`key=value` folders of `path` as text columns that the file does not have itself."""
+    folders = [d.split("=") for d in posixpath.dirname(path).split("/") if d and d.count("=") == 1]
+    for key, value in dict(folders).items():
+        if key not in table.column_names:
+            table = table.append_column(key, pa.array([urllib.parse.unquote(value)] * table.num_rows, pa.string()))
+    return table
+
+
 def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = None,
                  concurrency: int | None = None):
-    """A lazy Ray Dataset over the source's files; `concurrency`: most read tasks at once
-    (a map with the same limit fuses into the read)."""
+    """A lazy Ray Dataset over the source's files, one read task per piece (`plan_pieces`:
+    a big Parquet file is read by several tasks; a CSV file by one, since only `prepare`
+    can start over when a cut turns out to lie inside a quoted value); `concurrency`: most read tasks
+    at once (a map with the same limit fuses into the read)."""
     import ray.data
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
 
-    paths = list(source.paths)
-    # One read task and one block per file (larger outputs are still split at Ray Data's
-    # block size limit). Maps fused into the read then run once per file, on as many CPUs
-    # as there are files: Ray Data's default cuts each file into many small blocks, and
-    # per-block overhead then costs more than the work on them.
-    blocks = len(paths)
-    if source.format == "parquet":
-        # Ray Data's newer Parquet reader (datasource V2, the default in 2.60) packs files
-        # into read units of 128 MiB, so a dataset smaller than that is read, and with the
-        # maps fused into the read also preprocessed and scored, by one task on one CPU.
-        context = ray.data.DataContext.get_current()
-        v2, context.use_datasource_v2 = context.use_datasource_v2, False
-        try:
-            return ray.data.read_parquet(paths, filesystem=source.filesystem, override_num_blocks=blocks,
-                                         concurrency=concurrency)
-        finally:
-            context.use_datasource_v2 = v2
-    return ray.data.read_csv(
-        paths, filesystem=source.filesystem, convert_options=csv_convert_options(column_types),
-        override_num_blocks=blocks, concurrency=concurrency,
-    )
+    pieces = plan_pieces(source, column_types, piece_bytes(source), cut_csv=False)
+    files = source.per_file()
+
+    class Pieces(Datasource):
+        def estimate_inmemory_data_size(self) -> int | None:
+            return source.total_bytes or None
+
+        def get_name(self) -> str:  # the operator "ReadCSV" or "ReadParquet", as Ray Data's readers name it
+            return "CSV" if source.format == "csv" else "Parquet"
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list:
+            return [ReadTask(lambda p=p, s=files[p.path]: stream_piece(s, p, column_types),
+                             BlockMetadata(num_rows=None, size_bytes=None, input_files=[p.path], exec_stats=None),
+                             per_task_row_limit=per_task_row_limit)
+                    for p in pieces]
+
+    # One block per piece (larger outputs are still split at Ray Data's block size limit):
+    # Ray Data's own readers cut each file into many small blocks, and per-block overhead
+    # then costs more than the work on them.
+    return ray.data.read_datasource(Pieces(), override_num_blocks=len(pieces), concurrency=concurrency)
 
 
 def read_table(source: Source, column_types: dict[str, pa.DataType] | None = None) -> pa.Table:
-    """The whole source as one Arrow table, in file order, without Ray (small data, tests)."""
-    tables = []
-    for path in source.paths:
-        try:
-            if source.format == "parquet":
-                tables.append(pq.read_table(path, filesystem=source.filesystem))
-            else:
-                with source.filesystem.open_input_stream(path) as f:
-                    tables.append(pacsv.read_csv(f, convert_options=csv_convert_options(column_types)))
-        except (pa.ArrowInvalid, OSError) as e:
-            raise UserError(f"{source.key}: cannot read {path}: {_name_csv_column(source, path, _one_line(e))}") \
-                from None
+    """The whole source as one Arrow table, in file order, without Ray (small data, tests),
+    read as `read_dataset` reads it."""
+    tables = [read_piece(source, Piece(path), column_types)[0] for path in source.paths]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -250,8 +501,6 @@ def _one_line(e: BaseException) -> str:
 
 
 _CSV_COLUMN = re.compile(r"In CSV column #(\d+)")
-# Ray Data's read task turns pyarrow's parse error into this, without the error itself.
-_RAY_CSV_FAILURE = re.compile(r"Failed to read CSV file: (.+?)\. Please check")
 
 
 def _name_csv_column(source: Source, path: str, text: str) -> str:
@@ -267,31 +516,19 @@ def _name_csv_column(source: Source, path: str, text: str) -> str:
     return text if i >= len(names) else f"{text[:match.end()]} ({names[i]!r}){text[match.end():]}"
 
 
-def _csv_error(source: Source, path: str, column_types: dict[str, pa.DataType] | None) -> str | None:
-    """Why `path` cannot be read with `column_types`, found by streaming it through pyarrow
-    here (the error path only; memory: one block); None if it reads."""
-    try:
-        with source.filesystem.open_input_stream(path) as f:
-            for _ in pacsv.open_csv(f, convert_options=csv_convert_options(column_types)):
-                pass
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
-        return _name_csv_column(source, path, _one_line(e))
-    return None
-
-
-def read_step(step, source: Source, column_types: dict[str, pa.DataType] | None = None):
-    """Run a Ray Data step; a file that cannot be parsed (with `column_types`, for CSV)
-    becomes a UserError naming it and, where pyarrow says, the column."""
+def read_step(step, source: Source):
+    """Run a step that reads `source` (here or in Ray tasks); a file that cannot be parsed
+    becomes one UserError naming it (and, where pyarrow says, the column), without the
+    Ray task's traceback around it."""
     try:
         return step()
     except Exception as e:
+        if any(isinstance(cause, ReadWhole) for cause in causes(e)):
+            raise  # not an error: `prepare` reads that file whole
         for cause in causes(e):
+            if type(cause) is UserError:
+                raise UserError(str(cause)) from None
             if isinstance(cause, (pa.ArrowInvalid, UnicodeDecodeError)):
                 text = " ".join(str(cause).split())[:400]
                 raise UserError(f"{source.key}: cannot read {source.uri}: {text}") from None
-            failed = _RAY_CSV_FAILURE.search(str(cause)) if isinstance(cause, ValueError) else None
-            if failed and failed.group(1) in source.paths:
-                path = failed.group(1)
-                why = _csv_error(source, path, column_types) or "not a readable CSV file"
-                raise UserError(f"{source.key}: cannot read {path}: {why}") from None
         raise

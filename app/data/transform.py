@@ -149,10 +149,15 @@ def quantile_scale(v: np.ndarray, quantiles: np.ndarray, normal: np.ndarray) -> 
 def numeric_inputs(df: pd.DataFrame, state: PreprocessState) -> np.ndarray:
     """The numeric columns scaled (missing: 0, the training centre), then their indicators.
     Infinite values count as missing, as they did when the preprocessing was fitted."""
-    x_num = np.empty((len(df), state.numeric_width), dtype=np.float32)
+    columns = [pd.to_numeric(df[c.name], errors="coerce").to_numpy(np.float64, na_value=np.nan) for c in state.numeric]
+    return numeric_matrix(columns, state, len(df))
+
+
+def numeric_matrix(columns: list[np.ndarray], state: PreprocessState, rows: int) -> np.ndarray:
+    """`numeric_inputs` from each numeric column's values as float64 (NaN: missing)."""
+    x_num = np.empty((rows, state.numeric_width), dtype=np.float32)
     j = len(state.numeric)
-    for i, col in enumerate(state.numeric):
-        v = pd.to_numeric(df[col.name], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    for i, (col, v) in enumerate(zip(state.numeric, columns)):
         missing = ~np.isfinite(v)
         if col.quantiles is None:
             with np.errstate(over="ignore"):  # beyond float64: inf, clipped below
@@ -170,18 +175,31 @@ def categorical_inputs(df: pd.DataFrame, state: PreprocessState) -> np.ndarray:
     """Category indices: 1 + position in the training categories; 0 for unknown."""
     x_cat = np.empty((len(df), len(state.categorical)), dtype=np.int64)
     for i, col in enumerate(state.categorical):
-        text = category_strings(df[col.name]).fillna(MISSING)
-        x_cat[:, i] = pd.Index(col.categories).get_indexer(text) + 1
+        x_cat[:, i] = category_codes(category_strings(df[col.name]), col)
     return x_cat
+
+
+def category_codes(texts: pd.Series, col: CategoricalColumn) -> np.ndarray:
+    """The index of each canonical text (None: missing) in `categorical_inputs`."""
+    return pd.Index(col.categories).get_indexer(texts.fillna(MISSING)) + 1
 
 
 def encode_label(y: pd.Series, state: PreprocessState) -> np.ndarray:
     if state.task == "classification":
-        keys = [_scalar_text(c) if not isinstance(c, str) else c for c in state.classes]
-        return pd.Index(keys).get_indexer(category_strings(y)).astype(np.int64)  # -1: unseen class
+        return class_indices(category_strings(y), state)
+    return scaled_target(pd.to_numeric(y, errors="coerce").to_numpy(np.float64), state)
+
+
+def class_indices(texts: pd.Series, state: PreprocessState) -> np.ndarray:
+    """The class of each canonical label text; -1: a class not seen in training."""
+    keys = [_scalar_text(c) if not isinstance(c, str) else c for c in state.classes]
+    return pd.Index(keys).get_indexer(texts).astype(np.int64)
+
+
+def scaled_target(v: np.ndarray, state: PreprocessState) -> np.ndarray:
+    """A regression label as the network learns it: standardised, float32."""
     with np.errstate(over="ignore"):  # a label far beyond the training range: inf, not scorable
-        return ((pd.to_numeric(y, errors="coerce").to_numpy(np.float64) - state.target_mean)
-                / state.target_std).astype(np.float32)
+        return ((v - state.target_mean) / state.target_std).astype(np.float32)
 
 
 def scorable(y: np.ndarray, state: PreprocessState) -> np.ndarray:

@@ -2,10 +2,11 @@
 
     python -m app train --config configs/quickstart.yaml    # runs this on every worker
 
-Each worker (a DDP rank) pulls its shard of the preprocessed training and validation
-splits into memory once, then per epoch: trains on its shard in a (seed, epoch, rank)
-order, validates, and reports metrics with a checkpoint. All ranks call `report` the
-same number of times; only rank 0 writes the checkpoint.
+Each worker (a DDP rank) either pulls its shard of the preprocessed training and
+validation splits into memory once, or streams it from Ray's object store every epoch
+(`data.cache`), then per epoch: trains on its shard in a (seed, epoch, rank) order,
+validates, and reports metrics with a checkpoint. All ranks take the same number of steps
+and call `report` the same number of times; only rank 0 writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 import random
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +32,8 @@ from torch import nn
 from app import runs, storage
 from app.cluster import quiet_logs
 from app.config import Config
+from app.data import shards
+from app.data.shards import COLUMNS, ShardHandle
 from app.data.transform import PreprocessState
 from app.metrics import MetricSums
 from app.model import build_model, member_loss
@@ -37,18 +43,60 @@ from app.training import checkpoint as ckpt
 from app.training import faults
 
 EVAL_BATCH = 8192  # rows per forward pass when scoring
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x_num, x_cat, y
 
 
 @dataclass
 class Shard:
-    """This worker's rows of one split, as model-ready tensors."""
+    """This worker's rows of one split, held in memory as model-ready tensors."""
 
     x_num: torch.Tensor
     x_cat: torch.Tensor
     y: torch.Tensor
 
+    @classmethod
+    def of(cls, arrays: dict[str, np.ndarray], device: torch.device) -> Shard:
+        return cls(*(torch.from_numpy(arrays[c]).to(device) for c in COLUMNS))
+
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def epoch(self, steps: int, *, seed: int, epoch: int, rank: int) -> Iterator[Batch]:
+        """`steps` local batches, gathered by index in a (seed, epoch, rank) order."""
+        for idx in epoch_batches(len(self), steps, seed, epoch, rank):
+            idx = idx.to(self.device)
+            yield self.x_num[idx], self.x_cat[idx], self.y[idx]
+
+    def scoring_batches(self) -> Iterator[Batch]:
+        yield self.x_num, self.x_cat, self.y
+
+
+@dataclass
+class StreamedShard:
+    """This worker's rows of one split, left in Ray's object store and read anew each epoch."""
+
+    handle: ShardHandle
+    device: torch.device
+    buffer_rows: int  # of the shuffle buffer
+
+    def __len__(self) -> int:
+        return self.handle.rows
+
+    def epoch(self, steps: int, *, seed: int, epoch: int, rank: int) -> Iterator[Batch]:
+        """`steps` local batches of the sizes memory mode would take, through a shuffle buffer
+        seeded from (seed, epoch, rank)."""
+        sizes = shards.batch_sizes(len(self), steps)
+        seed = derive_seed(seed, epoch, rank)
+        for batch in shards.shuffled_batches(self.handle.blocks(), sizes, self.buffer_rows, seed):
+            yield to_tensors(batch, self.device)
+
+    def scoring_batches(self) -> Iterator[Batch]:
+        for batch in self.handle.batches(EVAL_BATCH):
+            yield to_tensors(batch, self.device)
 
 
 @dataclass(frozen=True)
@@ -111,11 +159,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     attempt_started = time.time()
-    train, valid = load_shard("train", device), load_shard("valid", device)
-    ingest_s = max(gather(time.time() - attempt_started))
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = ray.train.torch.prepare_model(build_model(cfg.model, state))
     optimizer, scheduler = make_optimizer(model, cfg)
+    memory = PrivateMemory()  # from here on, growth is what the data costs (and optimizer state)
+    ingest_started = time.time()
+    train, valid, cache = load_shards(cfg, device)
+    ingest_s = max(gather(time.time() - ingest_started))
+    if rank == 0:
+        print(f"data cache: {cache['data_cache']} ({cache['data_cache_reason']})", flush=True)
     # Ray Train's latest checkpoint of this run; else one the driver chose (its record of
     # the run's checkpoints was cut short); else none.
     checkpoint = ray.train.get_checkpoint()
@@ -129,12 +181,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     metric, mode = cfg.run.checkpoint.metric, cfg.run.checkpoint.mode
     patience = cfg.train.early_stopping_patience
     if patience is not None and progress.epochs_without_improvement >= patience:
+        memory.stop()
         return  # restored from the checkpoint where early stopping had already fired
     tracker = EpochLogger(loop_config.get("tracking"), worker.filesystem, worker.run_path) if rank == 0 else None
     clock = EpochClock(progress.epoch, cfg.train.epochs)
-    progress.attempts.append({"started": attempt_started, "ingest_s": ingest_s,
-                              "ingest_rows": total_rows + sum(gather(len(valid))),
-                              "ready": time.time(), "world_size": ctx.get_world_size(), "from_epoch": progress.epoch})
+    attempt = {"started": attempt_started, "ingest_s": ingest_s, "ingest_rows": total_rows + sum(gather(len(valid))),
+               "ready": time.time(), "world_size": ctx.get_world_size(), "from_epoch": progress.epoch, **cache}
+    progress.attempts.append(attempt)
     for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
         seed_everything(cfg.train.seed, epoch, rank)
         started = time.perf_counter()
@@ -143,11 +196,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         scores = evaluate(unwrap(model), valid, state)
+        usage = gather((peak_rss_mb(), memory.growth_mb()))
+        # The most any rank's private memory grew since before it read its shard (data.cache).
+        attempt["worker_private_growth_mb"] = max((g for _, g in usage if g is not None), default=None)
 
         record = {"epoch": epoch, "time": time.time(), "train_loss": train_loss,
                   "valid_loss": scores.pop("loss"), **scores, "lr": lr,
                   "epoch_time_s": epoch_time, "rows_per_s": total_rows / epoch_time,
-                  "batch_wait_frac": batch_wait / epoch_time, "worker_peak_rss_mb": max(gather(peak_rss_mb()))}
+                  "batch_wait_frac": batch_wait / epoch_time, "worker_peak_rss_mb": max(p for p, _ in usage)}
         progress.update(record, metric, mode)
         stop = patience is not None and progress.epochs_without_improvement >= patience
         save_and_report(worker, record, progress, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -161,6 +217,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 print(f"early stop: no {metric} improvement for {progress.epochs_without_improvement} "
                       f"epochs (best {best} at epoch {progress.best_epoch})", flush=True)
             break
+    memory.stop()
     if tracker is not None:
         tracker.close()
 
@@ -168,17 +225,39 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- data
 
 
+def shard_handle(name: str) -> ShardHandle:
+    handle = ray.train.get_dataset_shard(name)
+    if handle.rows == 0:
+        raise RuntimeError(f"worker got no rows of the {name} split")
+    return handle
+
+
 def load_shard(name: str, device: torch.device) -> Shard:
     """Pull this worker's shard into memory once; epochs then reshuffle it locally."""
-    it = ray.train.get_dataset_shard(name)
-    parts: dict[str, list[np.ndarray]] = {"x_num": [], "x_cat": [], "y": []}
-    for batch in it.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-        for k in parts:
-            parts[k].append(batch[k])
-    arrays = {k: np.concatenate(v) if v else None for k, v in parts.items()}
-    if arrays["y"] is None:
-        raise RuntimeError(f"worker got no rows of the {name} split")
-    return Shard(*(torch.from_numpy(np.ascontiguousarray(arrays[k])).to(device) for k in ("x_num", "x_cat", "y")))
+    return Shard.of(shards.read_all(shard_handle(name)), device)
+
+
+def load_shards(cfg: Config, device: torch.device) -> tuple[Shard | StreamedShard, Shard | StreamedShard,
+                                                              dict[str, Any]]:
+    """This worker's train and valid shards, held in memory or streamed (`data.cache`), and
+    that choice for the attempt's record: the mode, why, and the shard's size. Every rank
+    chooses alike: the rank whose shard weighs most against its memory budget decides."""
+    handles = [shard_handle(name) for name in ("train", "valid")]
+    budget, budget_from = shards.memory_budget(cfg.scaling)
+    mine = sum(h.size_bytes for h in handles)
+    _, shard_bytes, worst_budget, worst_from = max(gather((mine / max(budget, 1.0), mine, budget, budget_from)))
+    cache, why = shards.choose_cache(cfg.data.cache, shard_bytes=shard_bytes, budget_bytes=worst_budget,
+                                     budget_from=worst_from)
+    record = {"data_cache": cache, "data_cache_reason": why, "data_shard_mb": shard_bytes / shards.MB}
+    if cache == "memory":
+        return load_shard("train", device), load_shard("valid", device), record
+    rows = shards.buffer_rows(handles[0], budget)
+    return StreamedShard(handles[0], device, rows), StreamedShard(handles[1], device, rows), record
+
+
+def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> Batch:
+    # Blocks read from the object store are read-only views: torch wants writable memory.
+    return tuple(torch.from_numpy(np.require(batch[c], requirements="W")).to(device) for c in COLUMNS)
 
 
 def plan_epoch(local_rows: int, global_batch: int) -> tuple[int, int]:
@@ -201,19 +280,19 @@ def epoch_batches(n: int, steps: int, seed: int, epoch: int, rank: int) -> list[
 # ---------------------------------------------------------------- steps
 
 
-def train_epoch(worker: Worker, model: nn.Module, data: Shard, optimizer: torch.optim.Optimizer,
+def train_epoch(worker: Worker, model: nn.Module, data: Shard | StreamedShard, optimizer: torch.optim.Optimizer,
                 loss_fn: nn.Module, *, steps: int, epoch: int) -> tuple[float, float]:
     """One pass over the local shard: (mean training loss over all ranks, seconds this
     rank spent getting batches ready, i.e. not in the model, loss or optimizer)."""
     cfg = worker.cfg
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=data.y.device)
-    wait = 0.0
-    for step, idx in enumerate(epoch_batches(len(data), steps, cfg.train.seed, epoch, worker.rank)):
+    loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
+    rows, wait = 0, 0.0
+    batches = data.epoch(steps, seed=cfg.train.seed, epoch=epoch, rank=worker.rank)
+    for step in range(steps):
         worker.die(epoch=epoch, step=step)
         t0 = time.perf_counter()
-        idx = idx.to(data.y.device)
-        x_num, x_cat, y = data.x_num[idx], data.x_cat[idx], data.y[idx]
+        x_num, x_cat, y = next(batches)
         wait += time.perf_counter() - t0
         out = model(x_num, x_cat)
         loss = member_loss(loss_fn, out, y, unwrap(model).members)
@@ -222,8 +301,9 @@ def train_epoch(worker: Worker, model: nn.Module, data: Shard, optimizer: torch.
         if cfg.train.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         optimizer.step()
-        loss_sum += loss.detach().double() * len(idx)
-    totals = torch.stack([loss_sum, torch.tensor(float(len(data)), dtype=torch.float64, device=loss_sum.device)])
+        loss_sum += loss.detach().double() * len(y)
+        rows += len(y)
+    totals = torch.stack([loss_sum, torch.tensor(float(rows), dtype=torch.float64, device=loss_sum.device)])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(totals)
     return float(totals[0] / totals[1]), wait
@@ -236,12 +316,15 @@ def predict_outputs(model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor) 
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def evaluate(model: nn.Module, data: Shard, state: PreprocessState) -> dict[str, float]:
-    """Metrics over the whole validation split: each rank scores its shard, and the ranks
-    exchange only their fixed-size metric sums, never the scored rows."""
-    outputs = predict_outputs(model, data.x_num, data.x_cat).cpu().numpy()
+def evaluate(model: nn.Module, data: Shard | StreamedShard, state: PreprocessState) -> dict[str, float]:
+    """Metrics over the whole validation split: each rank scores its shard batch by batch
+    into fixed-size metric sums, and the ranks exchange only those, never the scored rows."""
+    local = None
+    for x_num, x_cat, y in data.scoring_batches():
+        part = MetricSums.of(predict_outputs(model, x_num, x_cat).cpu().numpy(), y.cpu().numpy(), state)
+        local = part if local is None else local.merge(part)
     total = MetricSums.empty(state)
-    for part in gather(MetricSums.of(outputs, data.y.cpu().numpy(), state)):
+    for part in gather(local):
         total = total.merge(part)
     return total.metrics(state)
 
@@ -342,6 +425,39 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def private_bytes() -> int | None:
+    """Resident memory of this process less its shared pages (/proc/self/statm): what it
+    holds itself, without the object-store blocks it maps while reading. None off Linux."""
+    try:
+        with open("/proc/self/statm") as f:
+            _, resident, shared, *_ = f.read().split()
+    except OSError:
+        return None
+    return (int(resident) - int(shared)) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PrivateMemory:
+    """The peak of `private_bytes` since this was made, sampled every 10 ms on a thread:
+    whatever the loop is doing, memory it holds for longer (a shard pulled into memory, a
+    shuffle buffer) shows."""
+
+    def __init__(self):
+        self.baseline = self.peak = private_bytes()
+        self._stop = threading.Event()
+        if self.baseline is not None:
+            threading.Thread(target=self._sample, name="private-memory", daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, private_bytes())
+
+    def growth_mb(self) -> float | None:
+        return None if self.baseline is None else (self.peak - self.baseline) / 2**20
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def derive_seed(*parts: int) -> int:

@@ -5,31 +5,42 @@
 `run_training` reads only like the story of a run: check inputs, prepare data, fit, score
 the best checkpoint on the test split, write `metrics.json`. It returns the metrics,
 so tests call it directly on a shrunken config.
+
+The modules built on torch (`TORCH_BOUND`) are imported where they are used, not here:
+`train` checks its inputs with this module loaded, then starts Ray while they load in the
+background (`import_in_background`).
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
-from ray.train.torch import TorchTrainer
 
 from app import cluster, runs, storage, tracking
 from app.config import Config, flatten
-from app.data.prepare import Prepared, inspect_sources, prepare
-from app.data.sources import Inputs, read_step
+from app.data.prepare import SMALL_INPUT_BYTES, Prepared, inspect_sources, prepare
+from app.data.sources import Inputs, Source, read_step
 from app.data.transform import PreprocessState
 from app.errors import UserError
 from app.metrics import json_safe
-from app.predictor import evaluate_dataset
 from app.redact import redact_tree
 from app.training import faults
-from app.training.checkpoint import Intact, load_train_state, local_copy, newest_intact
-from app.training.loop import train_loop_per_worker
+
+if TYPE_CHECKING:
+    from ray.train.torch import TorchTrainer
+
+    from app.training.checkpoint import Intact
+
+# What a run imports only once Ray is up: torch (2-4 s of the import on 2 cores) and ours on it.
+TORCH_BOUND = ("torch", "ray.train.torch", "app.training.checkpoint", "app.predictor", "app.training.loop")
 
 # Keys of an epoch record that describe the run, not the model: left out of "valid".
 EPOCH_STATS = ("time", "lr", "epoch_time_s", "rows_per_s", "batch_wait_frac", "worker_peak_rss_mb")
@@ -41,6 +52,20 @@ def preflight(cfg: Config) -> Inputs:
     inputs = inspect_sources(cfg)
     storage.check_writable(storage.absolute(cfg.run.storage), "run.storage")
     return inputs
+
+
+def import_in_background() -> None:
+    """Import `TORCH_BOUND` on a daemon thread, to overlap with what the caller does next
+    (starting Ray: mostly waiting on its processes). A module that fails to import here is
+    imported again where it is used, which raises."""
+    def load() -> None:
+        for name in TORCH_BOUND:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - see the docstring
+                return
+
+    threading.Thread(target=load, name="app-imports", daemon=True).start()
 
 
 def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float | None = None) -> dict[str, Any]:
@@ -59,25 +84,29 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     resume = resume_point(cfg, out_dir, inputs)
     if resume is not None:
         print(f"resuming from {resume.checkpoint} (epoch {resume.epoch} done); --fresh starts over")
-    data = prepare(cfg, inputs, fitted=resume.state if resume else None)
-    cfg = cfg.resolved(data.counts["train"])
-    print(f"data: {data.counts['train']} train / {data.counts['valid']} valid rows, task {data.state.task}, "
-          f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features; "
-          f"model {cfg.model.kind}, {cfg.train.epochs} epochs at most, batch {cfg.train.batch_size}")
-    storage.mark_owned(out_dir, "run")  # (the command line marked it already; run_training alone has not)
-    storage.write_text(storage.join(out_dir, runs.CONFIG), cfg.to_yaml())
+    spec = tracking.start_in_actor(cfg, out_dir)  # MLflow gets ready beside the data step
+    try:
+        data = prepare(cfg, inputs, fitted=resume.state if resume else None)
+        cfg = cfg.resolved(data.counts["train"])
+        print(f"data: {data.counts['train']} train / {data.counts['valid']} valid rows, task {data.state.task}, "
+              f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features; "
+              f"model {cfg.model.kind}, {cfg.train.epochs} epochs at most, batch {cfg.train.batch_size}")
+        storage.mark_owned(out_dir, "run")  # (the command line marked it already; run_training alone has not)
+        storage.write_text(storage.join(out_dir, runs.CONFIG), cfg.to_yaml())
 
-    spec = tracking.start(cfg, out_dir)
-    fit_started = time.time()
-    build_trainer(cfg, data, tracking_spec=spec, resume_from=resume.resume_from if resume else None).fit()
-    fit_ended = time.time()
-    metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
-    metrics["wall_time_s"] = time.time() - started
-    metrics["timings"] = timings(metrics, ray_start_s, started, fit_started, fit_ended)
-    print("timings: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}s"
-                                  for k, v in metrics["timings"].items() if v is not None))
-    storage.write_json(storage.join(out_dir, runs.METRICS), json_safe(redact_tree(metrics)))  # no URI credentials
-    tracking.finish(spec, metrics)
+        tracking.open_run(spec, cfg)
+        fit_started = time.time()
+        build_trainer(cfg, data, tracking_spec=spec, resume_from=resume.resume_from if resume else None).fit()
+        fit_ended = time.time()
+        metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
+        metrics["wall_time_s"] = time.time() - started
+        metrics["timings"] = timings(metrics, ray_start_s, started, fit_started, fit_ended)
+        print("timings: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}s"
+                                      for k, v in metrics["timings"].items() if v is not None))
+        storage.write_json(storage.join(out_dir, runs.METRICS), json_safe(redact_tree(metrics)))  # no credentials
+        tracking.finish(spec, metrics)
+    finally:
+        tracking.release(spec)
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "loss"))
     if cfg.report.baselines:
         from app.baselines import comparison_table, run_baselines
@@ -106,9 +135,13 @@ def timings(metrics: dict[str, Any], ray_start_s: float | None, started: float, 
     }
 
 
-def summarize(cfg: Config, out_dir: str, data: Prepared, test_source) -> dict[str, Any]:
+def summarize(cfg: Config, out_dir: str, data: Prepared, test_source: Source) -> dict[str, Any]:
     """metrics.json of a finished training run, from what it left in storage: the best and
-    the latest registered checkpoints; the best one scores the test split."""
+    the latest registered checkpoints; the best one scores the test split, in this process
+    when its source is small (as the data step does), else on the cluster."""
+    from app.predictor import evaluate_dataset
+    from app.training.checkpoint import load_train_state, local_copy
+
     snapshot = storage.read_json(storage.join(out_dir, runs.RAY_CHECKPOINTS)) or {}
     registered = [r for r in snapshot.get("checkpoint_results", []) if r.get("checkpoint_dir_name")]
     if not registered:
@@ -117,7 +150,9 @@ def summarize(cfg: Config, out_dir: str, data: Prepared, test_source) -> dict[st
     best_uri = storage.join(out_dir, best["checkpoint_dir_name"])
     with local_copy(storage.join(out_dir, snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])) as latest:
         final = load_train_state(latest)
-    test = read_step(lambda: evaluate_dataset(best_uri, data.test_raw, data.state, details=True), test_source)
+    here = test_source.total_bytes <= SMALL_INPUT_BYTES
+    test = read_step(lambda: evaluate_dataset(best_uri, data.test_raw, data.state, details=True, here=here),
+                     test_source)
     return {
         "task": data.state.task,
         "valid": {k: v for k, v in best["metrics"].items() if k not in EPOCH_STATS},
@@ -138,7 +173,7 @@ def best_result(results: list[dict[str, Any]], metric: str, mode: str) -> dict[s
     """The registered checkpoint with the best metric (NaN never wins; ties: the earliest)."""
     def key(r: dict[str, Any]) -> tuple[bool, float, int]:
         value = r["metrics"].get(metric)
-        missing = value is None or value != value
+        missing = value is None or math.isnan(value)
         return missing, (0.0 if missing else value if mode == "min" else -value), r["metrics"]["epoch"]
 
     return min(results, key=key)
@@ -233,6 +268,8 @@ def choose_checkpoint(out_dir: str) -> tuple[Intact, bool] | None:
     is rolled back to the chosen one (the original kept beside it as `.rolled-back-<time>`).
     Registered checkpoints none of which is intact are a UserError: starting over silently
     would throw the run's progress away."""
+    from app.training.checkpoint import newest_intact
+
     snapshot = read_snapshot(out_dir)
     if snapshot is None:
         names = sorted((e.name for e in storage.listdir(out_dir)
@@ -321,6 +358,10 @@ def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None,
     `resume_from`: a checkpoint to start from when Ray Train has no record of the run's own.
     `fault`: the $APP_FAULT to inject (default: this process's; a sweep passes its driver's
     to the trials, whose processes need not have it)."""
+    from ray.train.torch import TorchTrainer
+
+    from app.training.loop import train_loop_per_worker
+
     cfg = cfg.resolved(data.counts["train"])
     s, r = cfg.scaling, cfg.run
     num_workers = s.num_workers if isinstance(s.num_workers, int) else tuple(s.num_workers)

@@ -1,6 +1,6 @@
 """Kill the driver of `python -m app train` with SIGKILL; the same command resumes from the
 checkpoints it left on object storage (a real S3 server, moto, on loopback) and ends with
-the metrics of an uninterrupted run."""
+the metrics of an uninterrupted run of the same config (tests/e2e/test_cli.py's quickstart)."""
 
 from __future__ import annotations
 
@@ -13,49 +13,39 @@ import time
 
 import pyarrow.fs as pafs
 import pytest
-import yaml
 
 from app import runs
-from tests.conftest import NO_TRACKING, REPO, make_synthetic
+from tests.conftest import REPO
+from tests.drills import hung_pid, registered_epoch
 
 pytestmark = pytest.mark.slow
+HANG = "rank=0,epoch=2,step=1,then=hang"  # where the driver is killed: in epoch 2, with epoch 1 registered
 
 
-def config(tmp_path, data, name, storage=None):
-    tree = {
-        "name": name,
-        "data": {"train": str(data), "label": "target", "split": {"valid": 0.1, "test": 0.1}},
-        "model": {"kind": "mlp", "hidden": [256, 256]},
-        "train": {"epochs": 5, "batch_size": 512, "early_stopping_patience": None},
-        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
-        "run": {"storage": storage or str(tmp_path / "runs")},
-        "tracking": NO_TRACKING,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
-
-def train(path, env, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "app", "train", "--config", str(path)], cwd=REPO, env=env,
+def train(args, env, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "app", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def wait_until_session_gone(sid: int, timeout: float = 60) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        ps = subprocess.run(["ps", "-eo", "sid=,stat="], capture_output=True, text=True).stdout.split("\n")
+        ps = subprocess.run(["ps", "-eo", "sid=,stat="], capture_output=True, text=True, check=False).stdout.split("\n")
         if not any(line.split()[:1] == [str(sid)] and not line.split()[1].startswith("Z") for line in ps if line.strip()):
             return True
         time.sleep(0.2)
     return False
 
 
-def test_driver_killed_mid_run_resumes_on_rerun(tmp_path, cli_env, s3):
-    data = make_synthetic(tmp_path / "data", 120000)
+def test_driver_killed_mid_run_resumes_on_rerun(quickstart, cli_env, s3):
+    reference_args, reference, reference_run = quickstart  # uninterrupted, on local disk (tests/e2e/conftest.py)
+    assert reference.returncode == 0, reference.stderr[-3000:]
     storage = f"{s3}/driver-kill/runs"
-    fs, bucket_path = pafs.FileSystem.from_uri(storage)
-    run = f"{bucket_path}/resumed"
+    # the reference's command, with the run folder on S3 (later --set win) and tracking off
+    args = [*reference_args, "--set", f"run.storage={storage}", "--set", "tracking.mlflow=false",
+            "--set", "tracking.tensorboard=false"]
+    location = f"{storage}/quickstart"
+    fs, run = pafs.FileSystem.from_uri(location)
 
     def read_json(name):
         with fs.open_input_stream(f"{run}/{name}") as f:
@@ -64,13 +54,14 @@ def test_driver_killed_mid_run_resumes_on_rerun(tmp_path, cli_env, s3):
     def exists(name):
         return fs.get_file_info(f"{run}/{name}").type != pafs.FileType.NotFound
 
-    path = config(tmp_path, data, "resumed", storage)
-    first = train(path, cli_env, start_new_session=True)  # its own process group: driver + embedded Ray
+    # Rank 0 stops at a step of epoch 2 and says so in a marker; the driver is killed there,
+    # once Ray Train has registered epoch 1's checkpoint.
+    first = train(args, dict(cli_env, APP_FAULT=HANG), start_new_session=True)  # its own process group
     deadline = time.time() + 300
-    while not exists("checkpoint_epoch_0002/manifest.json"):
+    while not (hung_pid(location, HANG) and registered_epoch(location) == 1):
         assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
         time.sleep(0.05)
-    time.sleep(0.3)
+    assert not exists("checkpoint_epoch_0002")
     os.killpg(first.pid, signal.SIGKILL)
     killed_at = time.time()
     first.communicate()
@@ -79,31 +70,29 @@ def test_driver_killed_mid_run_resumes_on_rerun(tmp_path, cli_env, s3):
     # within seconds. Only then is the run folder final.
     assert wait_until_session_gone(first.pid)
     assert not exists("metrics.json")
-    snapshot = read_json("checkpoint_manager_snapshot.json")
-    resumed_from = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    resumed_from = read_json(runs.RAY_CHECKPOINTS)["latest_checkpoint_result"]["checkpoint_dir_name"]
+    assert resumed_from == "checkpoint_epoch_0001"
     kept = read_json(f"{resumed_from}/train_state.json")["progress"]["history"]
-    assert [r["epoch"] for r in kept] == list(range(1, len(kept) + 1)) and len(kept) >= 2
+    assert [r["epoch"] for r in kept] == [1]
 
-    second = train(path, cli_env)
+    second = train(args, cli_env)  # the same command, without the fault
     out, err = second.communicate(timeout=600)
     assert second.returncode == 0, err[-3000:]
-    assert f"resuming from {storage}/resumed/{resumed_from}" in out
+    assert f"resuming from {location}/{resumed_from}" in out
     assert "taking over the lease" in err and "is no longer running" in err  # the killed driver's
     metrics = read_json("metrics.json")
-    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4, 5]
-    assert metrics["history"][:len(kept)] == kept  # records from before the kill, unchanged
-    assert metrics["best_checkpoint"].startswith(f"{storage}/resumed/")
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
+    assert metrics["history"][:1] == kept  # the record from before the kill, unchanged
+    assert metrics["best_checkpoint"].startswith(f"{location}/")
     assert not exists(runs.LEASE)  # released at the end
-    first_new = metrics["history"][len(kept)]
-    print(f"\ndriver kill: resumed from epoch {len(kept)}; kill -> epoch {first_new['epoch']} reported in "
+    first_new = metrics["history"][1]
+    print(f"\ndriver kill: resumed from epoch 1; kill -> epoch {first_new['epoch']} reported in "
           f"{first_new['time'] - killed_at:.1f}s (includes starting the command again)")
 
-    reference = train(config(tmp_path, data, "uninterrupted"), cli_env)  # on local disk
-    _, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err[-3000:]
-    expected = json.loads((tmp_path / "runs" / "uninterrupted" / "metrics.json").read_text())
+    expected = json.loads((reference_run / runs.METRICS).read_text())
     assert metrics["valid"] == expected["valid"] and metrics["test"] == expected["test"]
+    assert metrics["param_fingerprints"] == expected["param_fingerprints"]
 
-    again = train(path, cli_env, start_new_session=True)
+    again = train(args, cli_env, start_new_session=True)
     out, _ = again.communicate(timeout=120)
     assert again.returncode == 0 and "already finished" in out

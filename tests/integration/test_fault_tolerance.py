@@ -1,6 +1,7 @@
 """Failures on one shared local Ray: a worker killed from outside, a checkpoint upload cut
-short, a corrupt or foreign checkpoint. The worker-kill run must end exactly where an
-uninterrupted run of the same config ends."""
+short, a corrupt or foreign checkpoint, a run resumed for more epochs. Each run that is cut
+short and resumed must end exactly where an uninterrupted run of the same config ends (the
+mlp here; tests/e2e/test_driver_failure.py checks the same of tabm)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -18,71 +18,45 @@ from app.config import from_dict
 from app.errors import UserError
 from app.predictor import Predictor
 from app.training.trainer import preflight, run_training
-from tests.conftest import NO_TRACKING, make_synthetic
+from tests.conftest import penguins_tree
+from tests.drills import hung_pid, registered_epoch, train_in_background, wait_for
 
 pytestmark = pytest.mark.slow  # fault drills: scripts/test.sh --quick leaves them out
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("synth"), 120000)
-
-
-def synthetic_config(data: Path, storage: Path, name: str, **train):
-    tree = {
-        "name": name,
-        "data": {"train": str(data), "label": "target", "split": {"valid": 0.1, "test": 0.1}},
-        "model": {"kind": "mlp", "hidden": [256, 256], "dropout": 0.1},  # the penguins tests below run tabm
-        "train": {"epochs": 5, "batch_size": 512, "lr": 2.0e-3, "early_stopping_patience": None, **train},
-        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
-        "run": {"storage": str(storage), "max_failures": 2},
-        "tracking": NO_TRACKING,
-    }
-    return from_dict(tree, "test")
+def penguins_config(tmp_path: Path, name: str, epochs: int = 4):
+    """Penguins on the mlp, 2 workers, epochs of 4 steps. Where a run is cut is set by a fault,
+    not by timing, so the data can be small. A constant lr: two epochs continued for two more
+    then train exactly like four at once."""
+    return from_dict(penguins_tree(tmp_path, name=name, model__kind="mlp", train__epochs=epochs,
+                                   train__lr_schedule="constant", train__early_stopping_patience=None,
+                                   run__max_failures=2), "test")
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(ray_session, synthetic, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("clean")
-    return run_training(synthetic_config(synthetic, storage, "clean"))
-
-
-def wait_for(predicate, timeout=120.0, every=0.02):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
-
-
-def train_in_background(cfg):
-    outcome = {}
-
-    def target():
-        try:
-            outcome["metrics"] = run_training(cfg)
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
-            outcome["error"] = e
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, outcome
+def uninterrupted(ray_session, tmp_path_factory):
+    """Four epochs that nothing interrupts: where each run below that is cut short and
+    resumed must end, bit for bit."""
+    return run_training(penguins_config(tmp_path_factory.mktemp("clean"), "clean"))
 
 
 def test_worker_killed_mid_epoch_recovers_and_ends_like_an_uninterrupted_run(
-        ray_session, synthetic, tmp_path, uninterrupted):
+        ray_session, tmp_path, uninterrupted, monkeypatch):
     from ray.util.state import list_actors
 
-    cfg = synthetic_config(synthetic, tmp_path, "killed")
-    run = tmp_path / "killed"
+    # Rank 1 stops at step 2 of epoch 3, with epoch 2's checkpoint registered, and is killed
+    # there from outside (as the kernel's OOM killer would).
+    hang = "rank=1,epoch=3,step=2,then=hang"
+    monkeypatch.setenv("APP_FAULT", hang)
+    cfg = penguins_config(tmp_path, "killed")
+    run = str(tmp_path / "runs" / "killed")
     thread, outcome = train_in_background(cfg)
-    assert wait_for(lambda: (run / "checkpoint_epoch_0002" / "manifest.json").exists())
-    time.sleep(0.3)  # into epoch 3
+    assert wait_for(lambda: (hung_pid(run, hang) and registered_epoch(run) == 2) or not thread.is_alive())
+    assert thread.is_alive(), outcome.get("error")
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    assert len(workers) == 2
-    assert not (run / "checkpoint_epoch_0005").exists()  # the kill lands before the run ends
-    victim = workers[-1]["pid"]
+    victim = hung_pid(run, hang)
+    assert len(workers) == 2 and victim in {w["pid"] for w in workers}
+    assert not os.path.exists(f"{run}/checkpoint_epoch_0003")
     os.kill(victim, signal.SIGKILL)
     killed_at = time.time()
     thread.join(timeout=600)
@@ -91,7 +65,8 @@ def test_worker_killed_mid_epoch_recovers_and_ends_like_an_uninterrupted_run(
     assert victim in {a["pid"] for a in dead}  # the group really lost a worker and started over
 
     metrics = outcome["metrics"]
-    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4, 5]  # each epoch once
+    assert [a["from_epoch"] for a in metrics["attempts"]] == [0, 2]  # restarted from epoch 2's checkpoint
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4]  # each epoch once
     assert metrics["valid"] == uninterrupted["valid"]  # bit-identical on CPU
     assert metrics["test"] == uninterrupted["test"]
     assert metrics["param_fingerprints"] == uninterrupted["param_fingerprints"]
@@ -100,35 +75,32 @@ def test_worker_killed_mid_epoch_recovers_and_ends_like_an_uninterrupted_run(
           f"(kill -> epoch {replayed['epoch']} reported)")
 
 
-def test_upload_cut_short_is_never_loaded_and_the_rerun_finishes(ray_session, synthetic, tmp_path, uninterrupted,
-                                                                   monkeypatch):
+def test_upload_cut_short_is_never_loaded_and_the_rerun_finishes(ray_session, tmp_path, uninterrupted, monkeypatch):
     monkeypatch.setenv("APP_FAULT", "rank=0,epoch=3,at=upload")
-    cfg = synthetic_config(synthetic, tmp_path, "cut")
+    cfg = penguins_config(tmp_path, "cut")
     cfg.run.max_failures = 0
     cfg.run.checkpoint.keep = 10  # so that the redone epoch 3 stays to be looked at
     with pytest.raises(ray_session.train.TrainingFailedError):
         run_training(cfg)
-    partial = tmp_path / "cut" / "checkpoint_epoch_0003"
+    run = tmp_path / "runs" / "cut"
+    partial = run / "checkpoint_epoch_0003"
     assert (partial / "model.pt").exists() and not (partial / "manifest.json").exists()
     with pytest.raises(UserError, match="checkpoint_epoch_0003: no manifest.json"):
         Predictor.from_checkpoint(partial)
-    assert not (tmp_path / "cut" / "metrics.json").exists()
+    assert not (run / "metrics.json").exists()
 
     monkeypatch.delenv("APP_FAULT")
     metrics = run_training(cfg)  # resumes from epoch 2, redoes epoch 3 in the same folder
-    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4, 5]
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4]
     assert Predictor.from_checkpoint(partial).epoch == 3
     assert metrics["valid"] == uninterrupted["valid"]
 
 
 @pytest.fixture(scope="module")
 def finished_run(ray_session, tmp_path_factory):
-    """A finished two-epoch penguins run (trained once for the tests below)."""
-    from tests.conftest import penguins_tree
-
+    """A finished two-epoch run of that config (trained once for the tests below)."""
     tmp = tmp_path_factory.mktemp("resumable")
-    # a constant lr: two epochs continued for two more then train exactly like four at once
-    cfg = from_dict(penguins_tree(tmp, name="resumable", train__epochs=2, train__lr_schedule="constant"), "test")
+    cfg = penguins_config(tmp, "resumable", epochs=2)
     run_training(cfg)
     return cfg, tmp / "runs" / "resumable"
 
@@ -148,8 +120,8 @@ def interrupted_run(finished_run, tmp_path):
 def test_checkpoint_of_another_config_or_corrupt_is_refused_by_name(interrupted_run):
     cfg, run = interrupted_run
     other = cfg.model_copy(deep=True)
-    other.model.k = 8
-    with pytest.raises(UserError, match=r"does not fit this run: model.k is 16 there and 8 here"):
+    other.model.hidden = [8]
+    with pytest.raises(UserError, match=r"does not fit this run: model.hidden is \[128, 64\] there and \[8\] here"):
         run_training(other, preflight(other))
 
     for epoch in (2, 1):  # every checkpoint damaged: nothing to resume from
@@ -180,7 +152,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous_intact_one(finished
 
 
 @pytest.mark.parametrize("record", ["intact", "cut short"])
-def test_resume_keeps_history_and_does_not_refit(interrupted_run, record, capfd):
+def test_resume_keeps_history_and_does_not_refit(interrupted_run, uninterrupted, record, capfd):
     cfg, run = interrupted_run
     if record == "cut short":  # Ray Train's checkpoint record, as a driver killed while writing it leaves it
         (run / "checkpoint_manager_snapshot.json").write_text("")
@@ -192,9 +164,5 @@ def test_resume_keeps_history_and_does_not_refit(interrupted_run, record, capfd)
     assert metrics["history"][:2] == before  # earlier records kept as they were
     assert (run / "checkpoint_epoch_0004" / "preprocess.json").read_text() == state_before
     assert f"resuming from {run / 'checkpoint_epoch_0002'} (epoch 2 done)" in capfd.readouterr().out
-    if record == "intact":  # the default kind (tabm) resumes bit-identically
-        straight = cfg.model_copy(update={"name": "straight"}, deep=True)
-        assert cfg.model.kind == "tabm"
-        uninterrupted = run_training(straight, preflight(straight))
-        assert uninterrupted["param_fingerprints"] == metrics["param_fingerprints"]
-        assert uninterrupted["valid"] == metrics["valid"]
+    assert metrics["param_fingerprints"] == uninterrupted["param_fingerprints"]  # bit-identical on CPU
+    assert metrics["valid"] == uninterrupted["valid"]

@@ -131,6 +131,18 @@ class Traffic:
     def failures(self, since: float = 0.0) -> list:
         return [o for o in self.outcomes if not o[1] and o[0] >= since]
 
+    def answered(self, since: float = 0.0, until: float = float("inf")) -> list:
+        """The successful outcomes of requests sent between `since` and `until` (monotonic)."""
+        return [o for o in self.outcomes if o[1] and since <= o[0] <= until]
+
+    def wait_for_answers(self, count: int, since: float = 0.0, timeout: float = 60.0) -> None:
+        """Until `count` requests sent since `since` have been answered: a window of traffic
+        measured in requests, which a slow machine stretches instead of thinning out."""
+        deadline = time.monotonic() + timeout
+        while len(self.answered(since)) < count:
+            assert time.monotonic() < deadline, f"{len(self.answered(since))} of {count} answers; {self.failures()}"
+            time.sleep(0.05)
+
 
 def health_of_replicas(url: str, replicas: int) -> dict[str, dict]:
     """/health answers keyed by replica, polled until every replica has answered."""
@@ -449,15 +461,18 @@ def test_serve_again_with_another_checkpoint_updates_without_failed_requests(ser
     url = service["url"]
     rows = records_of(pd.read_csv(PENGUINS).drop(columns=["species"]).iloc[:5])
     with Traffic(url, rows) as traffic:
-        time.sleep(1.0)
+        traffic.wait_for_answers(10)  # the old version answers before the update starts
+        update_started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "app", "serve", "--checkpoint", service["second"],
                                "--replicas", "2", "--max-rows", str(MAX_ROWS), "--max-body-mb", str(MAX_BODY_MB),
                                "--token-file", service["token_file"], "--address", service["address"]],
                               cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=180, check=False)
-        time.sleep(1.0)
+        update_done = time.monotonic()
+        traffic.wait_for_answers(20, since=update_done)  # and 20 sent after it is done
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"updated {url} to {service['second']} (epoch 2) with 2 replica(s)" in done.stdout
-    assert len(traffic.outcomes) > 20 and traffic.failures() == []
+    assert traffic.failures() == []
+    assert len(traffic.answered(update_started, update_done)) >= 10  # served all through the update
 
     answers = health_of_replicas(url, replicas=2)
     assert {(h["kind"], h["epoch"]) for h in answers.values()} == {("mlp", 2)}
@@ -480,7 +495,7 @@ def test_a_killed_replica_is_replaced_while_the_service_answers(service):
     victim = next(iter(before))
     rows = records_of(pd.read_csv(PENGUINS).drop(columns=["species"]).iloc[:5])
     with Traffic(url, rows) as traffic:
-        time.sleep(1.0)
+        traffic.wait_for_answers(10)
         killed_at = time.monotonic()
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         while True:  # until Serve runs two replicas again, neither of them the killed one
@@ -490,12 +505,12 @@ def test_a_killed_replica_is_replaced_while_the_service_answers(service):
             assert time.monotonic() < killed_at + 60, now
             time.sleep(0.2)
         recovered_at = time.monotonic()
-        time.sleep(1.5)
+        traffic.wait_for_answers(20, since=recovered_at)
     # Only requests already inside the killed replica may fail (each gets a 500 from Serve's
     # proxy): at most one per client. Everything sent after the replacement is up succeeds.
     assert len(traffic.failures()) <= len(traffic.threads), traffic.failures()
     assert all(code == 500 for _, _, code in traffic.failures())
     assert traffic.failures(since=recovered_at) == []
-    assert len([o for o in traffic.outcomes if killed_at < o[0] < recovered_at and o[1]]) > 10  # it kept answering
+    assert len(traffic.answered(killed_at, recovered_at)) > 10  # it kept answering
     after = health_of_replicas(url, replicas=2)
     assert victim not in after and len(after) == 2

@@ -20,12 +20,16 @@ from tests.conftest import PENGUINS, penguins_tree
 # Both model kinds, and a key of each: trials of either kind share the prepared data.
 SPACE = {"train.lr": {"loguniform": [1.0e-4, 3.0e-2]}, "model.kind": {"choice": ["mlp", "tabm"]},
          "model.hidden": {"choice": [[16], [64, 32]]}, "model.k": {"choice": [4, 8]}}
+SAMPLES = 4
 
 
 def sweep_config(tmp_path, name, **tune):
+    # 4 trials (each costs far more to start than its 8 epochs of penguins): the seeded search
+    # samples both kinds, and with ASHA's rungs at epochs 1, 2 and 4 some trial is stopped in
+    # (nearly) any order the trials reach them
     tree = penguins_tree(tmp_path, name=name, train__epochs=8, train__early_stopping_patience=None,
                          scaling__num_workers=1, scaling__cpus_per_worker=1)
-    tree["tune"] = {"num_samples": 6, "max_concurrent_trials": 4, "space": SPACE,
+    tree["tune"] = {"num_samples": SAMPLES, "max_concurrent_trials": 4, "space": SPACE,
                     "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}, **tune}
     return from_dict(tree, "test")
 
@@ -34,14 +38,14 @@ def sweep_config(tmp_path, name, **tune):
 def asha_sweep(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("asha")
     cfg = sweep_config(tmp, "sweep")
-    return cfg, run_tune(cfg, preflight(cfg)), tmp / "runs" / "sweep"
+    return run_tune(cfg, preflight(cfg)), tmp / "runs" / "sweep"
 
 
 @pytest.mark.slow
 def test_asha_stops_weak_trials_early(asha_sweep):
-    cfg, _, sweep = asha_sweep
+    _, sweep = asha_sweep
     board = pd.read_csv(sweep / "leaderboard.csv")
-    assert len(board) == 6 and list(board.columns[:3]) == ["trial_id", "status", "epochs"]
+    assert len(board) == SAMPLES and list(board.columns[:3]) == ["trial_id", "status", "epochs"]
     assert {"train.lr", "model.kind", "model.hidden", "model.k", "valid_loss"} <= set(board.columns)
     assert set(board["model.kind"]) == {"mlp", "tabm"}
     stopped = board[board.status == "stopped early (asha)"]
@@ -54,13 +58,13 @@ def test_asha_stops_weak_trials_early(asha_sweep):
 
 @pytest.mark.slow
 def test_best_trial_metrics_and_config(asha_sweep):
-    cfg, metrics, sweep = asha_sweep
+    _, sweep = asha_sweep
     board = pd.read_csv(sweep / "leaderboard.csv")
     on_disk = json.loads((sweep / "metrics.json").read_text())
     assert on_disk["best_trial"] == board.trial_id[0]
     assert on_disk["valid"]["valid_loss"] == pytest.approx(board.valid_loss[0], rel=1e-9)
     assert set(on_disk["test"]) >= {"accuracy", "f1_macro", "roc_auc", "log_loss"}
-    assert on_disk["trial_epochs"] == board.epochs.sum() < 6 * 8  # ASHA saved work
+    assert on_disk["trial_epochs"] == board.epochs.sum() < SAMPLES * 8  # ASHA saved work
     best = yaml.safe_load((sweep / "best_config.yaml").read_text())
     assert best["train"]["lr"] == pytest.approx(on_disk["best_overrides"]["train.lr"])
     assert best["model"]["hidden"] == on_disk["best_overrides"]["model.hidden"]
@@ -69,7 +73,7 @@ def test_best_trial_metrics_and_config(asha_sweep):
 
 @pytest.mark.slow
 def test_best_config_trains_to_the_same_metric(asha_sweep, tmp_path):
-    cfg, metrics, sweep = asha_sweep
+    metrics, sweep = asha_sweep
     again = load_config(sweep / "best_config.yaml", [f"run.storage={tmp_path}"])
     retrained = run_training(again)
     # same config, seed, data and worker count: the trial's training, replayed

@@ -5,10 +5,13 @@ one live driver per run folder. On a local disk and on a real S3 server (moto), 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -151,6 +154,70 @@ def test_a_file_output_survives_a_failed_overwrite(location):
     assert [e.name for e in storage.listdir(storage.parent(target))] == ["out.parquet"]
 
 
+# ---------------------------------------------------------------- a switch that fails midway
+
+
+def staged(location: str, *tables: pa.Table) -> tuple[storage.FileSystem, str]:
+    """An output of one part per table, staged beside the folder `location` as `predict`
+    stages it: (filesystem, staging path)."""
+    fs, path = storage.filesystem(location)
+    staging = storage.staging_path(path)
+    fs.create_dir(staging, recursive=True)
+    for i, t in enumerate(tables):
+        pq.write_table(t, f"{staging}/part-{i:05d}.parquet", filesystem=fs)
+    storage.mark_owned_path(fs, staging, "predictions")
+    return fs, staging
+
+
+def test_a_local_switch_whose_second_rename_fails_puts_the_old_folder_back(tmp_path):
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the test's temporary folder")
+    final = str(tmp_path / "out")
+    fs, staging = staged(final, table(10), table(5, 10))
+    storage.publish_dir(fs, staging, final, success=predict.SUCCESS_MARKER)  # the previous output
+    # The new output staged on another filesystem (a tmpfs): the rename that switches it in
+    # fails (EXDEV), after the old folder was renamed aside. A real failure, also as root.
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other_disk:
+        staging = f"{other_disk}/.out.tmp"
+        fs.create_dir(staging)
+        pq.write_table(table(4, 100), f"{staging}/part-00000.parquet")
+        with pytest.raises(OSError, match="[Cc]ross-device"):
+            storage.publish_dir(fs, staging, final, success=predict.SUCCESS_MARKER)
+        assert sorted(p.name for p in Path(staging).iterdir()) == [predict.SUCCESS_MARKER, "part-00000.parquet"]
+    assert read_rows(final) == list(range(15))  # the previous output, whole and readable
+    assert sorted(p.name for p in Path(final).iterdir()) == [storage.OWNED, predict.SUCCESS_MARKER,
+                                                             "part-00000.parquet", "part-00001.parquet"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing left aside
+
+
+def test_an_object_store_switch_cut_short_keeps_the_new_output_whole_and_says_where(s3):
+    """An object store cannot rename a prefix: the old parts go before the new ones are
+    copied, so a cut-short switch cannot keep the old output. What it keeps: the complete new
+    output in staging, named in the error, and no `_SUCCESS` over the mixed folder."""
+    import boto3
+
+    final = f"{s3}/publish-{time.time_ns()}/out"
+    fs, path = storage.filesystem(final)
+    storage.publish_dir(fs, staged(final, table(10))[1], path, success=predict.SUCCESS_MARKER)  # the previous one
+    staging = staged(final, table(4, 100), table(3, 104))[1]
+    # Its second part archived to Glacier (as a lifecycle rule would): S3 refuses to copy it,
+    # so the switch fails after the old part went and the new first part was copied.
+    bucket, key = f"{staging}/part-00001.parquet".split("/", 1)
+    body = fs.open_input_stream(f"{bucket}/{key}").read()
+    client = boto3.client("s3")
+    client.put_object(Bucket=bucket, Key=key, Body=body, StorageClass="GLACIER")
+    with pytest.raises(storage.PublishError, match=f"the complete new output is kept in {staging}"):
+        storage.publish_dir(fs, staging, path, success=predict.SUCCESS_MARKER)
+    assert [e.name for e in storage.listdir(final)] == [storage.OWNED, "part-00000.parquet"]  # no _SUCCESS
+    assert read_rows(final) == list(range(100, 104))  # the old part is gone: nothing old mixed in
+
+    client.restore_object(Bucket=bucket, Key=key, RestoreRequest={"Days": 1})  # the kept copy, switched in again
+    storage.publish_dir(fs, staging, path, success=predict.SUCCESS_MARKER)
+    assert read_rows(final) == list(range(100, 107))
+    assert storage.exists(storage.join(final, predict.SUCCESS_MARKER))
+    assert [e.name for e in storage.listdir(storage.parent(final))] == ["out"]  # staging gone
+
+
 # ---------------------------------------------------------------- one live driver per run
 
 
@@ -163,7 +230,8 @@ def test_a_second_driver_is_refused_and_the_lease_goes_with_the_first(location):
 
 
 def test_the_lease_of_a_driver_that_died_is_taken_over_with_a_warning(tmp_path, capsys):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     pid = int(dead.stdout)
     stale = {"token": "dead", "host": socket.gethostname(), "pid": pid, "process_start": "1",
              "since": time.time(), "heartbeat": time.time()}
@@ -197,10 +265,9 @@ def test_the_heartbeat_keeps_the_lease_fresh(tmp_path, monkeypatch):
 
 def test_a_run_refused_before_it_wrote_anything_leaves_no_folder(tmp_path):
     folder = str(tmp_path / "runs" / "new")
-    with pytest.raises(UserError, match="refused"):
-        with lease.run_folder(folder, fresh=False, what="run"):
-            assert storage.exists(storage.join(folder, storage.OWNED))
-            raise UserError("refused on the cluster")
+    with pytest.raises(UserError, match="refused"), lease.run_folder(folder, fresh=False, what="run"):
+        assert storage.exists(storage.join(folder, storage.OWNED))
+        raise UserError("refused on the cluster")
     assert not storage.exists(folder)
 
 
@@ -215,9 +282,8 @@ def test_a_run_of_an_earlier_version_resumes_but_fresh_never_deletes_it(tmp_path
     old = tmp_path / "runs" / "quickstart"
     old.mkdir(parents=True)
     (old / runs.CONFIG).write_text("name: quickstart\ndata: {train: x.csv, label: y}\nmodel: {kind: mlp}\n")
-    with pytest.raises(UserError, match="did not write"):
-        with lease.run_folder(str(old), fresh=True, what="run"):
-            pass
+    with pytest.raises(UserError, match="did not write"), lease.run_folder(str(old), fresh=True, what="run"):
+        pass
     assert (old / runs.CONFIG).exists()
     with lease.run_folder(str(old), fresh=False, what="run"):
         pass
