@@ -120,6 +120,13 @@ class Measurement:
     spilled_mb: float = 0.0
     timings: dict[str, float | None] | None = None  # train: metrics.json "timings"
     error: str | None = None  # how the command failed ("exit 1", ...); None when it succeeded
+    # The same peaks of private memory only (RssAnon: not the object-store pages a process maps)
+    driver_private_mb: float | None = None
+    worker_private_mb: list[float] = dataclasses.field(default_factory=list)
+
+    def memory(self, kind: str) -> tuple[float | None, list[float]]:
+        """(driver, workers) peaks: `peak` RSS, or `private` memory."""
+        return (self.driver_mb, self.worker_mb) if kind == "peak" else (self.driver_private_mb, self.worker_private_mb)
 
     @property
     def row_time_s(self) -> float:
@@ -167,9 +174,10 @@ def rows_label(rows: int) -> str:
     return str(rows)
 
 
-def ratios(results: list[Measurement]) -> list[tuple[str, str, float, float, float]]:
+def ratios(results: list[Measurement], memory: str = "peak") -> list[tuple[str, str, float, float, float]]:
     """(command, mode, driver, worker, seconds-per-row ratio) of the largest size against the
-    smallest, for each command/mode that succeeded at both; NaN where a figure is missing."""
+    smallest, for each command/mode that succeeded at both; NaN where a figure is missing.
+    `memory`: `peak` RSS or `private` memory (Measurement.memory)."""
     results = [r for r in results if r.error is None]
     if not results:
         return []
@@ -179,13 +187,15 @@ def ratios(results: list[Measurement]) -> list[tuple[str, str, float, float, flo
         b = next((r for r in results if r.rows == large and (r.command, r.mode) == (a.command, a.mode)), None)
         if b is None or small == large:
             continue
-        worker = max(b.worker_mb) / max(a.worker_mb) if a.worker_mb and b.worker_mb else math.nan
+        (driver_a, workers_a), (driver_b, workers_b) = a.memory(memory), b.memory(memory)
+        worker = max(workers_b) / max(workers_a) if workers_a and workers_b else math.nan
+        driver = driver_b / driver_a if driver_a and driver_b else math.nan
         per_row = (b.row_time_s / b.rows) / (a.row_time_s / a.rows)
-        out.append((a.command, a.mode, b.driver_mb / a.driver_mb, worker, per_row))
+        out.append((a.command, a.mode, driver, worker, per_row))
     return out
 
 
-def growth(results: list[Measurement]) -> dict[str, float]:
+def growth(results: list[Measurement], memory: str = "peak") -> dict[str, float]:
     """The three figures of the last line (largest size against smallest):
 
     - driver_rss_growth: the largest driver peak ratio over train (both modes), evaluate,
@@ -194,8 +204,8 @@ def growth(results: list[Measurement]) -> dict[str, float]:
     - seconds_per_row_growth: the ratio of train's row-dependent seconds (ROW_PHASES of its
       timings) per row in stream mode, the mode meant for data that outgrows memory (the
       other train run when stream was not run).
-    NaN when a figure was not measured at both sizes."""
-    table = ratios(results)
+    NaN when a figure was not measured at both sizes. `memory`: as for `ratios`."""
+    table = ratios(results, memory)
     driver = [d for command, _, d, _, _ in table if command in DRIVER_COMMANDS]
     trains = {mode: (w, s) for command, mode, _, w, s in table if command == "train"}
     worker = trains["stream"][0] if "stream" in trains else math.nan
@@ -214,14 +224,17 @@ def _mb(value: float) -> str:
 
 
 def results_table(results: list[Measurement]) -> str:
-    lines = ["| rows | command | mode | wall s | s/row | driver peak RSS MB | worker peak RSS MB | spilled MB |",
-             "|---:|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| rows | command | mode | wall s | s/row | driver peak RSS MB | worker peak RSS MB "
+             "| driver private MB | worker private MB | spilled MB |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         workers = " / ".join(_mb(w) for w in sorted(r.worker_mb, reverse=True)) or "-"
+        private = " / ".join(_mb(w) for w in sorted(r.worker_private_mb, reverse=True)) or "-"
+        driver_private = "-" if r.driver_private_mb is None else _mb(r.driver_private_mb)
         wall = f"{r.wall_s:.1f}" if r.error is None else f"failed ({r.error}) after {r.wall_s:.1f}"
         per_row = f"{r.wall_s / r.rows:.2e}" if r.error is None else "-"
         lines.append(f"| {rows_label(r.rows)} | {r.command} | {r.mode} | {wall} | {per_row} "
-                     f"| {_mb(r.driver_mb)} | {workers} | {_mb(r.spilled_mb)} |")
+                     f"| {_mb(r.driver_mb)} | {workers} | {driver_private} | {private} | {_mb(r.spilled_mb)} |")
     return "\n".join(lines)
 
 
@@ -239,9 +252,11 @@ def phases_table(results: list[Measurement]) -> str:
 
 
 def ratios_table(results: list[Measurement]) -> str:
-    lines = ["| command | mode | driver peak | worker peak | s/row |", "|---|---|---:|---:|---:|"]
-    for command, mode, driver, worker, per_row in ratios(results):
-        cells = ["-" if math.isnan(v) else f"{v:.2f}" for v in (driver, worker, per_row)]
+    lines = ["| command | mode | driver peak RSS | worker peak RSS | driver private | worker private | s/row |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for (command, mode, driver, worker, per_row), (_, _, own, own_worker, _) in zip(ratios(results),
+                                                                                   ratios(results, "private")):
+        cells = ["-" if math.isnan(v) else f"{v:.2f}" for v in (driver, worker, own, own_worker, per_row)]
         lines.append(f"| {command} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -268,7 +283,7 @@ def phase_growth_table(results: list[Measurement]) -> str:
 
 def render_doc(results: list[Measurement], *, command: str, machine: list[str], plot_name: str | None) -> str:
     small, large = rows_label(min(r.rows for r in results)), rows_label(max(r.rows for r in results))
-    figures = growth(results)
+    figures = growth(results, "private")
     failed = ", ".join(f"{r.command}{'' if r.mode == '-' else f' ({r.mode})'} at {rows_label(r.rows)}"
                        for r in results if r.error)
     parts = [
@@ -306,10 +321,17 @@ def render_doc(results: list[Measurement], *, command: str, machine: list[str], 
         "",
         "    " + growth_line(figures),
         "",
+        "The same figures from the peak RSS, which also counts the object store's pages that a process maps "
+        "while it reads objects (shared memory, bounded by the store's size, counted once in the store):",
+        "",
+        "    " + growth_line(growth(results, "peak")),
+        "",
         *([f"Left out, as they failed: {failed} (see the table above).", ""] if failed else []),
-        ("driver_rss_growth: the largest driver ratio above; worker_rss_growth_stream: the train worker's "
-         "in stream mode; seconds_per_row_growth: train's row-dependent s/row in stream mode "
-         "(the other train run when stream was not run)."),
+        ("driver_rss_growth: the largest driver ratio of private memory above; worker_rss_growth_stream: the "
+         "train worker's in stream mode; seconds_per_row_growth: train's row-dependent s/row in stream mode "
+         "(the other train run when stream was not run). Private memory is the resident memory a process "
+         "holds itself (RssAnon in /proc/<pid>/status, polled every 0.1 s): what grows when a process "
+         "gathers rows."),
         "",
         ("Seconds per row of each `train` phase, the same sizes. Linear cost gives 1.00; the "
          "phases still hold fixed costs (Ray Data's start, loading the best checkpoint to score "
@@ -339,8 +361,18 @@ def _title(pid: int) -> str | None:
 
 
 def _hwm_mb(pid: int) -> float | None:
+    return _status_mb(pid, "VmHWM")
+
+
+def _private_mb(pid: int) -> float | None:
+    """Resident anonymous memory now: what the process holds itself, without the file and
+    shared-memory pages (the object store's) that it maps."""
+    return _status_mb(pid, "RssAnon")
+
+
+def _status_mb(pid: int, field: str) -> float | None:
     text = _read(f"/proc/{pid}/status")
-    kb = status_kb(text, "VmHWM") if text else None
+    kb = status_kb(text, field) if text else None
     return None if kb is None else kb / 1024
 
 
@@ -353,6 +385,7 @@ class ClusterProcesses:
         self.temp = temp
         self.titles: dict[int, str] = {}  # pid -> the last title seen
         self.workers: dict[int, float] = {}  # Ray Train worker pid -> peak MB, since the last take_workers
+        self.private: dict[int, float] = {}  # the same, private memory (polled)
         self.reused = 0  # training workers that began in a process seen before under another title
         self.polls = 0
 
@@ -397,9 +430,11 @@ class ClusterProcesses:
             if pid not in self.workers and before and TRAIN_WORKER not in before:
                 self._reset_peak(pid)  # an idle worker that ran other tasks became this actor
                 self.reused += 1
-            peak = _hwm_mb(pid)
+            peak, private = _hwm_mb(pid), _private_mb(pid)
             if peak is not None:
                 self.workers[pid] = max(peak, self.workers.get(pid, 0.0))
+            if private is not None:
+                self.private[pid] = max(private, self.private.get(pid, 0.0))
 
     @staticmethod
     def _reset_peak(pid: int) -> None:
@@ -414,6 +449,11 @@ class ClusterProcesses:
         """The training workers' peaks since the last call; later polls start afresh, and a
         worker seen again keeps counting from its peak so far."""
         peaks, self.workers = list(self.workers.values()), {}
+        return peaks
+
+    def take_private(self) -> list[float]:
+        """`take_workers` for private memory."""
+        peaks, self.private = list(self.private.values()), {}
         return peaks
 
     def stop(self) -> None:
@@ -499,19 +539,21 @@ def run_app(cluster: Cluster, args: list[str], *, log: Path, timeout: float) -> 
     """`python -m app ARGS --address <cluster>`, measured (`rows` left 0 for the caller). Its
     output goes to `log`; on failure, `error` says how it ended and the log's tail is printed."""
     cluster.processes.take_workers()
+    cluster.processes.take_private()
     argv = [sys.executable, "-m", "app", *args, "--address", cluster.address]
     started = time.perf_counter()
     with open(log, "w") as out:
         out.write(shlex.join(argv) + "\n")
         out.flush()
         proc = subprocess.Popen(argv, cwd=ROOT, env=cluster.env, stdout=out, stderr=subprocess.STDOUT)
-    driver, error = 0.0, None
+    driver, private, error = 0.0, 0.0, None
     try:
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             driver = max(driver, _hwm_mb(proc.pid) or 0.0)
+            private = max(private, _private_mb(proc.pid) or 0.0)
             cluster.processes.poll()
             if time.perf_counter() - started > timeout:
                 error = f"ran past --timeout {timeout:g} s"
@@ -530,7 +572,8 @@ def run_app(cluster: Cluster, args: list[str], *, log: Path, timeout: float) -> 
         print(f"error: `python -m app {shlex.join(args)}` failed ({error}); the end of {log}:\n{tail}",
               file=sys.stderr, flush=True)
     return Measurement(rows=0, command=args[0], mode="-", wall_s=wall, driver_mb=max(driver, usage.ru_maxrss / 1024),
-                       worker_mb=cluster.processes.take_workers(), error=error)
+                       worker_mb=cluster.processes.take_workers(), error=error, driver_private_mb=private or None,
+                       worker_private_mb=cluster.processes.take_private())
 
 
 def data_folder(rows: int, work: Path) -> Path:
@@ -592,8 +635,10 @@ def measure_size(rows: int, data: Path, config: Path, cluster: Cluster, *, work:
         result = run_app(cluster, [command, *args], log=logs / f"{rows}-{command}-{mode}.log", timeout=timeout)
         now = spilled_so_far(cluster)
         result.rows, result.mode, result.spilled_mb, spilled = rows, mode, now - spilled, now
-        print(f"  {result.error or 'ok'}: {result.wall_s:.1f} s, driver {result.driver_mb:,.0f} MB, workers "
-              f"{[round(w) for w in result.worker_mb]} MB, spilled {result.spilled_mb:,.0f} MB", flush=True)
+        print(f"  {result.error or 'ok'}: {result.wall_s:.1f} s, driver {result.driver_mb:,.0f} MB "
+              f"(private {result.driver_private_mb or 0:,.0f}), workers {[round(w) for w in result.worker_mb]} MB "
+              f"(private {[round(w) for w in result.worker_private_mb]}), spilled {result.spilled_mb:,.0f} MB",
+              flush=True)
         results.append(result)
         return result
 
@@ -656,11 +701,14 @@ def plot(results: list[Measurement], path: Path) -> None:
         rows = [r.rows for r in points]
         left.plot(rows, [r.wall_s for r in points], marker="o", color=color, label=label)
         right.plot(rows, [r.driver_mb for r in points], marker="o", color=color, label=f"driver: {label}")
+        if all(r.driver_private_mb for r in points):
+            right.plot(rows, [r.driver_private_mb for r in points], marker="o", linestyle=":", color=color,
+                       label=f"driver private: {label}")
         if all(r.worker_mb for r in points):
             right.plot(rows, [max(r.worker_mb) for r in points], marker="s", linestyle="--", color=color,
                        label=f"worker: {label}")
     sizes = sorted({r.rows for r in results})
-    for ax, title, unit in ((left, "wall time", "seconds"), (right, "peak RSS", "MB")):
+    for ax, title, unit in ((left, "wall time", "seconds"), (right, "peak RSS (dotted: private)", "MB")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(sizes, [rows_label(n) for n in sizes])
@@ -752,7 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(r.error is not None for r in results)
     if failed:
         print(f"error: {failed} command(s) failed; their logs are in {work / 'logs'}", file=sys.stderr)
-    print(growth_line(growth(results)))
+    print("peak RSS, object-store pages included: " + growth_line(growth(results, "peak")))
+    print(growth_line(growth(results, "private")))
     return 1 if failed else 0
 
 

@@ -59,14 +59,24 @@ def results(stream: bool = True) -> list:
     timings = {"ray_start_s": 1.0, "data_s": 4.0, "worker_start_s": 9.0, "ingest_s": None, "train_s": 5.0,
                "train_steps_s": 4.0, "test_s": 1.0}
     big = dict(timings, data_s=44.0, train_s=60.0, test_s=16.0)  # row-dependent: 10 s -> 120 s
-    out = [M(1000, "train", "memory", 30.0, 500.0, [800.0, 780.0], 0.0, timings),
-           M(16000, "train", "memory", 144.0, 520.0, [4000.0, 3900.0], 900.0, big)]
+    out = [M(1000, "train", "memory", 30.0, 500.0, [800.0, 780.0], 0.0, timings, None, 250.0, [600.0, 580.0]),
+           M(16000, "train", "memory", 144.0, 520.0, [4000.0, 3900.0], 900.0, big, None, 260.0, [3000.0, 2900.0])]
     if stream:
-        out += [M(1000, "train", "stream", 30.0, 500.0, [700.0, 690.0], 0.0, timings),
-                M(16000, "train", "stream", 160.0, 510.0, [770.0, 760.0], 0.0, dict(big, train_s=76.0))]
-    out += [M(1000, "evaluate", "-", 20.0, 400.0), M(16000, "evaluate", "-", 80.0, 560.0),
-            M(1000, "predict", "-", 20.0, 300.0), M(16000, "predict", "-", 90.0, 330.0)]
+        out += [M(1000, "train", "stream", 30.0, 500.0, [700.0, 690.0], 0.0, timings, None, 250.0, [300.0, 290.0]),
+                M(16000, "train", "stream", 160.0, 510.0, [770.0, 760.0], 0.0, dict(big, train_s=76.0), None, 255.0,
+                  [330.0, 320.0])]
+    out += [M(1000, "evaluate", "-", 20.0, 400.0, driver_private_mb=200.0),
+            M(16000, "evaluate", "-", 80.0, 560.0, driver_private_mb=210.0),
+            M(1000, "predict", "-", 20.0, 300.0, driver_private_mb=150.0),
+            M(16000, "predict", "-", 90.0, 330.0, driver_private_mb=155.0)]
     return out
+
+
+def test_growth_of_private_memory():
+    figures = scale.growth(results(), "private")  # (RssAnon: the object store's pages left out)
+    assert figures["driver_rss_growth"] == pytest.approx(210 / 200)  # evaluate's
+    assert figures["worker_rss_growth_stream"] == pytest.approx(330 / 300)
+    assert figures["seconds_per_row_growth"] == scale.growth(results())["seconds_per_row_growth"]
 
 
 def test_growth_of_the_largest_size_against_the_smallest():
@@ -92,13 +102,13 @@ def test_tables_and_doc():
     rows = results()
     table = scale.results_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
-    assert "| 16k | train | memory | 144.0 | 9.00e-03 | 520 | 4,000 / 3,900 | 900 |" in table
-    assert "| 1k | evaluate | - | 20.0 | 2.00e-02 | 400 | - | 0 |" in table
+    assert "| 16k | train | memory | 144.0 | 9.00e-03 | 520 | 4,000 / 3,900 | 260 | 3,000 / 2,900 | 900 |" in table
+    assert "| 1k | evaluate | - | 20.0 | 2.00e-02 | 400 | - | 200 | - | 0 |" in table
     phases = scale.phases_table(rows).splitlines()
     assert len(phases) == 2 + 4  # the train runs only
     assert phases[0].startswith("| rows | mode | wall s | ray_start s | data s |")
     assert phases[3].endswith("| - | 60.0 | 4.0 | 16.0 | 120.0 | 7.50e-03 |")  # ingest_s None -> "-"
-    assert "| evaluate | - | 1.40 | - | 0.25 |" in scale.ratios_table(rows)
+    assert "| evaluate | - | 1.40 | - | 1.05 | - | 0.25 |" in scale.ratios_table(rows)
     growth = scale.phase_growth_table(rows).splitlines()
     assert growth[0] == "| mode | data | ingest | train | train_steps | test | row-dependent |"
     assert growth[2] == "| memory | 0.69 | - | 0.75 | 0.06 | 1.00 | 0.75 |"  # (44 / 16k) / (4 / 1k), ...  # (80 / 16k) / (20 / 1k)
@@ -106,7 +116,7 @@ def test_tables_and_doc():
                            plot_name="scaling.png")
     assert "    python scripts/scale.py --rows 1000,16000" in doc
     assert "## Growth, 16k against 1k" in doc and "![time and memory against rows](scaling.png)" in doc
-    assert scale.growth_line(scale.growth(rows)) in doc
+    assert scale.growth_line(scale.growth(rows)) in doc and scale.growth_line(scale.growth(rows, "private")) in doc
 
 
 def test_a_failed_command_is_shown_and_left_out_of_the_growth():
@@ -114,7 +124,7 @@ def test_a_failed_command_is_shown_and_left_out_of_the_growth():
     rows[-1].error = "exit 1"  # predict at 16k
     rows[0].error = "ran past --timeout 3600 s"  # train memory at 1k
     table = scale.results_table(rows)
-    assert "| 16k | predict | - | failed (exit 1) after 90.0 | - | 330 | - | 0 |" in table
+    assert "| 16k | predict | - | failed (exit 1) after 90.0 | - | 330 | - | 155 | - | 0 |" in table
     assert [(command, mode) for command, mode, *_ in scale.ratios(rows)] == [("train", "stream"), ("evaluate", "-")]
     assert scale.growth(rows)["driver_rss_growth"] == pytest.approx(560 / 400)
 
@@ -141,11 +151,13 @@ def test_cluster_processes_finds_training_workers_and_stops_only_its_own(tmp_pat
         def worker_seen() -> bool:
             processes.polls = 0  # a full scan every time: the child may be new
             processes.poll()
-            return any(peak >= 200 for peak in processes.workers.values())
+            return any(peak >= 200 for peak in processes.workers.values()) and \
+                any(own >= 200 for own in processes.private.values())  # its own bytes: private
 
         _wait(worker_seen, "the stand-in worker's 200 MB peak was not seen")
         assert root.pid in processes.titles
         assert processes.take_workers() and not processes.workers
+        assert processes.take_private() and not processes.private
         processes.stop()
         _wait(lambda: root.poll() is not None, "the root was not stopped")
         assert not processes.scan()
