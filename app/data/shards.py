@@ -37,8 +37,10 @@ PREFETCH_BLOCKS = 2
 # `auto` keeps a shard in memory while it takes at most this share of the worker's budget;
 # the rest is the worker process itself (Python, torch, the model, optimizer state, batches).
 FIT_SHARE = 0.5
-# A streaming worker's shuffle buffer takes this share of its budget.
+# A streaming worker's shuffle buffer takes this share of its budget, up to BUFFER_MAX_BYTES:
+# a worker's memory then stays flat however large its shard (and budget) grows.
 BUFFER_SHARE = 0.125
+BUFFER_MAX_BYTES = 64 * MB
 
 
 def bounded_blocks(ds, max_bytes: int = MAX_BLOCK_BYTES):
@@ -155,9 +157,10 @@ def read_all(handle: ShardHandle) -> dict[str, np.ndarray]:
 
 
 def buffer_rows(handle: ShardHandle, budget_bytes: float) -> int:
-    """Rows of a streaming worker's shuffle buffer: `BUFFER_SHARE` of its budget."""
+    """Rows of a streaming worker's shuffle buffer: `BUFFER_SHARE` of its budget, at most
+    `BUFFER_MAX_BYTES`."""
     row_bytes = max(1.0, handle.size_bytes / max(1, handle.rows))
-    return int(BUFFER_SHARE * budget_bytes / row_bytes)
+    return int(min(BUFFER_SHARE * budget_bytes, BUFFER_MAX_BYTES) / row_bytes)
 
 
 def batch_sizes(rows: int, steps: int) -> list[int]:
@@ -194,6 +197,27 @@ class RowStream:
         return {c: np.concatenate([p[c] for p in pieces]) for c in COLUMNS}
 
 
+FILL_ROWS = 65_536  # rows copied into a shuffle buffer at a time while it fills
+
+
+def fill(stream: RowStream, rows: int) -> tuple[dict[str, np.ndarray], int]:
+    """(Arrays of `rows` rows of their own, writable, holding the stream's first rows; how many
+    it had, up to `rows`). Filled FILL_ROWS at a time: the blocks read meanwhile are let go
+    as it fills, so that filling takes the buffer and a few blocks, not the buffer twice."""
+    chunk = stream.take(min(rows, FILL_ROWS))
+    if not chunk:
+        return {}, 0
+    out = {c: np.empty((rows, *chunk[c].shape[1:]), dtype=chunk[c].dtype) for c in COLUMNS}  # untouched: not resident
+    at = 0
+    while chunk:
+        n = len(chunk["y"])
+        for c in COLUMNS:
+            out[c][at:at + n] = chunk[c]
+        at += n
+        chunk = stream.take(min(rows - at, FILL_ROWS)) if at < rows else {}
+    return out, at
+
+
 def shuffled_batches(blocks: Iterable[dict[str, np.ndarray]], sizes: list[int], capacity: int,
                      seed: int) -> Iterator[dict[str, np.ndarray]]:
     """Batches of exactly `sizes` rows from a stream of blocks, in a seeded local-shuffle
@@ -207,8 +231,7 @@ def shuffled_batches(blocks: Iterable[dict[str, np.ndarray]], sizes: list[int], 
     rest, say), so that memory stays flat from epoch to epoch."""
     rng = np.random.default_rng(seed)
     stream = RowStream(blocks)
-    buffer = stream.take(max(capacity, 2 * max(sizes, default=0)))  # concatenated: an own, writable copy
-    filled = len(buffer["y"]) if buffer else 0
+    buffer, filled = fill(stream, max(capacity, 2 * max(sizes, default=0)))
     for size in sizes:
         picks = rng.choice(filled, size, replace=False)
         yield {c: buffer[c][picks] for c in COLUMNS}

@@ -104,6 +104,7 @@ def test_auto_streams_only_shards_over_half_the_budget():
 def test_shuffle_buffer_takes_an_eighth_of_the_budget_and_at_least_two_batches():
     handle = ShardHandle(None, rows=1000, size_bytes=100_000)  # 100 bytes a row
     assert buffer_rows(handle, budget_bytes=8 * MB) == MB // 100
+    assert buffer_rows(handle, budget_bytes=64 * 1024 * MB) == 64 * MB // 100  # at most 64 MiB, whatever the budget
     batches = list(shuffled_batches(blocks_of(100, []), [25] * 4, capacity=1, seed=0))
     assert batches[0]["y"].max() >= 25  # drawn from two batches' worth of rows, not one
 
