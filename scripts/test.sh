@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Fresh machine: set up, then run the tests. Extra arguments go to pytest.
 #
-#   scripts/test.sh            the whole suite (CI runs this): 20-25 minutes on 2 cores
+#   scripts/test.sh            the whole suite (CI runs this): about 16 minutes on 2 cores
 #   scripts/test.sh --quick    everything not marked `slow` (no subprocess clusters, no long
-#                              sweeps or fault drills): about 4 minutes, for everyday work
+#                              sweeps or fault drills): about 3 minutes, for everyday work
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
