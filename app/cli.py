@@ -175,7 +175,12 @@ def load_run(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from app import cluster, lease, runs
-    from app.training.trainer import import_in_background, preflight, run_training
+    from app.training.trainer import (
+        import_in_background,
+        preflight,
+        run_training,
+        wants_dashboard,
+    )
 
     cfg = load_run(args)
     if cfg is None:
@@ -183,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     inputs = preflight(cfg)  # no Ray yet: bad input fails in a second, before --fresh deletes anything
     import_in_background()  # torch loads while the lease settles and Ray starts
     with lease.run_folder(runs.run_dir(cfg), fresh=args.fresh, what="run"):
-        run_training(cfg, inputs, ray_start_s=cluster.connect(args.address))
+        run_training(cfg, inputs, ray_start_s=cluster.connect(args.address, dashboard=wants_dashboard(cfg, inputs)))
     return 0
 
 

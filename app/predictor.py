@@ -6,6 +6,7 @@ It is the one path from raw rows to predictions: the test scoring at the end of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,9 +171,21 @@ def _block_sums(df: pd.DataFrame, checkpoint: str) -> MetricSums:
     return MetricSums.of(scored["outputs"], scored["y"], predictor.state)
 
 
+def _batches_here(ds) -> Iterator[pd.DataFrame]:
+    """Batches of SCORE_BATCH rows, as pandas, of a Ray Dataset or of Arrow tables already in
+    this process (no Ray Data job to start)."""
+    if not isinstance(ds, list):
+        yield from ds.iter_batches(batch_size=SCORE_BATCH, batch_format="pandas")
+        return
+    for table in ds:
+        for at in range(0, table.num_rows, SCORE_BATCH):
+            yield table.slice(at, SCORE_BATCH).to_pandas()
+
+
 def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool = False, *,
                      here: bool = False) -> dict[str, Any]:
     """Metrics of a checkpoint on a Ray Dataset of raw labelled rows, scored on the cluster.
+    (`here`: `ds` may also be a list of Arrow tables.)
 
     Each block is scored by a task that returns only its fixed-size `MetricSums`; this
     process merges them as they stream in, so its memory does not grow with the data.
@@ -183,8 +196,7 @@ def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool 
     instead of the bare metrics."""
     if here:
         predictor = Predictor.from_checkpoint(checkpoint)
-        parts = (MetricSums.of(**predictor.score_batch(df), state=state)
-                 for df in ds.iter_batches(batch_size=SCORE_BATCH, batch_format="pandas"))
+        parts = (MetricSums.of(**predictor.score_batch(df), state=state) for df in _batches_here(ds))
     else:
         parts = block_sums(ds, _block_sums, checkpoint)
     total = MetricSums.empty(state)

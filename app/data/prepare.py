@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from app.config import Config, check_metric
 from app.data import preprocess, sources
-from app.data.shards import PresplitShards
+from app.data.shards import COLUMNS, HeldShards, PresplitShards
 from app.data.sources import Inputs, Piece, Source
 from app.data.split import SPLIT_COLUMN, TEST, TRAIN, VALID, RowValues, split_codes
 from app.data.transform import (
@@ -61,7 +61,8 @@ class Prepared:
     valid: Any
     test_raw: Any  # Dataset of raw test rows (labelled)
     counts: dict[str, int]
-    shards: PresplitShards  # train and valid cut once for every worker count the run may use
+    shards: PresplitShards | HeldShards  # train and valid, cut for any worker count the run may use
+    test_tables: list[pa.Table] | None = None  # test_raw's rows in this process (small inputs); else None
 
 
 def inspect_sources(cfg: Config) -> Inputs:
@@ -128,8 +129,21 @@ def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None) 
     if counts["train"] < cfg.scaling.max_workers:
         raise UserError(f"data.train: {counts['train']} training row(s) cannot feed "
                         f"{cfg.scaling.max_workers} workers")
-    shards = PresplitShards(model_ready, range(cfg.scaling.min_workers, cfg.scaling.max_workers + 1))
-    return Prepared(state, model_ready["train"], model_ready["valid"], test_raw, counts, shards)
+    if not here:
+        shards = PresplitShards(model_ready, range(cfg.scaling.min_workers, cfg.scaling.max_workers + 1))
+        return Prepared(state, model_ready["train"], model_ready["valid"], test_raw, counts, shards)
+    shards = HeldShards({name: numpy_arrays(parts[name]) for name in model_ready})
+    return Prepared(state, model_ready["train"], model_ready["valid"], test_raw, counts, shards,
+                    test_tables=None if inputs.test else list(parts["test"]))
+
+
+def numpy_arrays(blocks: list[pa.Table]) -> dict[str, np.ndarray]:
+    """The model-ready blocks of a split as one array per column: what a Ray Data reader of
+    the blocks gets (`iter_batches(batch_format="numpy")`), joined."""
+    from ray.data.block import BlockAccessor
+
+    batches = [BlockAccessor.for_block(b).to_batch_format("numpy") for b in blocks if b.num_rows]
+    return {c: np.concatenate([b[c] for b in batches]) for c in COLUMNS}
 
 
 def _two_passes(cfg: Config, inputs: Inputs, pieces: list[Piece], fitted: PreprocessState | None,

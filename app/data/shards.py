@@ -68,12 +68,14 @@ class ShardHandle:
     part's size, known before a row is read (the worker plans its epoch and chooses how to
     cache from them)."""
 
-    iterator: Any  # ray.data.DataIterator over the part, in row order
+    iterator: Any  # ray.data.DataIterator over the part, in row order; or a HeldPart
     rows: int
     size_bytes: int
 
     def blocks(self) -> Iterator[dict[str, np.ndarray]]:
         """The part's blocks in row order, as read-only numpy views, a few fetched ahead."""
+        if isinstance(self.iterator, HeldPart):
+            return self.iterator.blocks()
         return self.iterator.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BLOCKS)
 
     def batches(self, rows: int) -> Iterator[dict[str, np.ndarray]]:
@@ -107,6 +109,43 @@ class PresplitShards(ray.train.DataConfig):
             ds.context.enable_progress_bars = False
         return [{name: ShardHandle(p[rank].iterator(), p[rank].count(), p[rank].size_bytes())
                  for name, p in parts.items() if name in datasets} for rank in range(world_size)]
+
+
+class HeldShards:
+    """The shards of a small input, prepared in the driver (app/data/prepare.py), without
+    Ray Data: each split's model-ready arrays go to the object store once, as one object, and
+    rank r of W reads rows [n·r//W, n·(r+1)//W) of them, the rows `cut` would give it,
+    whatever W. The workers get this object in their loop config instead of datasets: for a
+    few thousand rows, Ray Data's jobs and actors cost seconds, the rows nothing."""
+
+    def __init__(self, splits: dict[str, dict[str, np.ndarray]]):
+        self._held = {name: (ray.put(arrays), len(arrays["y"]), row_bytes(arrays)) for name, arrays in splits.items()}
+
+    def handle(self, name: str, rank: int, world_size: int) -> ShardHandle:
+        ref, n, size = self._held[name]
+        start, stop = n * rank // world_size, n * (rank + 1) // world_size
+        return ShardHandle(HeldPart(ref, start, stop), stop - start, size * (stop - start))
+
+
+@dataclass(frozen=True)
+class HeldPart:
+    """Rows [start, stop) of a split held in the object store as one object (`HeldShards`)."""
+
+    ref: Any  # ray.ObjectRef of {column: array}
+    start: int
+    stop: int
+
+    def blocks(self) -> Iterator[dict[str, np.ndarray]]:
+        """The rows as read-only views of the object in shared memory (no copy), cut into
+        blocks of at most about MAX_BLOCK_BYTES as Ray Data's are."""
+        arrays = ray.get(self.ref)
+        step = max(1, MAX_BLOCK_BYTES // max(1, row_bytes(arrays)))
+        for at in range(self.start, self.stop, step):
+            yield {c: a[at:min(at + step, self.stop)] for c, a in arrays.items()}
+
+
+def row_bytes(arrays: dict[str, np.ndarray]) -> int:
+    return sum(a.dtype.itemsize * math.prod(a.shape[1:]) for a in arrays.values())
 
 
 # ---------------------------------------------------------------- on a worker: which way

@@ -33,7 +33,7 @@ from app import runs, storage
 from app.cluster import quiet_logs
 from app.config import Config
 from app.data import shards
-from app.data.shards import COLUMNS, ShardHandle
+from app.data.shards import COLUMNS, HeldShards, ShardHandle
 from app.data.transform import PreprocessState
 from app.metrics import MetricSums
 from app.model import build_model, member_loss
@@ -164,7 +164,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer, scheduler = make_optimizer(model, cfg)
     memory = PrivateMemory()  # from here on, growth is what the data costs (and optimizer state)
     ingest_started = time.time()
-    train, valid, cache = load_shards(cfg, device)
+    train, valid, cache = load_shards(cfg, device, loop_config.get("held"))
     ingest_s = max(gather(time.time() - ingest_started))
     if rank == 0:
         print(f"data cache: {cache['data_cache']} ({cache['data_cache_reason']})", flush=True)
@@ -225,32 +225,39 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- data
 
 
-def shard_handle(name: str) -> ShardHandle:
-    handle = ray.train.get_dataset_shard(name)
+def shard_handle(name: str, held: HeldShards | None = None) -> ShardHandle:
+    """This worker's part of a split: from `held` (small inputs), else from the trainer's datasets."""
+    if held is not None:
+        ctx = ray.train.get_context()
+        handle = held.handle(name, ctx.get_world_rank(), ctx.get_world_size())
+    else:
+        handle = ray.train.get_dataset_shard(name)
     if handle.rows == 0:
         raise RuntimeError(f"worker got no rows of the {name} split")
     return handle
 
 
-def load_shard(name: str, device: torch.device) -> Shard:
+def load_shard(name: str, device: torch.device, held: HeldShards | None = None) -> Shard:
     """Pull this worker's shard into memory once; epochs then reshuffle it locally."""
-    return Shard.of(shards.read_all(shard_handle(name)), device)
+    return Shard.of(shards.read_all(shard_handle(name, held)), device)
 
 
-def load_shards(cfg: Config, device: torch.device) -> tuple[Shard | StreamedShard, Shard | StreamedShard,
-                                                              dict[str, Any]]:
+def load_shards(cfg: Config, device: torch.device, held: HeldShards | None = None
+                ) -> tuple[Shard | StreamedShard, Shard | StreamedShard, dict[str, Any]]:
     """This worker's train and valid shards, held in memory or streamed (`data.cache`), and
     that choice for the attempt's record: the mode, why, and the shard's size. Every rank
     chooses alike: the rank whose shard weighs most against its memory budget decides."""
-    handles = [shard_handle(name) for name in ("train", "valid")]
+    handles = [shard_handle(name, held) for name in ("train", "valid")]
     budget, budget_from = shards.memory_budget(cfg.scaling)
     mine = sum(h.size_bytes for h in handles)
     _, shard_bytes, worst_budget, worst_from = max(gather((mine / max(budget, 1.0), mine, budget, budget_from)))
     cache, why = shards.choose_cache(cfg.data.cache, shard_bytes=shard_bytes, budget_bytes=worst_budget,
                                      budget_from=worst_from)
-    record = {"data_cache": cache, "data_cache_reason": why, "data_shard_mb": shard_bytes / shards.MB}
+    record = {"data_cache": cache, "data_cache_reason": why, "data_shard_mb": shard_bytes / shards.MB,
+              "data_shards": "held" if held is not None else "ray_data"}
     if cache == "memory":
-        return load_shard("train", device), load_shard("valid", device), record
+        train, valid = (Shard.of(shards.read_all(h), device) for h in handles)
+        return train, valid, record
     rows = shards.buffer_rows(handles[0], budget)
     return StreamedShard(handles[0], device, rows), StreamedShard(handles[1], device, rows), record
 

@@ -27,6 +27,7 @@ import ray.train
 from app import cluster, runs, storage, tracking
 from app.config import Config, flatten
 from app.data.prepare import SMALL_INPUT_BYTES, Prepared, inspect_sources, prepare
+from app.data.shards import HeldShards
 from app.data.sources import Inputs, Source, read_step
 from app.data.transform import PreprocessState
 from app.errors import UserError
@@ -52,6 +53,12 @@ def preflight(cfg: Config) -> Inputs:
     inputs = inspect_sources(cfg)
     storage.check_writable(storage.absolute(cfg.run.storage), "run.storage")
     return inputs
+
+
+def wants_dashboard(cfg: Config, inputs: Inputs) -> bool:
+    """`run.dashboard`: whether a Ray that `train` starts for itself runs the dashboard."""
+    auto = cfg.run.dashboard == "auto"
+    return inputs.train.total_bytes > SMALL_INPUT_BYTES if auto else cfg.run.dashboard
 
 
 def import_in_background() -> None:
@@ -151,8 +158,8 @@ def summarize(cfg: Config, out_dir: str, data: Prepared, test_source: Source) ->
     with local_copy(storage.join(out_dir, snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])) as latest:
         final = load_train_state(latest)
     here = test_source.total_bytes <= SMALL_INPUT_BYTES
-    test = read_step(lambda: evaluate_dataset(best_uri, data.test_raw, data.state, details=True, here=here),
-                     test_source)
+    rows = data.test_tables if here and data.test_tables is not None else data.test_raw
+    test = read_step(lambda: evaluate_dataset(best_uri, rows, data.state, details=True, here=here), test_source)
     return {
         "task": data.state.task,
         "valid": {k: v for k, v in best["metrics"].items() if k not in EPOCH_STATS},
@@ -365,11 +372,17 @@ def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None,
     cfg = cfg.resolved(data.counts["train"])
     s, r = cfg.scaling, cfg.run
     num_workers = s.num_workers if isinstance(s.num_workers, int) else tuple(s.num_workers)
-    return TorchTrainer(
+    held = isinstance(data.shards, HeldShards)
+    # Ray Train's callbacks that have nothing to do here (see `_without`): its data callback
+    # when no Ray Dataset goes to the workers, its placement-group cleaner without a state API.
+    unused = {"DatasetsCallback"} if held else set()
+    if not cluster.has_state_api():
+        unused.add("PlacementGroupCleanerCallback")
+    return _without(TorchTrainer, unused)(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "preprocess": data.state.to_json(),
                            "fault": fault or os.environ.get(faults.ENV_VAR), "tracking": tracking_spec,
-                           "resume_from": resume_from},
+                           "resume_from": resume_from, "held": data.shards if held else None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=s.use_gpu, resources_per_worker=cluster.worker_bundle(s),
             placement_strategy=s.placement_strategy),
@@ -383,6 +396,27 @@ def build_trainer(cfg: Config, data: Prepared, callbacks: list | None = None,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=callbacks,
         ),
-        datasets={"train": data.train, "valid": data.valid},
-        dataset_config=data.shards,
+        datasets=None if held else {"train": data.train, "valid": data.valid},
+        dataset_config=None if held else data.shards,
     )
+
+
+def _without(trainer: type[TorchTrainer], unused: set[str]) -> type[TorchTrainer]:
+    """`trainer` without the default callbacks of Ray Train named in `unused`. Each of them
+    starts an actor process (about 1.5 s of CPU to start on 2 cores) for nothing here:
+    - `DatasetsCallback` starts a DatasetManager that hands out Ray Dataset shards, when the
+      workers read `HeldShards` instead;
+    - `PlacementGroupCleanerCallback` starts an actor that asks Ray's state API every second
+      whether the Train controller lives, to free the workers' placement group if it died
+      while the cluster lives on. Under a Ray this process started without its dashboard
+      there is no state API to ask (it would log a warning each second), and the cluster
+      ends with this process anyway.
+    A name Ray Train no longer uses leaves its callbacks as they are."""
+    if not unused:
+        return trainer
+
+    class Trainer(trainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if type(c).__name__ not in unused]
+
+    return Trainer

@@ -141,6 +141,42 @@ def test_shards_are_disjoint_and_cover_the_split_once_per_epoch(ray_session, tmp
     assert sorted(seen[0, 1]["rows"]) == sorted(seen[0, 2]["rows"])  # same shard every epoch
 
 
+def test_a_small_input_trains_the_same_weights_without_ray_data(two_worker_run, tmp_path, monkeypatch):
+    """A small input's shards come from the object store (`HeldShards`, no Ray Data job);
+    prepared on Ray and read through Ray Data's shards instead, the run ends bit-identical."""
+    from app.data import prepare as data_step
+
+    cfg, held = two_worker_run
+    monkeypatch.setattr(data_step, "SMALL_INPUT_BYTES", 0)
+    on_ray = run_training(cfg.model_copy(update={"run": cfg.run.model_copy(update={"storage": str(tmp_path)})}))
+    assert held["attempts"][0]["data_shards"] == "held" and on_ray["attempts"][0]["data_shards"] == "ray_data"
+    assert on_ray["rows"] == held["rows"]
+    assert on_ray["param_fingerprints"] == held["param_fingerprints"]
+    assert [r["train_loss"] for r in on_ray["history"]] == [r["train_loss"] for r in held["history"]]
+
+
+def test_held_shards_cut_rows_as_ray_data_shards_do(ray_session, monkeypatch):
+    """Rank r of W holds rows [n*r//W, n*(r+1)//W), as `shards.cut` cuts them, in blocks of at
+    most MAX_BLOCK_BYTES."""
+    from app.data import shards
+
+    n = 1001
+    rows = np.arange(n, dtype=np.int64)
+    held = shards.HeldShards({"train": {"x_num": np.zeros((n, 3), np.float32), "x_cat": np.zeros((n, 0), np.int64),
+                                        "y": rows}})
+    for world_size in (1, 2, 3, 7):
+        parts = [held.handle("train", rank, world_size) for rank in range(world_size)]
+        got = [np.concatenate([b["y"] for b in p.blocks()]) for p in parts]
+        assert np.array_equal(np.concatenate(got), rows)  # every row once, in order
+        assert [len(g) for g in got] == [p.rows for p in parts] == [n * (r + 1) // world_size - n * r // world_size
+                                                                    for r in range(world_size)]
+        assert parts[0].size_bytes == parts[0].rows * (3 * 4 + 8)
+    monkeypatch.setattr(shards, "MAX_BLOCK_BYTES", 100 * (3 * 4 + 8))  # 100 rows
+    blocks = list(held.handle("train", 1, 2).blocks())
+    assert [len(b["y"]) for b in blocks] == [100] * 5 + [1] and blocks[0]["y"][0] == n // 2
+    assert not blocks[0]["x_num"].flags.writeable  # views of the object in shared memory, not copies
+
+
 def test_impossible_worker_group_fails_fast(ray_session, tmp_path):
     cfg = from_dict(penguins_tree(tmp_path, name="too-big", scaling__num_workers=64), "test")
     with pytest.raises(UserError, match=r"scaling.num_workers: 64 worker\(s\) with 1 CPU each can never be scheduled"):
