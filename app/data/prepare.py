@@ -13,7 +13,8 @@ the test rows, the summary), and a Ray Data job costs a quarter second or more t
 on a small machine. Pass 2 reads pass 1's rows from the object store, and its blocks
 become the datasets without another pass. Inputs up to SMALL_INPUT_BYTES take the same
 steps in this process, without any Ray task: for them Ray's start-up costs more than the
-work.
+work. Their shards reach the workers as one object per split (`shards.HeldShards`), not
+through Ray Data.
 
 `inspect_sources` does the cheap checks that need no Ray (files exist, not empty, every
 file has the columns, once each, and Parquet files agree on their types); `prepare` does

@@ -9,7 +9,9 @@ throughput, but a restarted worker group would see different shards and could no
 replay an epoch exactly. Here the driver cuts each preprocessed split into contiguous
 row ranges that differ in size by at most one row, once per possible worker count,
 before training starts. Cutting runs Ray tasks, so doing it up front also means the
-workers never wait for CPUs that the training workers themselves are holding.
+workers never wait for CPUs that the training workers themselves are holding. A small
+input, prepared in the driver, skips Ray Data altogether (`HeldShards`): the same row
+ranges, read from one object per split.
 
 A streamed shard passes through a seeded shuffle buffer whose output depends only on the
 shard's rows (always the same, in the same order) and the seed, never on where blocks end
