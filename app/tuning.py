@@ -245,7 +245,7 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
     # Prepared once for all trials, unless trials differ in their data or preprocessing;
     # then this run only finds the task, and each trial prepares its own. A resumed sweep
     # reuses the preprocessing fitted when it started.
-    prepared = prepare(cfg, inputs, fitted=saved_setup(cfg, inputs) if resume else None)
+    prepared = prepare(cfg, inputs, fitted=saved_setup(cfg, inputs) if resume else None, bins=True)  # any model
     cfg = cfg.resolved(prepared.counts["train"])  # auto epochs and batch size, the same for every trial
     shared = None if any(k.startswith(("data.", "preprocess.")) for k in space) else prepared
     check_metric(metric, prepared.state.task, key="tune.metric")

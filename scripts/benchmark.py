@@ -314,7 +314,7 @@ def training_table(runs: dict[int, dict], plain: dict[str, list[float]]) -> list
 
 # ---------------------------------------------------------------- 3. data step
 
-DATA_REPEATS = 3  # data step runs, each side
+DATA_REPEATS = 5  # data step runs, each side: the first warms Ray up, and warm runs vary by 10-30%
 
 
 def data_step_app(data: str, storage: str, args: argparse.Namespace) -> tuple[list[float], PreprocessState]:

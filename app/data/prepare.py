@@ -25,6 +25,7 @@ columns (for quantiles and embedding bins), never the whole split.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from app.config import Config, check_metric
+from app.config import Config, ModelConfig, check_metric
 from app.data import preprocess, sources
 from app.data.shards import COLUMNS, HeldShards, PresplitShards
 from app.data.sources import Inputs, Piece, Source
@@ -96,8 +97,13 @@ def inspect_sources(cfg: Config) -> Inputs:
     return Inputs(train, test, kinds, input_types, column_types, str(label_type))
 
 
-def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None) -> Prepared:
-    """Split, fit preprocessing on the training split (unless `fitted` is given), transform."""
+def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None, *,
+            bins: bool | None = None) -> Prepared:
+    """Split, fit preprocessing on the training split (unless `fitted` is given), transform.
+    `bins`: fit the numeric embeddings' bins too (default: when `cfg.model` uses them; a
+    sweep whose trials may use another model asks for them)."""
+    if bins is None:
+        bins = uses_bins(cfg.model)
     import ray.data
     from ray.data import DataContext
 
@@ -111,7 +117,7 @@ def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None) 
         pieces = sources.plan_pieces(inputs.train, inputs.column_types, math.inf if here else sources.piece_bytes(inputs.train),
                                      whole=frozenset(whole))
         try:
-            state, parts = sources.read_step(lambda p=pieces: _two_passes(cfg, inputs, p, fitted, here), inputs.train)
+            state, parts = sources.read_step(lambda p=pieces: _two_passes(cfg, inputs, p, fitted, here, bins), inputs.train)
             break
         except Exception as e:
             cut = next((c for c in causes(e) if isinstance(c, sources.ReadWhole)), None)
@@ -147,8 +153,13 @@ def numpy_arrays(blocks: list[pa.Table]) -> dict[str, np.ndarray]:
     return {c: np.concatenate([b[c] for b in batches]) for c in COLUMNS}
 
 
+def uses_bins(model: ModelConfig) -> bool:
+    """Whether `model` embeds its numeric inputs piecewise-linearly (on bins fitted here)."""
+    return model.kind == "tabm" and model.num_embeddings == "piecewise_linear"
+
+
 def _two_passes(cfg: Config, inputs: Inputs, pieces: list[Piece], fitted: PreprocessState | None,
-                here: bool) -> tuple[PreprocessState, dict[str, list]]:
+                here: bool, bins: bool) -> tuple[PreprocessState, dict[str, list]]:
     """(the fitted state, {"train" | "valid" | "test": a block per piece}): Arrow tables
     (`here`), or object refs to the blocks that Ray tasks return."""
     d = cfg.data
@@ -162,7 +173,7 @@ def _two_passes(cfg: Config, inputs: Inputs, pieces: list[Piece], fitted: Prepro
     check_metric(cfg.run.checkpoint.metric, state.task, key="run.checkpoint.metric")
     state_json = state.to_json()
     ready = [_task(model_ready_piece, 2, here)(rows, state_json) for rows, _, _ in tagged]
-    if sampled is not None:  # while pass 2 runs
+    if sampled is not None and bins:  # while pass 2 runs
         preprocess.fit_bins(state, sampled, cfg.preprocess.embedding_bins)
     return state, {"train": [t for t, _ in ready], "valid": [v for _, v in ready], "test": [t for _, t, _ in tagged]}
 
@@ -171,9 +182,16 @@ def _task(fn, returns: int, here: bool):
     """`fn` itself (`here`), or `fn` as a Ray task that returns `returns` objects."""
     if here:
         return fn
+    return _remote(fn, returns).remote
+
+
+@functools.cache
+def _remote(fn, returns: int):
+    """`fn` as a Ray remote function, made once per process: each new one would be pickled
+    and exported to the cluster again."""
     import ray
 
-    return ray.remote(fn).options(num_returns=returns).remote
+    return ray.remote(fn).options(num_returns=returns)
 
 
 def _merge(infos: Iterable[tuple[int, dict[str, Any]]], pieces: list[Piece], plan: PassOne,

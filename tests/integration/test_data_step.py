@@ -113,3 +113,15 @@ def test_read_dataset_reads_the_rows_of_ray_datas_own_readers(ray_session, big_f
     plain = ray.data.read_csv(list(source.paths), convert_options=sources.csv_convert_options(types)).to_pandas()
     assert mine.columns.tolist() == plain.columns.tolist() and mine["day"].eq("2024-01-02").all()
     assert mine.equals(plain)
+
+
+def test_bins_are_fitted_only_for_a_model_that_embeds_numbers(ray_session, tmp_path):
+    """tabm's piecewise-linear embeddings need bins; an mlp does not, and its data step skips them."""
+    tree = penguins_tree(tmp_path)
+    mlp = from_dict(tree | {"model": {"kind": "mlp"}}, "test")
+    tabm = from_dict(tree | {"model": {"kind": "tabm"}}, "test")
+    inputs = inspect_sources(mlp)
+    assert prepare(mlp, inputs).state.bins == []
+    fitted = prepare(tabm, inputs).state
+    assert len(fitted.bins) == fitted.numeric_width > 0
+    assert prepare(mlp, inputs, bins=True).state.bins == fitted.bins  # a sweep's shared preparation
