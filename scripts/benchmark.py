@@ -143,7 +143,7 @@ def startup(tmp: str) -> dict:
 
 def startup_table(t: dict) -> list[str]:
     phases = [("Ray start (embedded local Ray)", t["ray_start_s"]),
-              ("resource and storage checks, data read, split and preprocessing (Ray Data)", t["data_s"]),
+              ("resource and storage checks, data read, split and preprocessing (a small input: in the driver)", t["data_s"]),
               ("worker-group start (placement group, worker processes, torch.distributed)", t["worker_start_s"]),
               ("shard ingest into the workers", t["ingest_s"]),
               ("training: 1 epoch with validation and checkpoint, worker-group shutdown", t["train_s"]),

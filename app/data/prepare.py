@@ -166,16 +166,46 @@ def _two_passes(cfg: Config, inputs: Inputs, pieces: list[Piece], fitted: Prepro
     plan = PassOne(d.split.valid, 0.0 if inputs.test else d.split.test, d.split.seed, inputs.kinds, d.label,
                    summarise=fitted is None, max_categories=d.max_categories, sample_rows=cfg.preprocess.sample_rows)
     files = inputs.train.per_file()
-    tagged = [_task(tag_piece, 3, here)(files[p.path], p, inputs.column_types, plan) for p in pieces]
-    infos = enumerate(i for _, _, i in tagged) if here else _in_order([i for _, _, i in tagged])
-    stats, sample = _merge(infos, pieces, plan, cfg)
+    tagged = [_task(tag_piece, 4, here)(files[p.path], p, inputs.column_types, plan) for p in pieces]
+    candidates = [c for *_, c in tagged] if plan.summarise else []
+    if candidates and not here:  # merged on the cluster while the statistics are merged here
+        candidates = [_merge_on_cluster(candidates, plan.sample_rows)]
+    infos = enumerate(i for _, _, i, _ in tagged) if here else _in_order([i for _, _, i, _ in tagged])
+    stats = _merge(infos, pieces, plan, cfg)
+    sample = preprocess.SampleMerger(plan.sample_rows)
+    for part in candidates if here else (merged for _, merged in _in_order(candidates)):
+        sample.add(part)
     state, sampled = (fitted, None) if fitted is not None else fit(cfg, inputs, stats, sample)
     check_metric(cfg.run.checkpoint.metric, state.task, key="run.checkpoint.metric")
     state_json = state.to_json()
-    ready = [_task(model_ready_piece, 2, here)(rows, state_json) for rows, _, _ in tagged]
+    ready = [_task(model_ready_piece, 2, here)(rows, state_json) for rows, *_ in tagged]
     if sampled is not None and bins:  # while pass 2 runs
         preprocess.fit_bins(state, sampled, cfg.preprocess.embedding_bins)
-    return state, {"train": [t for t, _ in ready], "valid": [v for _, v in ready], "test": [t for _, t, _ in tagged]}
+    return state, {"train": [t for t, _ in ready], "valid": [v for _, v in ready], "test": [t for _, t, *_ in tagged]}
+
+
+SAMPLE_FAN_IN = 8  # candidate sets that one merging task takes
+
+
+def _merge_on_cluster(candidates: list, size: int):
+    """A ref to the pieces' sample candidates merged (`merge_candidates`) by Ray tasks, at
+    most SAMPLE_FAN_IN sets each, in a tree: this process fetches one merged set, whatever
+    the number of pieces, instead of each piece's (up to `size` rows each)."""
+    merge = _remote(merge_candidates, 1)
+    while len(candidates) > 1:
+        candidates = [merge.remote(size, *candidates[i:i + SAMPLE_FAN_IN])
+                      for i in range(0, len(candidates), SAMPLE_FAN_IN)]
+    return candidates[0]
+
+
+def merge_candidates(size: int, *candidates: np.ndarray) -> np.ndarray:
+    """Sample candidates merged: the rows with the `size` smallest hashes, and any tied with
+    the last of them (a merging task of `_merge_on_cluster`). Merged in any grouping and
+    order, they give the same sample."""
+    merger = preprocess.SampleMerger(size)
+    for part in candidates:
+        merger.add(part)
+    return merger.candidates()
 
 
 def _task(fn, returns: int, here: bool):
@@ -195,20 +225,18 @@ def _remote(fn, returns: int):
 
 
 def _merge(infos: Iterable[tuple[int, dict[str, Any]]], pieces: list[Piece], plan: PassOne,
-           cfg: Config) -> tuple[preprocess.StatsMerger, preprocess.SampleMerger]:
-    """The pieces' summaries merged in piece order as they come (the driver holds at most 3 x
-    sample_rows rows of the sample, and a bounded number of categories per column, at any
-    time), once every cut is known to be good: a bad cut would show as bad values."""
+           cfg: Config) -> preprocess.StatsMerger:
+    """The pieces' statistics merged in piece order as they come (the driver holds a bounded
+    number of categories per column at any time), once every cut is known to be good: a bad
+    cut would show as bad values."""
     stats = preprocess.StatsMerger(cfg.data.max_categories)
-    sample = preprocess.SampleMerger(cfg.preprocess.sample_rows)
     quotes: list[int | None] = [None] * len(pieces)
     for i, info in infos:
         quotes[i] = info["quotes"]
         if plan.summarise:
             stats.add(info["stats"])
-            sample.add(info["sample"])
     sources.check_cuts(pieces, quotes)
-    return stats, sample
+    return stats
 
 
 def _in_order(refs: list) -> Iterator[tuple[int, Any]]:
@@ -254,23 +282,25 @@ class PassOne:
 
 
 def tag_piece(source: Source, piece: Piece, column_types: dict[str, pa.DataType], plan: PassOne
-              ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+              ) -> tuple[pa.Table, pa.Table, dict[str, Any], np.ndarray]:
     """Pass 1 (a Ray task): read one piece and split it: (its training and validation rows:
     the features and label, text dictionary-encoded, and the split code; its test rows as
     read; {"quotes": for a CSV byte range, the quote characters in it (sources.check_cuts),
-    and with `plan.summarise` "stats" and "sample" candidates of its training rows}).
+    and with `plan.summarise` the "stats" of its training rows}; with `plan.summarise` the
+    sample candidates of its training rows, else none).
     """
     table, quotes = sources.read_piece(source, piece, column_types)
     rows = RowValues(table)
     codes = split_codes(rows, plan.valid, plan.test, plan.seed)
     info: dict[str, Any] = {"quotes": quotes}
+    candidates = np.zeros((0, 1))
     if plan.summarise:
         train = codes == TRAIN
         info["stats"] = preprocess.partial_stats(rows, plan.kinds, plan.label, train, plan.max_categories)
-        info["sample"] = preprocess.sample_candidates(rows, plan.kinds, plan.label, plan.sample_rows, train)
+        candidates = preprocess.sample_candidates(rows, plan.kinds, plan.label, plan.sample_rows, train)
     held_out = codes == TEST
     kept = rows.compact([*plan.kinds, plan.label]).append_column(SPLIT_COLUMN, pa.array(codes))
-    return (kept.filter(~held_out) if held_out.any() else kept), table.filter(held_out), info
+    return (kept.filter(~held_out) if held_out.any() else kept), table.filter(held_out), info, candidates
 
 
 def model_ready_piece(rows: pa.Table, state_json: str) -> tuple[pa.Table, pa.Table]:

@@ -219,6 +219,8 @@ class SampleMerger:
         self.size, self.rows = size, None
 
     def add(self, candidates: np.ndarray) -> None:
+        if not len(candidates):
+            return
         self.rows = candidates if self.rows is None else np.concatenate([self.rows, candidates])
         if len(self.rows) > 2 * self.size:
             self.rows = self._smallest_hashes()
@@ -229,6 +231,11 @@ class SampleMerger:
         if len(h) <= self.size:
             return self.rows
         return self.rows[h <= np.partition(h, self.size - 1)[self.size - 1]]
+
+    def candidates(self) -> np.ndarray:
+        """The candidates kept: those with the `size` smallest hashes and any tied with the
+        last of them (merged again with others, they give the same sample)."""
+        return np.zeros((0, 1)) if self.rows is None else self._smallest_hashes()
 
     def result(self, numeric: list[str]) -> pd.DataFrame:
         if self.rows is None:

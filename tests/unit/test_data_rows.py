@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from app.data import preprocess as pp
-from app.data.prepare import PassOne, model_ready, tag_piece, transform_batch
+from app.data.prepare import PassOne, merge_candidates, model_ready, tag_piece, transform_batch
 from app.data.sources import Piece, resolve
 from app.data.split import SPLIT_COLUMN, RowValues, assign_split
 from app.data.transform import MISSING, PreprocessState, category_strings
@@ -129,14 +129,14 @@ def test_pass_one_keeps_each_row_once_with_its_split(tmp_path):
     source = resolve(str(path), "data.train")
     kinds = {k: v for k, v in KINDS.items() if k in t.column_names}
     plan = PassOne(0.2, 0.1, 0, kinds, "label", summarise=True, max_categories=10, sample_rows=50)
-    kept, test, info = tag_piece(source, Piece(str(path)), {}, plan)
+    kept, test, info, candidates = tag_piece(source, Piece(str(path)), {}, plan)
     read = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True)).to_pandas()
     codes = assign_split(read, 0.2, 0.1, 0)
     assert kept.column(SPLIT_COLUMN).to_pylist() == [c for c in codes.tolist() if c != 2]
     assert kept.column_names == [*kinds, "label", SPLIT_COLUMN]
     assert test.num_rows == (codes == 2).sum() and test.column_names == read.columns.tolist()
     assert info["quotes"] is None and info["stats"]["rows"] == int(((codes == 0) & read["label"].notna()).sum())
-    assert len(info["sample"]) == 50
+    assert len(candidates) == 50 and candidates.shape[1] == 1 + list(kinds.values()).count("numeric")
 
 
 def test_the_most_frequent_categories_are_kept_ties_by_name():
@@ -165,6 +165,10 @@ def test_the_sample_is_the_same_whatever_the_order_of_the_batches():
             merger.add(candidates[i])
         results.append(merger.result(["a", "b"]))
     pd.testing.assert_frame_equal(results[0], results[1])
+    # merged in a tree, as the data step's tasks merge the pieces' candidates on a cluster
+    tree = pp.SampleMerger(200)
+    tree.add(merge_candidates(200, merge_candidates(200, *candidates[:3]), merge_candidates(200, candidates[3])))
+    pd.testing.assert_frame_equal(tree.result(["a", "b"]), results[0])
     # the 200 rows with the smallest hash among all candidates, as a full sort picks them
     rows = np.concatenate(candidates)
     order = np.lexsort(tuple(rows[:, c] for c in range(rows.shape[1] - 1, -1, -1)))
