@@ -237,9 +237,9 @@ def shard_handle(name: str, held: HeldShards | None = None) -> ShardHandle:
     return handle
 
 
-def load_shard(name: str, device: torch.device, held: HeldShards | None = None) -> Shard:
+def load_shard(handle: ShardHandle, device: torch.device) -> Shard:
     """Pull this worker's shard into memory once; epochs then reshuffle it locally."""
-    return Shard.of(shards.read_all(shard_handle(name, held)), device)
+    return Shard.of(shards.read_all(handle), device)
 
 
 def load_shards(cfg: Config, device: torch.device, held: HeldShards | None = None
@@ -256,8 +256,7 @@ def load_shards(cfg: Config, device: torch.device, held: HeldShards | None = Non
     record = {"data_cache": cache, "data_cache_reason": why, "data_shard_mb": shard_bytes / shards.MB,
               "data_shards": "held" if held is not None else "ray_data"}
     if cache == "memory":
-        train, valid = (Shard.of(shards.read_all(h), device) for h in handles)
-        return train, valid, record
+        return load_shard(handles[0], device), load_shard(handles[1], device), record
     rows = shards.buffer_rows(handles[0], budget)
     return StreamedShard(handles[0], device, rows), StreamedShard(handles[1], device, rows), record
 

@@ -94,10 +94,10 @@ def _record_shard_rows(config):
     import ray.train
     import torch
 
-    from app.training.loop import epoch_batches, load_shard, plan_epoch
+    from app.training.loop import epoch_batches, load_shard, plan_epoch, shard_handle
 
     rank = ray.train.get_context().get_world_rank()
-    shard = load_shard("train", torch.device("cpu"))
+    shard = load_shard(shard_handle("train"), torch.device("cpu"))
     steps, total = plan_epoch(len(shard), config["batch_size"])
     for epoch in (1, 2):
         batches = epoch_batches(len(shard), steps, 0, epoch, rank)
