@@ -270,8 +270,8 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
             trainable,
             param_space=space,
             tune_config=ray.tune.TuneConfig(
-                metric=metric, mode=mode, num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrency,
-                scheduler=scheduler(cfg), search_alg=search_algorithm(cfg, metric, mode)),
+                metric=metric, mode=mode, num_samples=cfg.tune.num_samples,
+                scheduler=scheduler(cfg), search_alg=search_algorithm(cfg, metric, mode, concurrency)),
             run_config=ray.tune.RunConfig(
                 name=cfg.name, storage_path=storage.absolute(cfg.run.storage),
                 # a trial whose TorchTrainer gave up after run.max_failures restarts is retried
@@ -325,15 +325,20 @@ def scheduler(cfg: Config):
                          grace_period=min(s.grace_period, cfg.train.epochs), reduction_factor=s.reduction_factor)
 
 
-def search_algorithm(cfg: Config, metric: str, mode: str):
-    """Seeded by train.seed, so a sweep samples the same configurations every time."""
+def search_algorithm(cfg: Config, metric: str, mode: str, concurrency: int):
+    """Seeded by train.seed, so a sweep samples the same configurations every time.
+
+    Each holds the limit on trials at a time itself: Tune's `max_concurrent_trials` is
+    ignored (with a warning) for the random search's generator."""
     if cfg.tune.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=metric, mode=mode, seed=cfg.train.seed)
+        return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=cfg.train.seed),
+                                  max_concurrent=concurrency)
     from ray.tune.search import BasicVariantGenerator  # random sampling; grid axes expanded
 
-    return BasicVariantGenerator(random_state=cfg.train.seed)
+    return BasicVariantGenerator(random_state=cfg.train.seed, max_concurrent=concurrency)
 
 
 # ---------------------------------------------------------------- outputs

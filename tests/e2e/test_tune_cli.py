@@ -46,6 +46,13 @@ def finished_trials(trials_dir, epochs):
     return done
 
 
+def trial_span(trial_dir):
+    """(when its first attempt started, when its last epoch ended), from its last checkpoint."""
+    last = max(trial_dir.glob("checkpoint_epoch_*"))
+    progress = json.loads((last / "train_state.json").read_text())["progress"]
+    return progress["attempts"][0]["started"], progress["history"][-1]["time"]
+
+
 def test_resume_after_driver_kill_does_not_rerun_finished_trials(tmp_path, cli_env):
     path = sweep_file(tmp_path)
     trials = tmp_path / "runs" / "sweep" / "trials"
@@ -56,7 +63,8 @@ def test_resume_after_driver_kill_does_not_rerun_finished_trials(tmp_path, cli_e
         assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)
-    first.communicate()
+    _, stderr = first.communicate()
+    assert "will be ignored" not in stderr  # Tune honours tune.max_concurrent_trials (checked below)
     assert wait_until_session_gone(first.pid)
     done_before = finished_trials(trials, EPOCHS)
     assert len(done_before) == 1
@@ -71,5 +79,8 @@ def test_resume_after_driver_kill_does_not_rerun_finished_trials(tmp_path, cli_e
         assert (trials / trial / "checkpoint_manager_snapshot.json").stat().st_mtime_ns == mtime
     board = pd.read_csv(tmp_path / "runs" / "sweep" / "leaderboard.csv")
     assert len(board) == TRIALS and (board.status == "completed").all()
+    # one trial at a time: each started training after the one before it had finished
+    spans = sorted(trial_span(trials / trial) for trial in board.trial_id)
+    assert all(later[0] > earlier[1] for earlier, later in zip(spans, spans[1:])), spans
     print(f"\ntune resume: {len(done_before)} trials finished before the kill were kept, "
           f"{TRIALS - len(done_before)} trained after --resume")
