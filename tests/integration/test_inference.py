@@ -47,9 +47,12 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
     test.loc[0, "bill_length_mm"] = np.nan  # missing numeric
     test.loc[1, "island"] = "Atlantis"  # a category never seen in training
     test.loc[2, "sex"] = None
+    files = np.array_split(np.arange(len(test)), 3)
+    test.insert(1, "note", None)  # text in the first file only: the others read it as null
+    test.loc[files[0], "note"] = "x"
     folder = tmp / "to_score"
     folder.mkdir()
-    for i, part in enumerate(np.array_split(np.arange(len(test)), 3)):
+    for i, part in enumerate(files):
         test.iloc[part].to_csv(folder / f"part-{i}.csv", index=False)
     predictor = Predictor.from_checkpoint(run["checkpoint"])
     expected = predictor.predict(test)
@@ -62,7 +65,13 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
         got = pq.read_table(output).to_pandas() if output.suffix else \
             pd.concat(pd.read_parquet(p) for p in sorted(output.glob("part-*.parquet")))
         got = got.reset_index(drop=True)
-        assert got["row_id"].tolist() == list(range(len(test)))  # input order, extra column kept
+        assert got["row_id"].tolist() == list(range(len(test)))  # input order, extra columns kept
+        assert got["note"].fillna("-").tolist() == test["note"].fillna("-").tolist()
+        if not output.suffix:  # each file's rows written by the task that scored them, all in one schema
+            parts = sorted(output.glob("part-*.parquet"))
+            assert [p.name for p in parts] == [f"part-0000{i}-000.parquet" for i in range(3)]
+            assert [pq.read_metadata(p).num_rows for p in parts] == list(map(len, files))
+            assert len({pq.read_schema(p) for p in parts}) == 1 and pq.read_schema(parts[0]).field("note").type == "string"
         assert list(got.columns[:len(test.columns)]) == list(test.columns)
         assert got["prediction"].tolist() == expected["prediction"].tolist()
         proba = got[[f"proba_{c}" for c in predictor.state.classes]].to_numpy()

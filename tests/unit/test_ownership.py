@@ -127,28 +127,60 @@ def read_rows(location: str) -> list[int]:
     return sorted(r for part in parts for r in pq.read_table(part, filesystem=fs).column("row").to_pylist())
 
 
+def write(location: str, batches, overwrite: bool = False) -> int:
+    """`predict`'s output step, with a folder's parts written here as one scoring task writes
+    its piece's."""
+    out = predict.check_output(location, overwrite)
+    fs = out.filesystem
+    if out.format:
+        return predict.write_output(out, lambda path: predict.write_file(batches, fs, path, out.format))
+    return predict.write_output(out, lambda folder: predict.finish_parts(predict.write_parts(batches, fs, folder, 0),
+                                                                         fs, folder))
+
+
 def test_a_folder_output_is_replaced_whole_and_a_failed_job_keeps_the_old_one(location, monkeypatch):
     monkeypatch.setattr(predict, "ROWS_PER_PART", 10)
-    assert predict.write_output(iter([table(10), table(10, 10), table(5, 20)]), predict.check_output(location, False)) == 25
+    assert write(location, iter([table(10), table(10, 10), table(5, 20)])) == 25
     names = [e.name for e in storage.listdir(location)]
-    assert names == [storage.OWNED, predict.SUCCESS_MARKER, "part-00000.parquet", "part-00001.parquet",
-                     "part-00002.parquet"]
+    assert names == [storage.OWNED, predict.SUCCESS_MARKER, "part-00000-000.parquet", "part-00000-001.parquet",
+                     "part-00000-002.parquet"]
 
     with pytest.raises(RuntimeError, match="died"):
-        predict.write_output(failing(3), predict.check_output(location, True))
+        write(location, failing(3), overwrite=True)
     assert read_rows(location) == list(range(25))  # the previous output, whole
     assert storage.exists(storage.join(location, predict.SUCCESS_MARKER))
 
-    assert predict.write_output(iter([table(4, 100)]), predict.check_output(location, True)) == 4
+    assert write(location, iter([table(4, 100)]), overwrite=True) == 4
     assert read_rows(location) == list(range(100, 104))  # no surplus parts of the old output
     assert [e.name for e in storage.listdir(storage.parent(location))] == ["out"]  # no staging left
+
+    with pytest.raises(UserError, match="--input holds no rows"):
+        write(location, iter([table(0)]), overwrite=True)
+    assert read_rows(location) == list(range(100, 104))
+
+
+def test_the_pieces_parts_are_checked_into_one_schema(tmp_path):
+    """Each scoring task writes its piece's parts in its own first batch's schema; the driver
+    then holds every part to the first part's, as a single writer would."""
+    fs, folder = storage.filesystem(str(tmp_path))
+    first = pa.table({"row": [0, 1], "note": ["a", None]})
+    empty_note = pa.table({"row": [2, 3], "note": pa.nulls(2)})  # a column empty in one file reads as null
+    parts = [*predict.write_parts(iter([empty_note]), fs, folder, 1), *predict.write_parts(iter([first]), fs, folder, 0)]
+    assert predict.finish_parts(parts, fs, folder) == 4
+    read = pq.read_table(tmp_path)  # the folder: parts in name order, one schema
+    assert read.schema == first.schema and read.column("row").to_pylist() == [0, 1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000-000.parquet", "part-00001-000.parquet"]
+
+    other = predict.write_parts(iter([pa.table({"row": [4]})]), fs, folder, 2)  # no "note" column
+    with pytest.raises(UserError, match="--input: the input files disagree on their columns or types"):
+        predict.finish_parts([*parts, *other], fs, folder)
 
 
 def test_a_file_output_survives_a_failed_overwrite(location):
     target = location + ".parquet"
-    predict.write_output(iter([table(6)]), predict.check_output(target, False))
+    write(target, iter([table(6)]))
     with pytest.raises(RuntimeError, match="died"):
-        predict.write_output(failing(2), predict.check_output(target, True))
+        write(target, failing(2), overwrite=True)
     fs, path = storage.filesystem(target)
     assert pq.read_table(path, filesystem=fs).column("row").to_pylist() == list(range(6))
     assert [e.name for e in storage.listdir(storage.parent(target))] == ["out.parquet"]

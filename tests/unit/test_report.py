@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pytest
 
 from app.data.transform import PreprocessState
 from app.metrics import MetricSums
-from app.predict import Output, write_output
 from app.report import render
+from tests.unit.test_ownership import write
 
 
 def test_regression_report_has_scatter_and_metrics():
@@ -51,11 +50,9 @@ def test_output_is_not_left_half_written(tmp_path):
         yield pa.table({"x": [1, 2]})
         raise RuntimeError("scoring failed half-way")
 
-    for name, fmt in (("out.parquet", "parquet"), ("out_parts", None)):
-        out = Output(str(tmp_path / name), pafs.LocalFileSystem(), str(tmp_path / name), fmt)
+    for name in ("out.parquet", "out_parts"):
         with pytest.raises(RuntimeError):
-            write_output(batches(), out)
+            write(str(tmp_path / name), batches())
     assert list(tmp_path.iterdir()) == []
-    done = Output(str(tmp_path / "ok.csv"), pafs.LocalFileSystem(), str(tmp_path / "ok.csv"), "csv")
-    assert write_output(iter([pa.table({"x": [1]}), pa.table({"x": [None]})]), done) == 2
+    assert write(str(tmp_path / "ok.csv"), iter([pa.table({"x": [1]}), pa.table({"x": [None]})])) == 2
     assert (tmp_path / "ok.csv").read_text().splitlines() == ['"x"', "1", ""]
