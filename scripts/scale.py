@@ -668,20 +668,24 @@ def measure_size(rows: int, data: Path, config: Path, cluster: Cluster, *, work:
 # ---------------------------------------------------------------- report
 
 
-def machine_lines(load_before: float) -> list[str]:
+def code_version() -> str:
+    """The commit measured, taken before the run (the run itself rewrites the doc and plot)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=False,
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           check=False, capture_output=True, text=True).stdout.strip()
+    return f"commit {commit}{' with uncommitted changes' if dirty else ''}"
+
+
+def machine_lines(load_before: float, code: str) -> list[str]:
     from importlib.metadata import version
 
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "unknown")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=False,
-                            capture_output=True, text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           check=False, capture_output=True, text=True).stdout.strip()
     return [(f"Machine: {len(os.sched_getaffinity(0))} cores ({model}), {memory:.0f} GiB memory, no GPU used, "
              f"{platform.system()} {platform.release()}"),
-            (f"Versions: Python {platform.python_version()}, ray {version('ray')}, torch {version('torch')}; "
-             f"commit {commit}{' with uncommitted changes' if dirty else ''}"),
+            f"Versions: Python {platform.python_version()}, ray {version('ray')}, torch {version('torch')}; {code}",
             f"Load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"]
 
 
@@ -759,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     modes = ("default",) if args.no_cache_key else MODES
-    load_before = os.getloadavg()[0]
+    load_before, code = os.getloadavg()[0], code_version()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the cluster
 
     datasets = {rows: data_folder(rows, work) for rows in args.rows}
@@ -793,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "results.json").write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
     png = args.out.with_suffix(".png")
     plot(results, png)
-    args.out.write_text(render_doc(results, command=command, machine=machine_lines(load_before),
+    args.out.write_text(render_doc(results, command=command, machine=machine_lines(load_before, code),
                                    plot_name=os.path.relpath(png, args.out.parent)))
     print(results_table(results))
     print(f"wrote {args.out} and {png}")
