@@ -209,15 +209,26 @@ def _fits_per_node(bundle: dict[str, float]) -> tuple[list[int], dict[str, float
 def check_shared_storage(location: str) -> None:
     """On a cluster of several nodes, a local `run.storage` must be one filesystem that every
     node sees (an NFS mount, say): workers on other nodes write checkpoints there, and a
-    restarted run reads them back. A probe file written here is looked for on every node."""
+    restarted run reads them back."""
+    blind, nodes = blind_nodes(location)
+    if blind:
+        raise UserError(
+            f"run.storage: {location} is local to this machine: {', '.join(blind)} cannot see it; on a "
+            f"cluster of {nodes} nodes it must be storage every node reaches (s3://, gs://, or a "
+            f"shared mount such as NFS)")
+
+
+def blind_nodes(location: str) -> tuple[list[str], int]:
+    """(the live nodes that cannot see the local folder `location`, how many nodes are live):
+    a probe file written here is looked for on every node. None blind for a URI, or on one node."""
     if storage.is_uri(location):
-        return
+        return [], 1
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) < 2:
-        return
+        return [], len(nodes)
     probe = os.path.join(location, f".shared-probe-{uuid.uuid4().hex}")
     with open(probe, "w") as f:
         f.write("ok")
@@ -235,8 +246,4 @@ def check_shared_storage(location: str) -> None:
                 blind.append(f"{name}, which did not answer")
     finally:
         os.remove(probe)
-    if blind:
-        raise UserError(
-            f"run.storage: {location} is local to this machine: {', '.join(blind)} cannot see it; on a "
-            f"cluster of {len(nodes)} nodes it must be storage every node reaches (s3://, gs://, or a "
-            f"shared mount such as NFS)")
+    return blind, len(nodes)

@@ -5,10 +5,11 @@
 Everything that can be wrong with the input (checkpoint, files, columns, output path) is
 checked on the driver before Ray starts. Each piece of input is read and scored by one
 Ray task; a worker process loads the model once and reuses it for later pieces. A folder
-output is written by those same tasks, one set of parts per piece, named in input order:
-no predicted row passes through the driver. A single-file output has one writer, the
-driver, to which predictions stream back in input order and are written as they come;
-inputs larger than memory work either way.
+output is written by those same tasks, block by block, in parts named by where their rows
+come from (piece, then row), so the names sort in input order and no predicted row passes
+through the driver (unless the folder is local and other nodes cannot reach it). A
+single-file output has one writer, the driver, to which predictions stream back in input
+order and are written as they come. Inputs larger than memory work either way.
 
 The output is written complete beside its final name first (`.<name>.tmp-<id>`) and only
 then takes that name, so a failed job leaves a previous output as it was. `--overwrite`
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from app import storage
+from app import cluster, storage
 from app.data import sources
 from app.errors import UserError
 from app.predictor import Predictor, predict_dataset, read_types
@@ -65,18 +66,33 @@ def run_predict(checkpoint: str, predictor: Predictor, source: sources.Source, o
     from ray.data import DataContext
 
     DataContext.get_current().execution_options.preserve_order = True
-    # Reading a piece, scoring it and (for a folder) writing it run as one task, so neither
-    # raw nor scored rows pass through the object store. Ray Data fuses the steps only if
-    # their task limits agree, and a fused write loses its limit (Ray 2.60); so no step has
-    # one, and the job's CPUs, one per task, are capped instead.
-    ds = sources.read_dataset(source, read_types(predictor.state, with_label=False))
-    scored = predict_dataset(checkpoint, ds, concurrency=None, batch_size=batch_size)
-    limits = scored.context.execution_options
-    limits.resource_limits = limits.resource_limits.copy(cpu=concurrency or default_concurrency())
+    concurrency = concurrency or default_concurrency()
+    types = read_types(predictor.state, with_label=False)
+    fs = output.filesystem
     if output.format:
-        return write_output(output, lambda path: write_file(in_order(scored, source), output.filesystem, path,
-                                                             output.format))
-    return write_output(output, lambda folder: write_parts_on_cluster(scored, output.filesystem, folder, source))
+        return write_output(output, lambda path: write_file(in_order(scored(
+            checkpoint, sources.read_dataset(source, types, concurrency), concurrency, batch_size), source),
+            fs, path, output.format))
+
+    def write_folder(folder: str) -> int:
+        if storage.is_local(fs) and cluster.blind_nodes(folder)[0]:
+            # a local folder that other nodes cannot reach: this process writes every part
+            ds = sources.read_dataset(source, types, concurrency)
+            return finish_parts(write_parts_here(in_order(scored(checkpoint, ds, concurrency, batch_size), source),
+                                                 fs, folder), fs, folder)
+        pieces = sources.read_plan(source, types)
+        ds = sources.read_dataset(source, types, concurrency, origin=True, pieces=pieces)
+        return finish_parts(write_parts_on_cluster(scored(checkpoint, ds, concurrency, batch_size), fs, folder,
+                                                   width=max(5, len(str(len(pieces) - 1))),
+                                                   concurrency=concurrency, source=source), fs, folder)
+
+    return write_output(output, write_folder)
+
+
+def scored(checkpoint: str, ds, concurrency: int, batch_size: int):
+    # The same task limit on every step: Ray Data then fuses reading a piece, scoring it
+    # (and writing it) into one task, and rows never pass through the object store.
+    return predict_dataset(checkpoint, ds, concurrency=concurrency, batch_size=batch_size)
 
 
 def default_concurrency() -> int:
@@ -116,6 +132,9 @@ def write_output(out: Output, write: Callable[[str], int]) -> int:
     return rows
 
 
+# ---------------------------------------------------------------- a folder of parts
+
+
 @dataclass(frozen=True, order=True)
 class Part:
     name: str  # file name in the output folder; the names sort in input order
@@ -123,42 +142,79 @@ class Part:
     schema: pa.Schema = field(compare=False)
 
 
-def part_name(piece: int, k: int) -> str:
-    return f"part-{piece:05d}-{k:03d}.parquet"
+def part_name(piece: int, row: int, width: int) -> str:
+    """The part of input piece `piece` that starts at its row `row`."""
+    return f"part-{piece:0{width}d}-{row:012d}.parquet"
 
 
-def write_parts(batches: Iterable[pa.Table], fs: storage.FileSystem, folder: str, piece: int) -> list[Part]:
-    """One piece's scored batches as parts of up to ROWS_PER_PART rows, in the first batch's
-    schema; nothing for a piece without rows. Runs in the task that scored the piece."""
-    parts: list[Part] = []
-    writer, schema, in_part = None, None, 0
-    try:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if writer is None:
-                schema = schema or batch.schema
-                writer = pq.ParquetWriter(f"{folder}/{part_name(piece, len(parts))}", schema, filesystem=fs)
-            writer.write_table(_conform(batch, schema))
-            in_part += batch.num_rows
-            if in_part >= ROWS_PER_PART:
-                writer.close()
-                parts.append(Part(part_name(piece, len(parts)), in_part, schema))
-                writer, in_part = None, 0
-        if writer is not None:
-            writer.close()
-            parts.append(Part(part_name(piece, len(parts)), in_part, schema))
-            writer = None
-    finally:
-        if writer is not None:
-            writer.close()
+def write_part(table: pa.Table, fs: storage.FileSystem, folder: str, piece: int, row: int, width: int) -> list[Part]:
+    """Rows `row`.. of input piece `piece`, as parts of up to ROWS_PER_PART rows. A part cut
+    short by a failure is deleted, and a failure to write names the output."""
+    parts = []
+    for at in range(0, table.num_rows, ROWS_PER_PART):
+        rows = table.slice(at, ROWS_PER_PART)
+        name = part_name(piece, row + at, width)
+        path = f"{folder}/{name}"
+        try:
+            pq.write_table(rows, path, filesystem=fs)
+        except BaseException as e:  # a cancelled task too: what it wrote of the part goes
+            try:
+                fs.delete_file(path)
+            except OSError:
+                pass
+            if isinstance(e, (OSError, pa.ArrowException)):
+                raise UserError(f"--output: cannot write {path}: {' '.join(str(e).split())[:400]}") from None
+            raise
+        parts.append(Part(name, rows.num_rows, rows.schema))
     return parts
 
 
+def write_parts_here(batches: Iterable[pa.Table], fs: storage.FileSystem, folder: str) -> list[Part]:
+    """All parts written by this process, from the scored batches in input order."""
+    parts, row = [], 0
+    for batch in batches:
+        parts += write_part(batch, fs, folder, 0, row, 5)
+        row += batch.num_rows
+    return parts
+
+
+_PART_RECORDS = pa.schema([("name", pa.string()), ("rows", pa.int64()), ("schema", pa.binary())])
+
+
+def _write_block(batch: pa.Table, fs: storage.FileSystem, folder: str, width: int) -> pa.Table:
+    """Ray Data batch function, after scoring: the block written as parts (its rows' origin,
+    `sources.PIECE_COLUMN` and `ROW_COLUMN`, names them); returns one record per part."""
+    if batch.num_rows == 0:
+        return _PART_RECORDS.empty_table()
+    piece, row = batch.column(sources.PIECE_COLUMN)[0].as_py(), batch.column(sources.ROW_COLUMN)[0].as_py()
+    parts = write_part(batch.drop_columns([sources.PIECE_COLUMN, sources.ROW_COLUMN]), fs, folder, piece, row, width)
+    return pa.table({"name": [p.name for p in parts], "rows": [p.rows for p in parts],
+                     "schema": [p.schema.serialize().to_pybytes() for p in parts]}, schema=_PART_RECORDS)
+
+
+def part_records(scored, fs: storage.FileSystem, folder: str, width: int, concurrency: int):
+    """A lazy Dataset that, run, has each scoring task write the parts of the blocks it
+    scored, one block at a time (the same task limit fuses this step into the task), and
+    holds only a record (name, rows, schema) of each part."""
+    import ray.data
+
+    return scored.map_batches(_write_block, fn_args=(fs, folder, width), batch_format="pyarrow", batch_size=None,
+                              num_cpus=1, compute=ray.data.TaskPoolStrategy(size=concurrency), zero_copy_batch=True)
+
+
+def write_parts_on_cluster(scored, fs: storage.FileSystem, folder: str, *, width: int, concurrency: int,
+                           source: sources.Source) -> list[Part]:
+    """`part_records`, run: this process receives only the parts' records."""
+    records = part_records(scored, fs, folder, width, concurrency)
+    found = sources.read_step(lambda: [r for b in records.iter_batches(batch_size=None, batch_format="pyarrow")
+                                       for r in b.to_pylist()], source)
+    return [Part(r["name"], r["rows"], pa.ipc.read_schema(pa.py_buffer(r["schema"]))) for r in found]
+
+
 def finish_parts(parts: Iterable[Part], fs: storage.FileSystem, folder: str) -> int:
-    """Check what the pieces wrote: some rows, and one schema, the first part's (a column
-    that is empty in one file reads as null there: such a part is rewritten in it, a batch
-    at a time). Returns the rows written."""
+    """Check what was written: some rows, and one schema, the first part's (a column that is
+    empty in one file reads as null there: such a part is rewritten in it, a batch at a
+    time). Returns the rows written."""
     parts = sorted(parts)
     if not parts:
         raise UserError("--input holds no rows")
@@ -178,28 +234,7 @@ def _rewrite(fs: storage.FileSystem, path: str, schema: pa.Schema) -> None:
     fs.move(conformed, path)
 
 
-def write_parts_on_cluster(scored, fs: storage.FileSystem, folder: str, source: sources.Source) -> int:
-    """Each scoring task writes its own piece's parts (Ray Data numbers the tasks in input
-    order while `preserve_order` is set); the driver only receives the parts' names and sizes."""
-    from ray.data import Datasink
-    from ray.data.block import BlockAccessor
-
-    class Parts(Datasink):
-        def __init__(self):
-            self.written: list[Part] = []
-
-        def write(self, blocks, ctx) -> list[Part]:
-            return write_parts((BlockAccessor.for_block(b).to_arrow() for b in blocks), fs, folder, ctx.task_idx)
-
-        def on_write_complete(self, write_result) -> None:
-            self.written = [part for parts in write_result.write_returns for part in parts]
-
-        def get_name(self) -> str:
-            return "Parts"
-
-    sink = Parts()
-    sources.read_step(lambda: scored.write_datasink(sink, ray_remote_args={"num_cpus": 1}), source)
-    return finish_parts(sink.written, fs, folder)
+# ---------------------------------------------------------------- one file
 
 
 def write_file(batches: Iterable[pa.Table], fs: storage.FileSystem, path: str, fmt: str) -> int:

@@ -457,17 +457,23 @@ def _with_partitions(table: pa.Table, path: str) -> pa.Table:
     return table
 
 
+# Where each row comes from, for `read_dataset(..., origin=True)`: its piece's index, and its
+# index within that piece (int64: Ray Data may cut a block, and each cut keeps its rows').
+PIECE_COLUMN, ROW_COLUMN = "__app_piece", "__app_row"
+
+
 def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = None,
-                 concurrency: int | None = None):
+                 concurrency: int | None = None, *, origin: bool = False, pieces: list[Piece] | None = None):
     """A lazy Ray Dataset over the source's files, one read task per piece (`plan_pieces`:
     a big Parquet file is read by several tasks; a CSV file by one, since only `prepare`
     can start over when a cut turns out to lie inside a quoted value); `concurrency`: most read tasks
-    at once (a map with the same limit fuses into the read)."""
+    at once (a map with the same limit fuses into the read). `origin`: each row also gets
+    PIECE_COLUMN and ROW_COLUMN. `pieces`: `read_plan`'s, if the caller made it already."""
     import ray.data
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
-    pieces = plan_pieces(source, column_types, piece_bytes(source), cut_csv=False)
+    pieces = pieces or read_plan(source, column_types)
     files = source.per_file()
 
     class Pieces(Datasource):
@@ -478,15 +484,29 @@ def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = N
             return "CSV" if source.format == "csv" else "Parquet"
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list:
-            return [ReadTask(lambda p=p, s=files[p.path]: stream_piece(s, p, column_types),
+            read = with_origin if origin else (lambda _, s, p: stream_piece(s, p, column_types))
+            return [ReadTask(lambda i=i, p=p, s=files[p.path]: read(i, s, p),
                              BlockMetadata(num_rows=None, size_bytes=None, input_files=[p.path], exec_stats=None),
                              per_task_row_limit=per_task_row_limit)
-                    for p in pieces]
+                    for i, p in enumerate(pieces)]
+
+    def with_origin(index: int, s: Source, p: Piece) -> Iterator[pa.Table]:
+        row = 0
+        for table in stream_piece(s, p, column_types):
+            n = table.num_rows
+            yield table.append_column(PIECE_COLUMN, pa.array([index] * n, pa.int64())) \
+                .append_column(ROW_COLUMN, pa.array(range(row, row + n), pa.int64()))
+            row += n
 
     # One block per piece (larger outputs are still split at Ray Data's block size limit):
     # Ray Data's own readers cut each file into many small blocks, and per-block overhead
     # then costs more than the work on them.
     return ray.data.read_datasource(Pieces(), override_num_blocks=len(pieces), concurrency=concurrency)
+
+
+def read_plan(source: Source, column_types: dict[str, pa.DataType] | None = None) -> list[Piece]:
+    """The pieces `read_dataset` reads, one task each, in order."""
+    return plan_pieces(source, column_types, piece_bytes(source), cut_csv=False)
 
 
 def read_table(source: Source, column_types: dict[str, pa.DataType] | None = None) -> pa.Table:

@@ -13,9 +13,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from app import cluster, storage
 from app.config import from_dict
 from app.evaluate import run_evaluate
-from app.predict import check_output, run_predict
+from app.predict import check_output, part_records, run_predict
 from app.predictor import Predictor, check_input
 from app.report import write_report
 from app.training.trainer import run_training
@@ -41,7 +42,7 @@ def run(request, ray_session, tmp_path_factory):
             "checkpoint": metrics["best_checkpoint"], "test": rows.iloc[260:]}
 
 
-def test_predict_matches_predictor_in_input_order_across_files(run):
+def test_predict_matches_predictor_in_input_order_across_files(run, monkeypatch):
     tmp, test = run["tmp"], run["test"].drop(columns=["species"]).reset_index(drop=True)
     test.insert(0, "row_id", np.arange(len(test)))  # an extra column: passed through
     test.loc[0, "bill_length_mm"] = np.nan  # missing numeric
@@ -58,7 +59,10 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
     expected = predictor.predict(test)
 
     source = check_input(predictor, str(folder), "--input", need_label=False)
-    for output in (tmp / "scored.parquet", tmp / "scored_parts"):
+    starts = np.cumsum([0, *map(len, files)])[:-1]
+    for output in (tmp / "scored.parquet", tmp / "scored_parts", tmp / "scored_here"):
+        if output.name == "scored_here":  # as on a cluster whose other nodes cannot see the folder
+            monkeypatch.setattr(cluster, "blind_nodes", lambda location: (["10.0.0.2 (node 0000)"], 2))
         rows = run_predict(run["checkpoint"], predictor, source, check_output(str(output), False),
                            batch_size=16, concurrency=2)
         assert rows == len(test)
@@ -67,9 +71,11 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
         got = got.reset_index(drop=True)
         assert got["row_id"].tolist() == list(range(len(test)))  # input order, extra columns kept
         assert got["note"].fillna("-").tolist() == test["note"].fillna("-").tolist()
-        if not output.suffix:  # each file's rows written by the task that scored them, all in one schema
+        if not output.suffix:  # each file's rows in their own part, in one schema
             parts = sorted(output.glob("part-*.parquet"))
-            assert [p.name for p in parts] == [f"part-0000{i}-000.parquet" for i in range(3)]
+            assert [p.name for p in parts] == ([f"part-0000{i}-000000000000.parquet" for i in range(3)]
+                                               if output.name == "scored_parts" else  # by the task that scored them
+                                               [f"part-00000-{row:012d}.parquet" for row in starts])  # by the driver
             assert [pq.read_metadata(p).num_rows for p in parts] == list(map(len, files))
             assert len({pq.read_schema(p) for p in parts}) == 1 and pq.read_schema(parts[0]).field("note").type == "string"
         assert list(got.columns[:len(test.columns)]) == list(test.columns)
@@ -87,6 +93,13 @@ def test_predict_matches_predictor_in_input_order_across_files(run):
     ds = read_dataset(source, read_types(predictor.state, with_label=False), concurrency=2)
     stats = predict_dataset(run["checkpoint"], ds, concurrency=2, batch_size=16).materialize().stats()
     assert "ReadCSV->MapBatches(_predict_block): 3 tasks executed" in stats, stats
+    # and for a folder, writing too: each block is written by the task that read and scored it
+    ds = read_dataset(source, read_types(predictor.state, with_label=False), concurrency=2, origin=True)
+    (tmp / "fused").mkdir()
+    records = part_records(predict_dataset(run["checkpoint"], ds, concurrency=2, batch_size=16),
+                           *storage.filesystem(str(tmp / "fused")), width=5, concurrency=2).materialize()
+    assert "ReadCSV->MapBatches(_predict_block)->MapBatches(_write_block): 3 tasks executed" in records.stats()
+    assert records.sum("rows") == len(test)
 
     as_parquet = tmp / "to_score.parquet"  # the same rows from Parquet: the same predictions
     test.to_parquet(as_parquet, index=False)

@@ -43,7 +43,7 @@ def test_train_and_predict_with_everything_on_s3(ray_session, s3, tmp_path):
     with fs.open_input_file(f"{bucket}/scored/one.parquet") as f:
         assert pq.read_table(f)["prediction"].to_pylist() == expected["prediction"].tolist()
     parts = {i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{bucket}/scored/parts"))}
-    assert parts == {"part-00000-000.parquet", "_SUCCESS", storage.OWNED}  # _SUCCESS last; the app's marker
+    assert parts == {"part-00000-000000000000.parquet", "_SUCCESS", storage.OWNED}  # _SUCCESS last; the app's marker
     assert sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{bucket}/scored"))) == \
         ["one.parquet", "parts"]  # no staging copies left beside them
 

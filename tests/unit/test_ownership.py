@@ -134,7 +134,7 @@ def write(location: str, batches, overwrite: bool = False) -> int:
     fs = out.filesystem
     if out.format:
         return predict.write_output(out, lambda path: predict.write_file(batches, fs, path, out.format))
-    return predict.write_output(out, lambda folder: predict.finish_parts(predict.write_parts(batches, fs, folder, 0),
+    return predict.write_output(out, lambda folder: predict.finish_parts(predict.write_parts_here(batches, fs, folder),
                                                                          fs, folder))
 
 
@@ -142,8 +142,8 @@ def test_a_folder_output_is_replaced_whole_and_a_failed_job_keeps_the_old_one(lo
     monkeypatch.setattr(predict, "ROWS_PER_PART", 10)
     assert write(location, iter([table(10), table(10, 10), table(5, 20)])) == 25
     names = [e.name for e in storage.listdir(location)]
-    assert names == [storage.OWNED, predict.SUCCESS_MARKER, "part-00000-000.parquet", "part-00000-001.parquet",
-                     "part-00000-002.parquet"]
+    assert names == [storage.OWNED, predict.SUCCESS_MARKER, "part-00000-000000000000.parquet",
+                     "part-00000-000000000010.parquet", "part-00000-000000000020.parquet"]
 
     with pytest.raises(RuntimeError, match="died"):
         write(location, failing(3), overwrite=True)
@@ -159,21 +159,31 @@ def test_a_folder_output_is_replaced_whole_and_a_failed_job_keeps_the_old_one(lo
     assert read_rows(location) == list(range(100, 104))
 
 
-def test_the_pieces_parts_are_checked_into_one_schema(tmp_path):
-    """Each scoring task writes its piece's parts in its own first batch's schema; the driver
-    then holds every part to the first part's, as a single writer would."""
+def test_the_pieces_parts_are_checked_into_one_schema(tmp_path, monkeypatch):
+    """Each scoring task writes its blocks' parts, named by piece and row so that the names
+    sort in input order; the driver then holds every part to the first part's schema, as a
+    single writer would."""
+    monkeypatch.setattr(predict, "ROWS_PER_PART", 2)
     fs, folder = storage.filesystem(str(tmp_path))
-    first = pa.table({"row": [0, 1], "note": ["a", None]})
-    empty_note = pa.table({"row": [2, 3], "note": pa.nulls(2)})  # a column empty in one file reads as null
-    parts = [*predict.write_parts(iter([empty_note]), fs, folder, 1), *predict.write_parts(iter([first]), fs, folder, 0)]
-    assert predict.finish_parts(parts, fs, folder) == 4
+    first = pa.table({"row": [0, 1, 2], "note": ["a", None, "b"]})
+    empty_note = pa.table({"row": [3, 4], "note": pa.nulls(2)})  # a column empty in one file reads as null
+    parts = [*predict.write_part(empty_note, fs, folder, 10, 0, 5), *predict.write_part(first, fs, folder, 9, 0, 5)]
+    assert [p.name for p in sorted(parts)] == ["part-00009-000000000000.parquet", "part-00009-000000000002.parquet",
+                                               "part-00010-000000000000.parquet"]
+    assert predict.finish_parts(parts, fs, folder) == 5
     read = pq.read_table(tmp_path)  # the folder: parts in name order, one schema
-    assert read.schema == first.schema and read.column("row").to_pylist() == [0, 1, 2, 3]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000-000.parquet", "part-00001-000.parquet"]
+    assert read.schema == first.schema and read.column("row").to_pylist() == [0, 1, 2, 3, 4]
 
-    other = predict.write_parts(iter([pa.table({"row": [4]})]), fs, folder, 2)  # no "note" column
+    other = predict.write_part(pa.table({"row": [5]}), fs, folder, 11, 0, 5)  # no "note" column
     with pytest.raises(UserError, match="--input: the input files disagree on their columns or types"):
         predict.finish_parts([*parts, *other], fs, folder)
+
+
+def test_a_part_that_cannot_be_written_names_the_output_and_leaves_nothing(tmp_path):
+    fs, _ = storage.filesystem(str(tmp_path))
+    with pytest.raises(UserError, match=r"--output: cannot write .*/part-00000-000000000000.parquet"):
+        predict.write_part(pa.table({"row": [0]}), fs, str(tmp_path / "missing"), 0, 0, 5)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_file_output_survives_a_failed_overwrite(location):
