@@ -212,17 +212,38 @@ def write_parts_on_cluster(scored, fs: storage.FileSystem, folder: str, *, width
 
 
 def finish_parts(parts: Iterable[Part], fs: storage.FileSystem, folder: str) -> int:
-    """Check what was written: some rows, and one schema, the first part's (a column that is
-    empty in one file reads as null there: such a part is rewritten in it, a batch at a
-    time). Returns the rows written."""
+    """Check what was written: some rows, every part the records name (and no other: this
+    folder is the job's own staging copy), and one schema, `common_schema`'s (parts in
+    another are rewritten in it, a batch at a time). Returns the rows written."""
     parts = sorted(parts)
     if not parts:
         raise UserError("--input holds no rows")
-    schema = parts[0].schema
+    there = {e.name for e in storage.entries(fs, folder) if e.name.startswith("part-")}
+    for stray in there - {p.name for p in parts}:  # of a task's attempt that was retried
+        fs.delete_file(f"{folder}/{stray}")
+    missing = sorted({p.name for p in parts} - there)
+    if missing:
+        raise UserError(f"--output: {len(missing)} part(s) written for it are not in {folder} "
+                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): a local folder "
+                        f"must be one that every node of the cluster reaches")
+    schema = common_schema([p.schema for p in parts])
     for part in parts:
         if not part.schema.equals(schema):
             _rewrite(fs, f"{folder}/{part.name}", schema)
     return sum(p.rows for p in parts)
+
+
+def common_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """The first part's columns, each in the type the parts give it: a column that is empty
+    in one file reads as null there, and takes its type from a part that holds values."""
+    first = schemas[0]
+    fields = []
+    for f in first:
+        if pa.types.is_null(f.type):
+            typed = (s.field(f.name).type for s in schemas[1:] if f.name in s.names)
+            f = f.with_type(next((t for t in typed if not pa.types.is_null(t)), f.type))
+        fields.append(f)
+    return pa.schema(fields, metadata=first.metadata)
 
 
 def _rewrite(fs: storage.FileSystem, path: str, schema: pa.Schema) -> None:

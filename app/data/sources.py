@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -494,8 +495,8 @@ def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = N
         row = 0
         for table in stream_piece(s, p, column_types):
             n = table.num_rows
-            yield table.append_column(PIECE_COLUMN, pa.array([index] * n, pa.int64())) \
-                .append_column(ROW_COLUMN, pa.array(range(row, row + n), pa.int64()))
+            yield table.append_column(PIECE_COLUMN, pa.array(np.full(n, index, np.int64))) \
+                .append_column(ROW_COLUMN, pa.array(np.arange(row, row + n, dtype=np.int64)))
             row += n
 
     # One block per piece (larger outputs are still split at Ray Data's block size limit):

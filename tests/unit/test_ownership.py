@@ -179,6 +179,29 @@ def test_the_pieces_parts_are_checked_into_one_schema(tmp_path, monkeypatch):
         predict.finish_parts([*parts, *other], fs, folder)
 
 
+def test_a_column_empty_in_the_first_file_takes_its_type_from_the_others(tmp_path):
+    fs, folder = storage.filesystem(str(tmp_path))
+    typed = pa.table({"row": [2], "note": ["b"]})
+    parts = [*predict.write_part(pa.table({"row": [0, 1], "note": pa.nulls(2)}), fs, folder, 0, 0, 5),
+             *predict.write_part(typed, fs, folder, 1, 0, 5)]
+    assert predict.finish_parts(parts, fs, folder) == 3
+    read = pq.read_table(tmp_path)
+    assert read.schema == typed.schema and read.column("note").to_pylist() == [None, None, "b"]
+
+
+def test_parts_must_all_be_in_the_folder(tmp_path):
+    """A part a task wrote where this process cannot see it (a node's own disk) fails the
+    job, naming the output; a part no record names (a retried attempt's) goes."""
+    fs, folder = storage.filesystem(str(tmp_path))
+    parts = predict.write_part(pa.table({"row": [0, 1]}), fs, folder, 0, 0, 5)
+    predict.write_part(pa.table({"row": [9]}), fs, folder, 7, 0, 5)  # written, named by no record
+    assert predict.finish_parts(parts, fs, folder) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000-000000000000.parquet"]
+    elsewhere = predict.Part("part-00001-000000000000.parquet", 3, parts[0].schema)
+    with pytest.raises(UserError, match=r"--output: 1 part\(s\) written for it are not in .*part-00001-000000000000"):
+        predict.finish_parts([*parts, elsewhere], fs, folder)
+
+
 def test_a_part_that_cannot_be_written_names_the_output_and_leaves_nothing(tmp_path):
     fs, _ = storage.filesystem(str(tmp_path))
     with pytest.raises(UserError, match=r"--output: cannot write .*/part-00000-000000000000.parquet"):
