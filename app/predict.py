@@ -69,30 +69,25 @@ def run_predict(checkpoint: str, predictor: Predictor, source: sources.Source, o
     concurrency = concurrency or default_concurrency()
     types = read_types(predictor.state, with_label=False)
     fs = output.filesystem
-    if output.format:
-        return write_output(output, lambda path: write_file(in_order(scored(
-            checkpoint, sources.read_dataset(source, types, concurrency), concurrency, batch_size), source),
-            fs, path, output.format))
+
+    def scored(**read):
+        # The same task limit on every step: Ray Data then fuses reading a piece, scoring it
+        # (and writing it) into one task, and rows never pass through the object store.
+        ds = sources.read_dataset(source, types, concurrency, **read)
+        return predict_dataset(checkpoint, ds, concurrency=concurrency, batch_size=batch_size)
 
     def write_folder(folder: str) -> int:
         if storage.is_local(fs) and cluster.blind_nodes(folder)[0]:
             # a local folder that other nodes cannot reach: this process writes every part
-            ds = sources.read_dataset(source, types, concurrency)
-            return finish_parts(write_parts_here(in_order(scored(checkpoint, ds, concurrency, batch_size), source),
-                                                 fs, folder), fs, folder)
+            return finish_parts(write_parts_here(in_order(scored(), source), fs, folder), fs, folder)
         pieces = sources.read_plan(source, types)
-        ds = sources.read_dataset(source, types, concurrency, origin=True, pieces=pieces)
-        return finish_parts(write_parts_on_cluster(scored(checkpoint, ds, concurrency, batch_size), fs, folder,
-                                                   width=max(5, len(str(len(pieces) - 1))),
-                                                   concurrency=concurrency, source=source), fs, folder)
+        parts = write_parts_on_cluster(scored(origin=True, pieces=pieces), fs, folder,
+                                       width=max(5, len(str(len(pieces) - 1))), concurrency=concurrency, source=source)
+        return finish_parts(parts, fs, folder)
 
+    if output.format:
+        return write_output(output, lambda path: write_file(in_order(scored(), source), fs, path, output.format))
     return write_output(output, write_folder)
-
-
-def scored(checkpoint: str, ds, concurrency: int, batch_size: int):
-    # The same task limit on every step: Ray Data then fuses reading a piece, scoring it
-    # (and writing it) into one task, and rows never pass through the object store.
-    return predict_dataset(checkpoint, ds, concurrency=concurrency, batch_size=batch_size)
 
 
 def default_concurrency() -> int:

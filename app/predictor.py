@@ -229,13 +229,12 @@ def _predict_block(batch, checkpoint: str, model_batch: int):
     return batch
 
 
-def predict_dataset(checkpoint: str, ds, concurrency: int | None, batch_size: int):
+def predict_dataset(checkpoint: str, ds, concurrency: int, batch_size: int):
     """A lazy Dataset of the input rows plus predictions, in the order Ray Data keeps
     (input order when `preserve_order` is set): at most `concurrency` blocks are scored at
-    once (None: no limit of its own), each by a 1-CPU task that calls the model on
-    `batch_size` rows at a time."""
+    once, each by a 1-CPU task that calls the model on `batch_size` rows at a time."""
     import ray.data
 
     return ds.map_batches(_predict_block, fn_args=(checkpoint, batch_size), batch_format="pyarrow",
-                          batch_size=None, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=concurrency),
+                          batch_size=None, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=max(1, concurrency)),
                           zero_copy_batch=True)
