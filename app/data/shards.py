@@ -29,6 +29,7 @@ import numpy as np
 import ray.train
 
 from app.config import ScalingConfig
+from app.data.store_pages import StorePages
 
 COLUMNS = ("x_num", "x_cat", "y")  # the model-ready arrays of a split (app/data/prepare.py)
 MB = 2**20
@@ -75,10 +76,19 @@ class ShardHandle:
     size_bytes: int
 
     def blocks(self) -> Iterator[dict[str, np.ndarray]]:
-        """The part's blocks in row order, as read-only numpy views, a few fetched ahead."""
+        """The part's blocks in row order, as read-only numpy views, a few fetched ahead. As
+        each block arrives, this process unmaps the object store's pages it has read so far
+        (app/data/store_pages.py): a worker that reads its part every epoch maps about a block
+        of the store at a time, not every page it has ever read (nor those that tasks it ran
+        before wrote)."""
         if isinstance(self.iterator, HeldPart):
-            return self.iterator.blocks()
-        return self.iterator.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BLOCKS)
+            source = self.iterator.blocks()
+        else:
+            source = self.iterator.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=PREFETCH_BLOCKS)
+        pages = StorePages()
+        for block in source:
+            pages.release(block.values())
+            yield block
 
     def batches(self, rows: int) -> Iterator[dict[str, np.ndarray]]:
         """The part in batches of `rows` rows (the last one shorter), in row order, each a copy
