@@ -44,8 +44,10 @@ def _madvise() -> Any:
 
 
 def shared_mappings() -> list[tuple[int, int]]:
-    """[start, end) of each shared mapping of this process (/proc/self/maps), in address order;
-    none where /proc is missing."""
+    """[start, end) of each shared mapping of a file in memory or on disk (the object store's
+    kind) in this process (/proc/self/maps), in address order; none where /proc is missing.
+    Devices' mappings (a GPU driver's, say) are left out: unmapping their pages is for their
+    driver to decide."""
     try:
         with open("/proc/self/maps") as f:
             lines = f.read().splitlines()
@@ -53,8 +55,10 @@ def shared_mappings() -> list[tuple[int, int]]:
         return []
     ranges = []
     for line in lines:
-        span, perms, *_ = line.split(maxsplit=2)
-        if perms[3:4] == "s":  # rw-s: shared; rw-p: private
+        span, perms, _offset, _device, _inode, *path = line.split(maxsplit=5)
+        name = path[0] if path else ""
+        shared = perms[3:4] == "s"  # rw-s: shared; rw-p: private
+        if shared and name.startswith("/") and (name.startswith("/dev/shm/") or not name.startswith("/dev/")):
             start, end = span.split("-")
             ranges.append((int(start, 16), int(end, 16)))
     return ranges

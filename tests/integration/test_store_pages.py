@@ -5,6 +5,7 @@ time (app/data/store_pages.py)."""
 
 from __future__ import annotations
 
+import mmap
 import sys
 
 import numpy as np
@@ -46,6 +47,22 @@ def test_private_memory_is_never_released():
     assert StorePages().release([own]) == 0
     # madvise(MADV_DONTNEED) on private memory would have zeroed it.
     assert own[-1] == 8 * MB - 1 and int(own[1:].min()) == 1
+
+
+def test_only_files_mapped_shared_are_released(tmp_path):
+    path = tmp_path / "mapped.bin"
+    np.arange(MB, dtype=np.int64).tofile(path)
+    on_disk = np.memmap(path, dtype=np.int64, mode="r")  # a file mapped shared, as the store is
+    assert int(on_disk.sum()) == MB * (MB - 1) // 2
+    assert StorePages().release([on_disk]) >= 8 * MB
+    assert int(on_disk.sum()) == MB * (MB - 1) // 2  # read again from the file
+    # Shared anonymous memory (/dev/zero) is a device's mapping: left alone.
+    anonymous = mmap.mmap(-1, 8 * MB)
+    view = np.frombuffer(anonymous, dtype=np.uint8)
+    view[::4096] = 7
+    assert StorePages().release([view]) == 0
+    del view
+    anonymous.close()
 
 
 @ray.remote(num_cpus=1)
