@@ -78,9 +78,9 @@ class ShardHandle:
     def blocks(self) -> Iterator[dict[str, np.ndarray]]:
         """The part's blocks in row order, as read-only numpy views, a few fetched ahead. As
         each block arrives, this process unmaps the object store's pages it has read so far
-        (app/data/store_pages.py): a worker that reads its part every epoch maps about a block
-        of the store at a time, not every page it has ever read (nor those that tasks it ran
-        before wrote)."""
+        (app/data/store_pages.py; a page it reads again is mapped again at its next touch): a
+        worker that reads its part every epoch maps about a block of the store at a time, not
+        every page it has ever read (nor those that tasks it ran before wrote)."""
         if isinstance(self.iterator, HeldPart):
             source = self.iterator.blocks()
         else:
