@@ -9,7 +9,8 @@ output is written by those same tasks, block by block, in parts named by where t
 come from (piece, then row), so the names sort in input order and no predicted row passes
 through the driver (unless the folder is local and other nodes cannot reach it). A
 single-file output has one writer, the driver, to which predictions stream back in input
-order and are written as they come. Inputs larger than memory work either way.
+order and are written as they come (the first ones held back only while a column empty in
+the first file has no type yet, up to 64 MiB). Inputs larger than memory work either way.
 
 The output is written complete beside its final name first (`.<name>.tmp-<id>`) and only
 then takes that name, so a failed job leaves a previous output as it was. `--overwrite`
@@ -19,8 +20,9 @@ is refused, never deleted.
 
 from __future__ import annotations
 
+import itertools
 import posixpath
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -253,28 +255,59 @@ def _rewrite(fs: storage.FileSystem, path: str, schema: pa.Schema) -> None:
 # ---------------------------------------------------------------- one file
 
 
+# A single file has one schema, fixed when its writer starts; a column empty in the first
+# file read as null there. The writer waits for at most this much of the first batches to
+# learn such a column's type from the next files.
+LOOKAHEAD_BYTES = 64 * 2**20
+
+
 def write_file(batches: Iterable[pa.Table], fs: storage.FileSystem, path: str, fmt: str) -> int:
-    rows, writer, schema = 0, None, None
+    batches = iter(batches)
+    head, schema = settle_schema(batches, fmt)
+    rows = 0
     with fs.open_output_stream(path) as stream:
+        writer = pq.ParquetWriter(stream, schema) if fmt == "parquet" else pacsv.CSVWriter(stream, schema)
         try:
-            for batch in batches:
-                if writer is None:
-                    schema = batch.schema
-                    writer = pq.ParquetWriter(stream, schema) if fmt == "parquet" else pacsv.CSVWriter(stream, schema)
-                writer.write_table(_conform(batch, schema))
+            for batch in itertools.chain(head, batches):
+                writer.write_table(_conform(batch, schema, fmt))
                 rows += batch.num_rows
-            if writer is None:
-                raise UserError("--input holds no rows")
         finally:
-            if writer is not None:
-                writer.close()
+            writer.close()
     return rows
 
 
-def _conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Later batches in the first batch's schema (a column empty in one file reads as null)."""
+def settle_schema(batches: Iterator[pa.Table], fmt: str) -> tuple[list[pa.Table], pa.Schema]:
+    """(The first batches, the schema to write them all in): batches are taken until every
+    column has a type or LOOKAHEAD_BYTES of them are held, and a column empty in the first
+    takes its type from a later one (`common_schema`). In CSV, which has no types, a column
+    empty in every batch taken is text."""
+    head: list[pa.Table] = []
+    held = 0
+    for batch in batches:
+        head.append(batch)
+        held += batch.nbytes
+        schema = common_schema([b.schema for b in head])
+        if held >= LOOKAHEAD_BYTES or not any(pa.types.is_null(t) for t in schema.types):
+            break
+    if not head:
+        raise UserError("--input holds no rows")
+    if fmt == "csv":
+        schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema],
+                           metadata=schema.metadata)
+    return head, schema
+
+
+def _conform(batch: pa.Table, schema: pa.Schema, fmt: str = "parquet") -> pa.Table:
+    """`batch` in the output's `schema` (a column empty in one file reads as null)."""
     if batch.schema.equals(schema):
         return batch
+    for name in schema.names:
+        if pa.types.is_null(schema.field(name).type) and name in batch.column_names \
+                and batch.column(name).null_count < batch.num_rows:
+            raise UserError(f"--input: column {name!r} is empty in the first {LOOKAHEAD_BYTES // 2**20} MiB of "
+                            f"rows and holds values after them; a single {fmt} file needs its columns' types "
+                            "before it is written: write to a folder instead (an --output not ending in .csv "
+                            "or .parquet)")
     try:
         return batch.select(schema.names).cast(schema)
     except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:

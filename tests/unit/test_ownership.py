@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -187,6 +188,33 @@ def test_a_column_empty_in_the_first_file_takes_its_type_from_the_others(tmp_pat
     assert predict.finish_parts(parts, fs, folder) == 3
     read = pq.read_table(tmp_path)
     assert read.schema == typed.schema and read.column("note").to_pylist() == [None, None, "b"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_one_file_takes_a_column_empty_in_the_first_file_from_the_next(tmp_path, fmt):
+    out = tmp_path / f"out.{fmt}"
+    batches = [pa.table({"row": [0, 1], "note": pa.nulls(2)}), pa.table({"row": [2], "note": pa.nulls(1)}),
+               pa.table({"row": [3], "note": ["b"]}), pa.table({"row": [4], "note": pa.nulls(1)})]
+    assert write(str(out), iter(batches)) == 5
+    read = pq.read_table(out) if fmt == "parquet" else read_csv(out)
+    assert read.column("row").to_pylist() == [0, 1, 2, 3, 4]
+    assert read.column("note").to_pylist() == [None, None, None, "b", None]
+    assert read.schema.field("note").type == pa.string()
+
+
+def test_one_file_whose_column_is_typed_too_late_names_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(predict, "LOOKAHEAD_BYTES", 1)  # the writer waits for no later batch
+    batches = [pa.table({"row": [0, 1], "note": pa.nulls(2)}), pa.table({"row": [2], "note": ["b"]})]
+    with pytest.raises(UserError, match="column 'note' is empty in the first .* write to a folder instead"):
+        write(str(tmp_path / "out.parquet"), iter(batches))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left
+    # CSV has no types: a column empty so far is text, and later values fit it.
+    assert write(str(tmp_path / "out.csv"), iter(batches)) == 3
+    assert read_csv(tmp_path / "out.csv").column("note").to_pylist() == [None, None, "b"]
+
+
+def read_csv(path: Path) -> pa.Table:
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
 
 
 def test_parts_must_all_be_in_the_folder(tmp_path):
