@@ -282,14 +282,14 @@ def settle_schema(batches: Iterator[pa.Table], fmt: str) -> tuple[list[pa.Table]
     takes its type from a later one (`common_schema`). In CSV, which has no types, a column
     empty in every batch taken is text."""
     head: list[pa.Table] = []
-    held = 0
+    held, schema = 0, None
     for batch in batches:
+        schema = batch.schema if schema is None else common_schema([schema, batch.schema])
         head.append(batch)
         held += batch.nbytes
-        schema = common_schema([b.schema for b in head])
         if held >= LOOKAHEAD_BYTES or not any(pa.types.is_null(t) for t in schema.types):
             break
-    if not head:
+    if schema is None:
         raise UserError("--input holds no rows")
     if fmt == "csv":
         schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema],
@@ -302,12 +302,14 @@ def _conform(batch: pa.Table, schema: pa.Schema, fmt: str = "parquet") -> pa.Tab
     if batch.schema.equals(schema):
         return batch
     for name in schema.names:
-        if pa.types.is_null(schema.field(name).type) and name in batch.column_names \
-                and batch.column(name).null_count < batch.num_rows:
-            raise UserError(f"--input: column {name!r} is empty in the first {LOOKAHEAD_BYTES // 2**20} MiB of "
-                            f"rows and holds values after them; a single {fmt} file needs its columns' types "
-                            "before it is written: write to a folder instead (an --output not ending in .csv "
-                            "or .parquet)")
+        if not pa.types.is_null(schema.field(name).type) or name not in batch.column_names:
+            continue
+        if batch.column(name).null_count < batch.num_rows:
+            raise UserError(f"--input: column {name!r} is empty in the first {LOOKAHEAD_BYTES / 2**20:.0f} MiB "
+                            f"of output and holds values after that; a single {fmt} file needs its columns' "
+                            "types before it is written: write to a folder or a .csv file instead")
+        # empty here too, but typed (no type casts to null)
+        batch = batch.set_column(batch.column_names.index(name), name, pa.nulls(batch.num_rows))
     try:
         return batch.select(schema.names).cast(schema)
     except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:

@@ -202,10 +202,27 @@ def test_one_file_takes_a_column_empty_in_the_first_file_from_the_next(tmp_path,
     assert read.schema.field("note").type == pa.string()
 
 
+def test_one_file_holds_back_no_batch_once_every_column_has_a_type(tmp_path):
+    written = []
+
+    def scored():
+        yield pa.table({"row": [0, 1], "note": ["a", None]})
+        assert any(tmp_path.iterdir()), "the writer waits for a batch it does not need"
+        written.append(True)
+        yield pa.table({"row": [2], "note": ["b"]})
+
+    assert write(str(tmp_path / "out.parquet"), scored()) == 3
+    assert written  # the writer had started before the second batch was asked for
+
+
 def test_one_file_whose_column_is_typed_too_late_names_it(tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "LOOKAHEAD_BYTES", 1)  # the writer waits for no later batch
-    batches = [pa.table({"row": [0, 1], "note": pa.nulls(2)}), pa.table({"row": [2], "note": ["b"]})]
-    with pytest.raises(UserError, match="column 'note' is empty in the first .* write to a folder instead"):
+    empty, typed_but_empty = pa.table({"row": [0, 1], "note": pa.nulls(2)}), pa.table({"row": [2], "note": [None]})
+    assert write(str(tmp_path / "empty.parquet"), iter([empty, typed_but_empty])) == 3  # still empty: fine
+    assert pq.read_table(tmp_path / "empty.parquet").column("note").null_count == 3
+    (tmp_path / "empty.parquet").unlink()
+    batches = [empty, pa.table({"row": [2], "note": ["b"]})]
+    with pytest.raises(UserError, match="column 'note' is empty in the first .* write to a folder or a .csv file"):
         write(str(tmp_path / "out.parquet"), iter(batches))
     assert list(tmp_path.iterdir()) == []  # nothing half-written left
     # CSV has no types: a column empty so far is text, and later values fit it.
