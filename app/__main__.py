@@ -3,19 +3,10 @@
 A command that returns has done all its work. Its process then ends as any Python process
 does, in the same order: other threads finished, every exit hook run (Ray's shutdown among
 them), output flushed; but without the interpreter's teardown of the modules it loaded
-(torch, Ray, pandas), which takes 1-2 s on 2 cores and writes nothing.
+(torch, Ray, pandas), which takes 1-2 s on 2 cores and writes nothing
+(`app.ray_compat.quick_exit`, called by `app.cli.entry`, also the `raytab` command).
 """
 
-import atexit
-import os
-import sys
-import threading
+from app.cli import entry
 
-from app.cli import main
-
-code = main()
-threading._shutdown()  # what the interpreter does first at exit: wait for the other threads
-atexit._run_exitfuncs()  # then run the exit hooks
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(code)
+entry()

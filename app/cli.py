@@ -1,4 +1,5 @@
-"""Command line: argument parsing and dispatch only.
+"""Command line: argument parsing, a call into the Python API (app/api.py), printing and
+exit codes; nothing else. `raytab COMMAND` and `python -m app COMMAND` are the same.
 
     python -m app train --config FILE [--set KEY=VALUE ...] [--address ADDR] [--fresh]
     python -m app tune  --config FILE [--set KEY=VALUE ...] [--address ADDR] [--resume | --fresh]
@@ -17,15 +18,22 @@ traceback); 1 anything else.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
+from typing import NoReturn
 
-from app.errors import UserError, find_user_error
-from app.redact import redact, redact_tree, redacted_output
+from app.errors import find_user_error
+from app.redact import redact, redacted_output
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.split("\n\n")[0])
+    from app.version import version
+
+    parser = argparse.ArgumentParser(prog="raytab", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"raytab {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model as the config says")
@@ -160,117 +168,67 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set train.epochs=3 (value parsed as YAML)")
 
 
-def load_run(args: argparse.Namespace):
-    """The config, or None when a run of this name already finished (and --fresh was not
-    given). --fresh deletes nothing here: only once the inputs checked out and this driver
-    holds the run folder's lease (`lease.run_folder`)."""
+def load_config(args: argparse.Namespace):
     from app.config import load_config
-    from app.training.trainer import finished_metrics
 
-    cfg = load_config(args.config, args.overrides)
-    if not args.fresh and finished_metrics(cfg) is not None:
-        return None
-    return cfg
+    return load_config(args.config, args.overrides)  # --set as text, parsed as YAML
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from app import cluster, lease, runs
-    from app.training.trainer import (
-        import_in_background,
-        preflight,
-        run_training,
-        wants_dashboard,
-    )
+    import app
 
-    cfg = load_run(args)
-    if cfg is None:
-        return 0
-    inputs = preflight(cfg)  # no Ray yet: bad input fails in a second, before --fresh deletes anything
-    import_in_background()  # torch loads while the lease settles and Ray starts
-    with lease.run_folder(runs.run_dir(cfg), fresh=args.fresh, what="run"):
-        run_training(cfg, inputs, ray_start_s=cluster.connect(args.address, dashboard=wants_dashboard(cfg, inputs)))
+    app.train(load_config(args), fresh=args.fresh, address=args.address)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from app import cluster, lease, runs, storage
-    from app.training.trainer import preflight
-    from app.tuning import run_tune, search_space
+    import app
 
-    cfg = load_run(args)
-    if cfg is None:
-        return 0
-    search_space(cfg)  # a bad space fails before Ray starts
-    inputs = preflight(cfg)
-    if not (args.resume or args.fresh) and storage.exists(runs.run_dir(cfg)):
-        raise UserError(f"{runs.run_dir(cfg)} holds an unfinished sweep; pass --resume to continue it "
-                        f"or --fresh to start over")
-    with lease.run_folder(runs.run_dir(cfg), fresh=args.fresh, what="sweep"):
-        cluster.connect(args.address)
-        run_tune(cfg, inputs, resume=args.resume)
+    app.tune(load_config(args), resume=args.resume, fresh=args.fresh, address=args.address)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from app import cluster, storage
-    from app.evaluate import format_evaluation, run_evaluate
-    from app.metrics import json_safe
-    from app.predictor import check_input, load_predictor
+    import app
+    from app.evaluating import format_evaluation
 
-    predictor = load_predictor(args.checkpoint)
-    source = check_input(predictor, args.data, "--data", need_label=True)
+    result = app.evaluate(args.checkpoint, args.data, output=args.output, address=args.address)
+    log.info(format_evaluation(result))
     if args.output:
-        storage.check_writable(storage.parent(args.output), "--output")
-    cluster.connect(args.address)
-    result = run_evaluate(args.checkpoint, predictor, source)
-    print(format_evaluation(result))
-    if args.output:
-        storage.write_json(args.output, json_safe(redact_tree(result)))
-        print(f"written: {args.output}")
+        log.info(f"written: {args.output}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import time
 
-    from app import cluster, storage
-    from app.predict import check_output, run_predict
-    from app.predictor import check_input, load_predictor
+    import app
 
-    predictor = load_predictor(args.checkpoint)
-    source = check_input(predictor, args.input, "--input", need_label=False)
-    output = check_output(args.output, args.overwrite)
-    storage.check_writable(storage.parent(args.output), "--output")
-    cluster.connect(args.address)
     started = time.perf_counter()
-    rows = run_predict(args.checkpoint, predictor, source, output, batch_size=args.batch_size,
-                       concurrency=args.concurrency)
+    rows = app.predict(args.checkpoint, args.input, args.output, overwrite=args.overwrite,
+                       batch_size=args.batch_size, concurrency=args.concurrency, address=args.address)
     elapsed = time.perf_counter() - started
-    print(f"{rows} rows predicted in {elapsed:.1f}s ({rows / elapsed:,.0f} rows/s): {args.output}")
+    log.info(f"{rows} rows predicted in {elapsed:.1f}s ({rows / elapsed:,.0f} rows/s): {args.output}")
     return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from app import cluster, runs, storage
-    from app.baselines import comparison_table, run_baselines
-    from app.config import load_config
-    from app.data.prepare import prepare
-    from app.training.trainer import preflight
+    import app
+    from app import runs, storage
+    from app.baselines import comparison_table
 
-    cfg = load_config(args.config, args.overrides)
-    inputs = preflight(cfg)
-    cluster.connect(args.address)
-    results = run_baselines(cfg, prepare(cfg, inputs))
+    cfg = load_config(args)
+    results = app.baseline(cfg, address=args.address)
     trained = storage.read_json(storage.join(runs.run_dir(cfg), runs.METRICS))
-    print(comparison_table(trained["test"] if trained else None, results, cfg.model.kind))
-    print(f"written: {storage.join(runs.run_dir(cfg), runs.BASELINES)}")
+    log.info(comparison_table(trained["test"] if trained else None, results, cfg.model.kind))
+    log.info(f"written: {storage.join(runs.run_dir(cfg), runs.BASELINES)}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from app.report import write_report
 
-    print(f"written: {write_report(args.run_dir)}")
+    log.info(f"written: {write_report(args.run_dir)}")
     return 0
 
 
@@ -280,7 +238,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     load_predictor(args.checkpoint)  # a bad checkpoint is refused with the flag's name
     out = export(args.checkpoint, args.output, args.overwrite)
-    print(f"exported to {out}; see {out / 'README.md'}")
+    log.info(f"exported to {out}; see {out / 'README.md'}")
     return 0
 
 
@@ -308,6 +266,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code (the process is not ended here: see `entry`)."""
+    from app import logs
+
+    logs.to_terminal()  # the app logger's lines, as this command line has always shown them
     # Everything this process prints, the app's lines, Ray's, the workers' and a traceback,
     # goes out with the credentials of URIs in it replaced by *** (app/redact.py).
     with redacted_output():
@@ -324,3 +286,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"error: {redact(str(user_error))}", file=sys.stderr)
             return 2
+
+
+def entry() -> NoReturn:
+    """The `raytab` command and `python -m app`: run the command, then end the process
+    without the interpreter's teardown of the modules it loaded (app/ray_compat.py)."""
+    from app.ray_compat import quick_exit
+
+    quick_exit(main())

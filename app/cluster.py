@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from app import storage
+from app import ray_compat, storage
 from app.config import ScalingConfig
 from app.errors import UserError
 
@@ -46,13 +46,34 @@ EMBEDDED_TRAIN_ENV = {
     "RAY_TRAIN_METRICS_ENABLED": "0",
 }
 
+# Every environment variable that `connect` and `quiet_logs` may set in this process (for
+# the Ray processes it starts, which inherit them). The Python API puts them back as they
+# were after each call (app/api.py), so a caller's environment is left as it was.
+PROCESS_ENV = (*EMBEDDED_TRAIN_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+               "RAY_SERVE_LOG_TO_STDERR")
+
 _started_without_dashboard = False  # set by `connect`: see `has_state_api`
 
 
 def connect(address: str | None = None, *, dashboard: bool = True) -> float:
     """Join `address` (or $RAY_ADDRESS); without either, start an embedded local Ray, with
     Ray's dashboard on 127.0.0.1 if `dashboard`. Returns the seconds it took (0 when already
-    connected)."""
+    connected).
+
+    What a call changes in this process, besides `quiet_logs` (always called, see there):
+    - Already connected (the caller's own `ray.init()`): nothing else; that Ray is used as is.
+    - Otherwise this process is connected to Ray (`ray.init`, whose `logging_level="WARNING"`
+      sets the `ray` logger's level, and which, called in the main thread, replaces the
+      SIGTERM handler with its own `sys.exit`) and stays connected after the call: the Ray it
+      started lives until `ray.shutdown()` or the exit hook Ray registers on import.
+    - Starting an embedded Ray (no address, no `ray start` of this machine) also sets, unless
+      the environment has them, the `EMBEDDED_TRAIN_ENV` variables in `os.environ` before Ray
+      starts, since Ray's processes take their settings from the environment they inherit;
+      and turns the logger `ray_compat.AUTH_TOKEN_LOGGER` down to ERROR (Ray's notice that a
+      new local Ray has token authentication on). A Ray joined at an address gets neither:
+      its settings are its own.
+    - The module's record of whether the Ray it started has a dashboard (`has_state_api`).
+    Every variable either function may set is listed in `PROCESS_ENV`."""
     global _started_without_dashboard
     import time
 
@@ -81,7 +102,7 @@ def connect(address: str | None = None, *, dashboard: bool = True) -> float:
         import logging
 
         # Its notice that a new local Ray turns token authentication on by default.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        logging.getLogger(ray_compat.AUTH_TOKEN_LOGGER).setLevel(logging.ERROR)
         ray.init(logging_level="WARNING", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  _system_config=EMBEDDED_RAY_CONFIG)
         _started_without_dashboard = not dashboard
@@ -105,9 +126,7 @@ def local_cluster_running() -> bool:
     """
     import socket
 
-    from ray._private.utils import get_ray_address_file, read_ray_address
-
-    address = read_ray_address()
+    address = ray_compat.local_cluster_address()
     if not address:
         return False
     host, _, port = address.rpartition(":")
@@ -116,7 +135,7 @@ def local_cluster_running() -> bool:
         return True
     except (OSError, ValueError):
         try:
-            os.remove(get_ray_address_file(None))
+            os.remove(ray_compat.ray_address_file())
         except OSError:
             pass
         return False
@@ -125,11 +144,20 @@ def local_cluster_running() -> bool:
 def quiet_logs() -> None:
     """Our own one line per step and per epoch instead of Ray's INFO chatter.
 
-    Called on the driver, before Ray starts, and in every training worker.
+    Called on the driver, before Ray starts, and in every training worker. What it changes in
+    the calling process (each time; idempotent):
+    - `os.environ`, unless already set there, for the Ray processes started from here, which
+      inherit it: RAY_TRAIN_ENABLE_PRINT_PATCH=0 (a worker's line printed once, not twice),
+      RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.25 (a report waits less for the controller's poll),
+      RAY_SERVE_LOG_TO_STDERR=0 (Serve's processes log to their files only).
+    - Logger levels: `ray.data` to WARNING, `ray_compat.DATA_PROGRESS_LOGGER` to ERROR, and
+      Ray Train's report logger (`ray_compat.train_report_logger()`) to WARNING.
+    - `ray.data.DataContext.get_current().print_on_execution_start = False`: this process's
+      current Ray Data context, so no Dataset executed here after the call announces its
+      execution plan.
     """
     import logging
 
-    import ray.train.v2._internal.execution.context as train_context
     from ray.data import DataContext
 
     # Ray Train would echo every print of a worker twice (log record and stdout).
@@ -139,9 +167,9 @@ def quiet_logs() -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # ... and its one-time notice that a dataset runs without progress bars (the shards).
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger(ray_compat.DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
     # Ray Train logs each report (all metrics) at INFO under a logger named after its file.
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(ray_compat.train_report_logger()).setLevel(logging.WARNING)
     DataContext.get_current().print_on_execution_start = False
     # Serve's controller, proxy and replicas log to their files under the session's
     # logs/serve/ only, not also to this terminal (one access-log line per request). An
@@ -166,12 +194,7 @@ def check_resources(scaling: ScalingConfig) -> None:
     """
     bundle = worker_bundle(scaling)
     fits, total, nodes = _fits_per_node(bundle)
-    if scaling.placement_strategy == "STRICT_PACK":
-        capacity = max(fits, default=0)
-    elif scaling.placement_strategy == "STRICT_SPREAD":
-        capacity = sum(1 for f in fits if f > 0)
-    else:
-        capacity = sum(fits)
+    capacity = worker_capacity(fits, scaling.placement_strategy)
     wanted = scaling.min_workers
     if capacity >= wanted:
         return
@@ -196,14 +219,46 @@ def room_for(bundle: dict[str, float]) -> tuple[int, dict[str, float], int]:
     return sum(fits), total, nodes
 
 
+def worker_groups(scaling: ScalingConfig, size: int) -> tuple[int, dict[str, float], int]:
+    """How many groups of `size` workers of `scaling` (a sweep's trials, each its own worker
+    group) the cluster's live nodes host side by side, placed per `scaling.placement_strategy`:
+    (that number, the cluster's total of each resource, the number of nodes)."""
+    fits, total, nodes = _fits_per_node(worker_bundle(scaling))
+    return groups_that_fit(fits, size, scaling.placement_strategy), total, nodes
+
+
 def _fits_per_node(bundle: dict[str, float]) -> tuple[list[int], dict[str, float], int]:
     """(how many `bundle`s each live node holds, the cluster's total of each resource, nodes)."""
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return fits_per_node(nodes, bundle), {r: sum(node.get(r, 0) for node in nodes) for r in bundle}, len(nodes)
+
+
+def fits_per_node(nodes: list[dict[str, float]], bundle: dict[str, float]) -> list[int]:
+    """How many `bundle`s each node (its resources, as `ray.nodes()` lists them) holds."""
     # Rounded: 1.0 // 0.1 is 9.0 in floating point; Ray counts resources in 1/10000 units.
-    fits = [min(int(round(node.get(r, 0) / need, 4) // 1) for r, need in bundle.items()) for node in nodes]
-    return fits, {r: sum(node.get(r, 0) for node in nodes) for r in bundle}, len(nodes)
+    return [min(int(round(node.get(r, 0) / need, 4) // 1) for r, need in bundle.items()) for node in nodes]
+
+
+def worker_capacity(fits: list[int], strategy: str) -> int:
+    """The most workers of one group that nodes holding `fits` workers each can host, placed
+    per `strategy`: STRICT_PACK all on one node, STRICT_SPREAD each on a node of its own."""
+    if strategy == "STRICT_PACK":
+        return max(fits, default=0)
+    if strategy == "STRICT_SPREAD":
+        return sum(1 for f in fits if f > 0)
+    return sum(fits)
+
+
+def groups_that_fit(fits: list[int], size: int, strategy: str) -> int:
+    """How many groups of `size` workers nodes holding `fits` workers each host at once, each
+    group placed per `strategy` (one group: exactly when `worker_capacity` >= `size`)."""
+    if strategy == "STRICT_PACK":
+        return sum(f // size for f in fits)
+    if strategy == "STRICT_SPREAD":  # g groups fit when each node takes at most one worker of each
+        return max((g for g in range(sum(fits) // size + 1) if sum(min(f, g) for f in fits) >= g * size), default=0)
+    return sum(fits) // size
 
 
 def check_shared_storage(location: str) -> None:

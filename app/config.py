@@ -93,11 +93,63 @@ class SplitConfig(Section):
         return self
 
 
+def is_in_memory(value: Any) -> bool:
+    """Whether a data location is a pandas DataFrame or a Ray Dataset (by type, without
+    importing either)."""
+    kind = type(value)
+    return (kind.__module__.startswith("pandas") and kind.__name__ == "DataFrame") or any(
+        k.__module__.startswith("ray.data") and k.__name__ in ("Dataset", "MaterializedDataset")
+        for k in kind.__mro__)
+
+
+def is_staged(value: Any) -> bool:
+    """Whether a data location is one that a run saves into its folder before reading it:
+    a DataFrame, a Dataset or a SQL source (app/data/in_memory.py)."""
+    return is_in_memory(value) or isinstance(value, SqlSource)
+
+
+class SqlSource(Section):
+    sql: str
+    """A SQLAlchemy database URL (`sqlite:///data.db`, `postgresql://user@host/db`; a
+    password in it is never written to files or logs)."""
+    query: str | None = None
+    """The SELECT that gives the rows."""
+    table: str | None = None
+    """Or a table, read whole."""
+
+    @model_validator(mode="after")
+    def _one_of_query_or_table(self) -> SqlSource:
+        if (self.query is None) == (self.table is None):
+            raise ValueError("give one of `query` or `table` beside `sql`")
+        if self.table is not None and not re.fullmatch(r"[A-Za-z_][\w.]*", self.table):
+            raise ValueError(f"table: expected a table name, got {self.table!r}; use `query` for anything else")
+        return self
+
+    def select(self) -> str:
+        return self.query if self.query is not None else f"SELECT * FROM {self.table}"
+
+
+class InMemoryInput(Section):
+    kind: Literal["DataFrame", "Dataset", "SQL"]
+    """What the caller passed."""
+    rows: int
+    """Its rows."""
+    columns: dict[str, str]
+    """Its columns and their Arrow types, in order."""
+    fingerprint: str
+    """A hash of every row (order-independent), to recognise the same data on resume."""
+    source: str | None = None
+    """SQL: the database URL (credentials redacted) and the query."""
+
+
 class DataConfig(Section):
-    train: str
+    train: Any
     """CSV or Parquet: a file, a folder of them, or a glob. A local path or a pyarrow URI
-    (`s3://...`)."""
-    test: str | None = None
+    (`s3://...`). Or a database: `{sql: URL, query: SELECT ...}` or `{sql: URL, table: NAME}`,
+    read in parallel with Ray Data (see [Data](data.md)). From Python (`app.train`), also a
+    `pandas.DataFrame` or a `ray.data.Dataset`. A database or in-memory input is saved in the
+    run folder as Parquet (`inputs/`) and read from there, so a resumed run sees the same rows."""
+    test: Any = None
     """Optional held-out data in the same format. If not set, the test split comes from
     `train`."""
     label: str
@@ -121,9 +173,25 @@ class DataConfig(Section):
     epochs); `stream` reads it from Ray's object store every epoch through a seeded shuffle
     buffer, in bounded memory, for shards larger than a worker's memory; `auto` streams when
     the shard would take more than half of `scaling.memory_per_worker_mb`. See
-    [Scale out](#scale-out)."""
+    [Scale out](scale-out.md)."""
     split: SplitConfig = SplitConfig()
     """`valid + test` must be below 1"""
+    in_memory: dict[str, InMemoryInput] = {}
+    """Written by the Python API, not by hand: for `train`/`test` given as a DataFrame or a
+    Dataset, what it held (columns and types, rows, fingerprint). The data itself was saved
+    in the run folder, where `train`/`test` then point; resuming with other data is refused."""
+
+    @field_validator("train", "test")
+    @classmethod
+    def _data_location(cls, value: Any, info) -> Any:
+        if value is None and info.field_name == "test":
+            return None
+        if isinstance(value, str) and value or is_in_memory(value) or isinstance(value, SqlSource):
+            return value
+        if isinstance(value, dict) and "sql" in value:
+            return SqlSource.model_validate(value)
+        raise ValueError(f"expected a path or URI, a SQL source ({{sql: URL, query: ...}}), a pandas DataFrame "
+                         f"or a ray.data.Dataset (got {value!r:.80})")
 
 
 class PreprocessConfig(Section):
@@ -144,7 +212,7 @@ class PreprocessConfig(Section):
 
 class ModelConfig(Section):
     kind: Literal["tabm", "mlp"] = "tabm"
-    """`tabm` | `mlp`; see [Models](#models). The keys below say which kind reads them."""
+    """`tabm` | `mlp`; see [Models](models.md). The keys below say which kind reads them."""
     dropout: float = Field(0.1, ge=0, lt=1)
     """Both kinds: dropout after each hidden layer, in [0, 1)."""
     hidden: list[int] = [128, 64]
@@ -292,7 +360,7 @@ class RunConfig(Section):
     """Worker-group restarts from the latest checkpoint before the run fails. `-1` means
     unlimited."""
     checkpoint: CheckpointConfig = CheckpointConfig()
-    """which checkpoints a run keeps; see [What a run leaves](#what-a-run-leaves)"""
+    """which checkpoints a run keeps; see [What a run leaves](runs.md)"""
     dashboard: Literal["auto"] | bool = "auto"
     """`true` | `false` | `auto`: whether the Ray that `train` starts for itself (no
     `--address`, no `ray start` on this machine) runs Ray's dashboard, on 127.0.0.1. `auto`:
@@ -318,7 +386,7 @@ class TuneConfig(Section):
     mode: Literal["min", "max"] | None = None
     """`min` or `max`. Default: the metric's own direction."""
     scheduler: SchedulerConfig = SchedulerConfig()
-    """stops unpromising trials early; see [Sweeps](#sweeps)"""
+    """stops unpromising trials early; see [Sweeps](sweeps.md)"""
     search: Literal["random", "grid", "optuna"] = "random"
     """`random` | `grid` | `optuna`."""
     max_concurrent_trials: int = Field(2, ge=1)
@@ -358,23 +426,23 @@ class Config(Section):
     """Run name, and also the folder under `run.storage`. Letters, digits, `.`, `_`, `-`,
     starting with a letter or digit."""
     data: DataConfig
-    """see [Data](#data)"""
+    """see [Data](data.md)"""
     preprocess: PreprocessConfig = PreprocessConfig()
-    """fitted on the training split only; see [Data](#data)"""
+    """fitted on the training split only; see [Data](data.md)"""
     model: ModelConfig = ModelConfig()
-    """see [Models](#models)"""
+    """see [Models](models.md)"""
     train: TrainConfig = TrainConfig()
-    """see [Training details](#training-details)"""
+    """see [Training details](training.md)"""
     scaling: ScalingConfig = ScalingConfig()
-    """see [Training details](#training-details) and [Scale out](#scale-out)"""
+    """see [Training details](training.md) and [Scale out](scale-out.md)"""
     run: RunConfig = RunConfig()
-    """see [What a run leaves](#what-a-run-leaves) and [Fault tolerance](#fault-tolerance)"""
+    """see [What a run leaves](runs.md) and [Fault tolerance](fault-tolerance.md)"""
     tune: TuneConfig = TuneConfig()
-    """used by `python -m app tune`; see [Sweeps](#sweeps)"""
+    """used by `raytab tune` and `app.tune`; see [Sweeps](sweeps.md)"""
     tracking: TrackingConfig = TrackingConfig()
-    """see [Tracking and progress](#tracking-and-progress)"""
+    """see [Tracking and progress](training.md#tracking-and-progress)"""
     report: ReportConfig = ReportConfig()
-    """scikit-learn baselines beside the network; see `baseline` under [Commands](#commands)"""
+    """scikit-learn baselines beside the network; see [`baseline`](commands.md#baseline)"""
 
     @field_validator("name")
     @classmethod
@@ -442,6 +510,17 @@ def from_dict(tree: Any, source: str, override_keys: frozenset[str] = frozenset(
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config, apply `--set KEY=VALUE` overrides, validate."""
+    tree = read_tree(path)
+    keys = []
+    for text_ in overrides:
+        key, value = parse_override(text_)
+        apply_override(tree, key, value)
+        keys.append(key)
+    return from_dict(tree, str(path), frozenset(keys))
+
+
+def read_tree(path: str | Path) -> dict[str, Any]:
+    """The raw config tree of a YAML file (not validated yet)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -457,12 +536,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         tree = {}
     if not isinstance(tree, dict):
         raise UserError(f"{path}: expected a mapping of config sections, got {type(tree).__name__}")
-    keys = []
-    for text_ in overrides:
-        key, value = parse_override(text_)
-        apply_override(tree, key, value)
-        keys.append(key)
-    return from_dict(tree, str(path), frozenset(keys))
+    return tree
 
 
 def _describe(error: ValidationError, source: str, override_keys: frozenset[str]) -> str:

@@ -21,6 +21,7 @@ import torch
 
 from app import storage
 from app.errors import UserError
+from app.extras import require
 from app.predictor import Predictor
 from app.redact import redact
 
@@ -43,6 +44,7 @@ class _Exported(torch.nn.Module):
 
 
 def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
+    require("export", "onnx", "onnxscript")  # the exporter; onnxruntime runs the folder it writes
     out = Path(output).expanduser().resolve()
     if "://" in output:
         raise UserError(f"--output {output}: export writes a local folder; copy it to object storage after")

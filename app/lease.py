@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import _thread
 import json
+import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -29,6 +29,8 @@ from typing import Any
 
 from app import runs, storage
 from app.errors import UserError
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
@@ -78,7 +80,7 @@ class Lease:
     def acquire(self, *, what: str) -> None:
         current = self._read()
         if current is None and storage.exists(self.location):  # cut short, or empty: no owner to ask
-            print(f"warning: taking over the lease of {self.folder}: its lease file is unreadable", file=sys.stderr)
+            log.warning(f"taking over the lease of {self.folder}: its lease file is unreadable")
             current = {}
         elif current is not None:
             reason = stale_reason(current)
@@ -87,7 +89,7 @@ class Lease:
                                 f"running since {time.ctime(float(current.get('since', 0)))}); wait for it to "
                                 f"finish or stop it (a driver that stops renewing its lease is taken over after "
                                 f"{STALE_S:.0f}s)")
-            print(f"warning: taking over the lease of {self.folder}: {reason}", file=sys.stderr)
+            log.warning(f"taking over the lease of {self.folder}: {reason}")
         if current is None and self._create_local():
             pass  # created only where there was none, atomically: no other driver holds it
         else:
@@ -131,13 +133,13 @@ class Lease:
             try:
                 current = self._read()
                 if current is not None and current.get("token") != self.token:
-                    print(f"error: {describe(current)} took over the lease of {self.folder} (this driver did not "
-                          f"renew it for {STALE_S:.0f}s); stopping this driver", file=sys.stderr)
+                    log.error(f"{describe(current)} took over the lease of {self.folder} (this driver did not "
+                              f"renew it for {STALE_S:.0f}s); stopping this driver")
                     _thread.interrupt_main()  # two drivers must not write one run folder
                     return
                 storage.write_json(self.location, dict(self.owner, heartbeat=time.time()))
             except Exception as e:  # noqa: BLE001 - a missed heartbeat must not kill the run
-                print(f"warning: could not renew the lease of {self.folder}: {e}", file=sys.stderr)
+                log.warning(f"could not renew the lease of {self.folder}: {e}")
 
     def release(self) -> None:
         self._stop.set()

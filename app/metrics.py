@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from app.data.preprocess import merge_moments
 from app.data.transform import PreprocessState
 
 AUC_BINS = 8192
@@ -44,15 +45,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def compute_metrics(outputs: np.ndarray, y: np.ndarray, state: PreprocessState) -> dict[str, float]:
     """outputs: logits [n, k] or standardised predictions [n]; y: encoded labels."""
     return MetricSums.of(outputs, y, state).metrics(state)
-
-
-def _merge_moments(n1: int, mean1: float, m2_1: float, n2: int, mean2: float, m2_2: float) -> tuple[float, float]:
-    """Chan et al.: mean and sum of squared deviations of two parts together."""
-    n = n1 + n2
-    if n == 0:
-        return 0.0, 0.0
-    delta = mean2 - mean1
-    return mean1 + delta * n2 / n, m2_1 + m2_2 + delta * delta * n1 * n2 / n
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -146,8 +138,8 @@ class MetricSums:
             out.positives, out.negatives = self.positives + other.positives, self.negatives + other.negatives
             return out
         out.abs_sum, out.sq_sum = self.abs_sum + other.abs_sum, self.sq_sum + other.sq_sum
-        out.y_mean, out.y_m2 = _merge_moments(self.n, self.y_mean, self.y_m2, other.n, other.y_mean, other.y_m2)
-        out.r_mean, out.r_m2 = _merge_moments(self.n, self.r_mean, self.r_m2, other.n, other.r_mean, other.r_m2)
+        _, out.y_mean, out.y_m2 = merge_moments((self.n, self.y_mean, self.y_m2), (other.n, other.y_mean, other.y_m2))
+        _, out.r_mean, out.r_m2 = merge_moments((self.n, self.r_mean, self.r_m2), (other.n, other.r_mean, other.r_m2))
         out.max_abs = max(self.max_abs, other.max_abs)
         keys = np.concatenate([self.sample_keys, other.sample_keys])
         keep = np.argsort(keys, kind="stable")[:SAMPLE_POINTS]

@@ -15,12 +15,13 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from app import checkpoint as ckpt
 from app.data import sources
+from app.data.preprocess import check_columns
 from app.data.transform import PreprocessState, scorable, transform
 from app.errors import UserError
 from app.metrics import MetricSums, block_sums, compute_metrics, softmax
 from app.model import build_model
-from app.training import checkpoint as ckpt
 
 SCORE_BATCH = 8192  # rows per model call when scoring labelled data
 
@@ -44,9 +45,7 @@ class Predictor:
         return cls(state, model, manifest["epoch"])
 
     def check_columns(self, df: pd.DataFrame) -> None:
-        absent = [c for c in self.state.features if c not in df.columns]
-        if absent:
-            raise UserError(f"input is missing feature column(s): {', '.join(absent)}")
+        check_columns(df.columns, self.state.features, "input", reads=self.state.features)
 
     @torch.no_grad()
     def outputs(self, df: pd.DataFrame, batch_size: int | None = SCORE_BATCH) -> np.ndarray:
@@ -119,10 +118,7 @@ def check_input(predictor: Predictor, uri: str, key: str, *, need_label: bool) -
     source = sources.resolve(uri, key)
     names = set(sources.read_schema(source).names)
     state = predictor.state
-    absent = [c for c in state.features if c not in names]
-    if absent:
-        raise UserError(f"{key} {uri}: missing feature column(s) {', '.join(absent)} "
-                        f"(the model reads: {', '.join(state.features)})")
+    check_columns(names, state.features, f"{key} {uri}", reads=state.features)
     if need_label and state.label not in names:
         raise UserError(f"{key} {uri}: no label column {state.label!r} to evaluate against")
     return source
@@ -182,6 +178,16 @@ def _batches_here(ds) -> Iterator[pd.DataFrame]:
             yield table.slice(at, SCORE_BATCH).to_pandas()
 
 
+def score_tables(predictor: Predictor, tables) -> MetricSums:
+    """The metric sums of labelled rows in this process, SCORE_BATCH rows at a time: a Ray
+    Dataset streamed here, or Arrow tables (the test split of a small run; a DataFrame given
+    to `app.Model.evaluate`), so both score the same rows identically."""
+    total = MetricSums.empty(predictor.state)
+    for df in _batches_here(tables):
+        total = total.merge(MetricSums.of(**predictor.score_batch(df), state=predictor.state))
+    return total
+
+
 def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool = False, *,
                      here: bool = False) -> dict[str, Any]:
     """Metrics of a checkpoint on a Ray Dataset of raw labelled rows, scored on the cluster.
@@ -195,13 +201,11 @@ def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool 
     "confusion_matrix", or "residuals" and a "sample" of (actual, predicted) pairs}
     instead of the bare metrics."""
     if here:
-        predictor = Predictor.from_checkpoint(checkpoint)
-        parts = (MetricSums.of(**predictor.score_batch(df), state=state) for df in _batches_here(ds))
+        total = score_tables(Predictor.from_checkpoint(checkpoint), ds)
     else:
-        parts = block_sums(ds, _block_sums, checkpoint)
-    total = MetricSums.empty(state)
-    for part in parts:
-        total = total.merge(part)
+        total = MetricSums.empty(state)
+        for part in block_sums(ds, _block_sums, checkpoint):
+            total = total.merge(part)
     metrics = total.metrics(state)
     if not details:
         return metrics

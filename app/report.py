@@ -19,10 +19,12 @@ from typing import Any
 from app import runs, storage
 from app.config import TASK_METRICS
 from app.errors import UserError
+from app.extras import require
 
 
 def write_report(run_dir: str) -> str:
     """Write <run_dir>/report.html; return its URI."""
+    require("report", "matplotlib")
     if not storage.is_dir(run_dir):
         raise UserError(f"RUN_DIR {run_dir}: no such folder")
     raw = storage.read_text(storage.join(run_dir, runs.METRICS))

@@ -5,9 +5,10 @@
       metrics.json                       validation and test metrics, history, timings
       baselines.json                     scikit-learn baselines (`baseline`, report.baselines)
       report.html                        `python -m app report runs/quickstart`
-      checkpoint_epoch_0012/             checkpoints (app/training/checkpoint.py)
+      checkpoint_epoch_0012/             checkpoints (app/checkpoint.py)
       checkpoint_manager_snapshot.json   Ray Train's record of the registered checkpoints
       tensorboard/                       event files (tracking.tensorboard)
+      inputs/                            a DataFrame or Dataset given to app.train, as Parquet (app/data/in_memory.py)
       .app-owned  .lease.json            the app's marker (storage.OWNED); the live driver's lease
     runs/quickstart-sweep/               a sweep (`tune`)
       leaderboard.csv  best_config.yaml  metrics.json  curves.png
@@ -35,6 +36,7 @@ BEST_CONFIG = "best_config.yaml"
 CURVES = "curves.png"
 TRIALS = "trials"
 SWEEP_PREPROCESS = "sweep_preprocess.json"  # the preprocessing a sweep fitted as it started; --resume reuses it
+INPUTS = "inputs"  # data handed over in memory (app.train with a DataFrame or Dataset), saved as Parquet
 OVERRIDES = "overrides.json"  # in each trial's run folder: the values the trial searched
 
 

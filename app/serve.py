@@ -38,7 +38,12 @@ from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI
+
+from app.extras import require
+
+require("serve", "fastapi", "starlette", "uvicorn")  # before the imports below: one clear line
+
+from fastapi import Depends, FastAPI  # noqa: E402
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from ray import serve
@@ -46,7 +51,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app import cluster, storage
+from app import cluster, ray_compat, storage
 from app.data.transform import PreprocessState
 from app.errors import UserError
 from app.predictor import SCORE_BATCH
@@ -58,6 +63,7 @@ MIN_TOKEN_CHARS = 16
 EXTRA_KEYS = 64  # keys a record may carry beyond the model's columns, in the parse budget
 
 logger = logging.getLogger("ray.serve")  # in a replica: its log file, each line with the request id
+log = logging.getLogger(__name__)  # the `serve` command's own lines (app/logs.py)
 
 
 @dataclass
@@ -438,7 +444,7 @@ class PredictorDeployment:
         import torch
 
         from app.predictor import Predictor
-        from app.training import checkpoint as ckpt
+        from app import checkpoint as ckpt
 
         torch.set_num_threads(max(1, int(options.cpus_per_replica)))
         self.options = options
@@ -568,9 +574,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve_started() -> bool:
     """Whether Serve (its controller) runs on the connected cluster."""
-    from ray.serve.context import _get_global_client
-
-    return _get_global_client(raise_if_no_controller_running=False) is not None
+    return ray_compat.serve_running()
 
 
 def is_running() -> bool:
@@ -595,9 +599,7 @@ def deploy(checkpoint: str, options: ServeOptions, host: str = "127.0.0.1", port
 
 def http_options() -> dict[str, Any]:
     """The running Serve's HTTP settings: host, port, ..."""
-    from ray.serve.context import _get_global_client
-
-    return _get_global_client().get_serve_details().get("http_options", {})
+    return ray_compat.serve_details().get("http_options", {})
 
 
 def url() -> str:
@@ -611,9 +613,7 @@ def url() -> str:
 
 def replicas() -> dict[str, str]:
     """{replica actor name: state} of our deployment, e.g. {"SERVE_REPLICA::app#Predictor#x1": "RUNNING"}."""
-    from ray.serve.context import _get_global_client
-
-    app = _get_global_client().get_serve_details().get("applications", {}).get(APP_NAME, {})
+    app = ray_compat.serve_details().get("applications", {}).get(APP_NAME, {})
     found = app.get("deployments", {}).get(DEPLOYMENT, {}).get("replicas", [])
     return {r["actor_name"]: str(getattr(r["state"], "value", r["state"])) for r in found}
 
@@ -622,6 +622,7 @@ def run(checkpoint: str, *, epoch: int, options: ServeOptions, host: str, port: 
     """The `serve` command, once the checkpoint has loaded: serve it until SIGINT or SIGTERM,
     or, when our application already runs on the cluster, roll it over to `checkpoint` and
     return (the process that started it still owns it)."""
+    require("serve", "fastapi", "starlette", "uvicorn")
     signals = StopSignals()
     signals.install()
     cluster.connect(address)  # quiets Serve's logs before its processes start
@@ -637,14 +638,13 @@ def run(checkpoint: str, *, epoch: int, options: ServeOptions, host: str, port: 
     where = deploy(checkpoint, options, host, port)
     what = f"{checkpoint} (epoch {epoch}) with {options.replicas} replica(s)"
     if updating:
-        print(f"updated {where} to {what}", flush=True)
+        log.info(f"updated {where} to {what}")
         return
     token = "; a bearer token is required" if options.token_sha256 else ""
-    print(f"serving {what} at {where}: POST /predict, GET /health, GET /schema, GET /docs{token}; Ctrl-C stops",
-          flush=True)
+    log.info(f"serving {what} at {where}: POST /predict, GET /health, GET /schema, GET /docs{token}; Ctrl-C stops")
     name = signals.wait()
     stop()
-    print(f"{name}: stopped", flush=True)
+    log.info(f"{name}: stopped")
 
 
 class StopSignals:
@@ -680,10 +680,6 @@ def stop() -> None:
     """Take down our application (its replicas finish the requests they hold), and Serve
     itself when nothing else runs on it. An embedded Ray takes Serve along when it stops
     (and serve.shutdown() would only add a spurious warning from the raylet)."""
-    import ray._private.worker
-
     serve.delete(APP_NAME)
-    node = ray._private.worker._global_node
-    started_here = node is not None and node.head
-    if not started_here and not serve.status().applications:
+    if not ray_compat.started_ray_here() and not serve.status().applications:
         serve.shutdown()

@@ -1,21 +1,32 @@
 """`submit`: run one command of this app on a Ray cluster as a Ray job, and follow its logs.
 
-    python -m app submit train --config configs/my.yaml --set scaling.num_workers=8
-    python -m app submit --address http://127.0.0.1:8265 tune --config configs/tune.yaml --resume
+    raytab submit train --config configs/my.yaml --set scaling.num_workers=8
+    raytab submit --address http://127.0.0.1:8265 tune --config configs/tune.yaml --resume
     scripts/submit.sh predict --checkpoint s3://bucket/runs/x/checkpoint_epoch_0012 --input s3://... --output s3://...
 
-The job runs `python -m app COMMAND ARGS...` in a copy of this project's folder (uploaded
-without .venv, runs/, .git and data/synthetic/). Its entrypoint is one shell-quoted command
-line (`shlex.join`): every argument reaches the job exactly as given, and no `;`, `$(...)`
-or quote in one makes the head's shell run anything. The exit status is the job's outcome:
-0 when it SUCCEEDED, 1 otherwise (2: bad usage, or the job API refused the job).
+The job runs `python -m app COMMAND ARGS...` with exactly the app that runs here, whether
+installed from a wheel or from a checkout (`pip install -e`): its runtime env ships
+
+- the installed `app` package folder as a `py_modules` entry (first on the job's import path);
+- the current directory as its `working_dir` (without .venv, runs/, .git, data/synthetic/
+  and an app/ folder there, which py_modules ships), so that a config, data or any other
+  path relative to the current directory means the same in the job;
+- with APP_SUBMIT_PIP=1 (the default), the `raytab` distribution's own dependencies pinned
+  to the versions installed here (read from the installed package's metadata: no file of a
+  checkout is read), and those of each extra (`serve`, `export`, `tracking`, `report`) that
+  is installed here. Ray itself is never installed: the cluster's own runs the job.
+
+Its entrypoint is one shell-quoted command line (`shlex.join`): every argument reaches the
+job exactly as given, and no `;`, `$(...)` or quote in one makes the head's shell run
+anything. The exit status is the job's outcome: 0 when it SUCCEEDED, 1 otherwise (2: bad
+usage, or the job API refused the job).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import re
 import shlex
 import sys
 import time
@@ -23,19 +34,26 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import UserError
+from app.extras import EXTRAS
 from app.redact import redact
+from app.version import DISTRIBUTION
 
-ROOT = Path(__file__).resolve().parents[1]  # the project folder: uploaded as the job's working dir
+log = logging.getLogger(__name__)
+
+PACKAGE = Path(__file__).resolve().parent  # the installed `app` package: the job's py_modules entry
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # a local head, or one forwarded by `ray dashboard cluster.yaml`
-EXCLUDES = [".venv", "runs", ".git", "data/synthetic", "__pycache__", "*.egg-info"]
+EXCLUDES = [".venv", "runs", ".git", "data/synthetic", "__pycache__", "*.egg-info", "/app"]
 ENV_HELP = """environment:
   RAY_ADDRESS     the cluster's job API when --address is not given (default http://127.0.0.1:8265)
-  APP_SUBMIT_PIP  1 (default): the job's runtime env pip-installs the project's dependencies at
-                  the versions in constraints.txt (matches already installed are reused);
-                  0: rely on what the nodes have (cluster.yaml's setup_commands install it)
+  APP_SUBMIT_PIP  1 (default): the job's runtime env pip-installs raytab's dependencies (and
+                  those of the extras installed here) at the versions installed here (matches
+                  already on the nodes are reused); 0: rely on what the nodes have
+                  (cluster.yaml's setup_commands install it)
   APP_JOB_ID      job id (default app-<command>-<time>); `ray job logs/status/stop` take it
   RAY_AUTH_MODE   set to `token` when unset and ~/.ray/auth_token exists (`ray start --head`
-                  turns on token authentication)"""
+                  turns on token authentication)
+the job gets this installed app package (py_modules) and the current directory as its
+working dir (without .venv, runs/, .git, data/synthetic/, app/): paths relative to it work"""
 
 
 def entrypoint(command: str, args: list[str]) -> str:
@@ -43,31 +61,60 @@ def entrypoint(command: str, args: list[str]) -> str:
     return shlex.join(["python", "-m", "app", command, *args])
 
 
-def runtime_env(pip: bool, root: Path = ROOT) -> dict[str, Any]:
-    """The job's runtime env: this folder as working dir and, with `pip`, the project's
-    dependencies pinned to constraints.txt (Ray itself excepted: the cluster's own runs it)."""
-    env: dict[str, Any] = {"working_dir": str(root), "excludes": list(EXCLUDES)}
-    if not pip:
-        return env
-    import tomllib
-
-    pins = {}
-    for line in (root / "constraints.txt").read_text().splitlines():
-        m = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", line.strip())
-        if m:
-            pins[_normal(m.group(1))] = m.group(2)
-    packages = []
-    for dep in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]:
-        name = re.match(r"[A-Za-z0-9_.-]+", dep).group(0)
-        if _normal(name) == "ray":
-            continue  # a job never installs another Ray
-        packages.append(f"{name}=={pins[_normal(name)]}" if _normal(name) in pins else dep)
-    env["pip"] = {"packages": packages, "pip_check": False}
+def runtime_env(pip: bool, working_dir: Path | None = None) -> dict[str, Any]:
+    """The job's runtime env: `working_dir` (default: the current directory) uploaded as its
+    working dir, this installed `app` package as a py_modules entry and, with `pip`, the
+    packages of `pinned_requirements`."""
+    env: dict[str, Any] = {"working_dir": str(working_dir or Path.cwd()), "py_modules": [str(PACKAGE)],
+                           "excludes": list(EXCLUDES)}
+    if pip:
+        env["pip"] = {"packages": pinned_requirements(), "pip_check": False}
     return env
 
 
+def pinned_requirements() -> list[str]:
+    """The installed `raytab` distribution's requirements, and those of the extras in
+    EXTRAS whose requirements are all installed here, each pinned to the version installed
+    here (as given where it is not installed). Ray is left out: a job never installs another."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import Requirement
+
+    try:
+        declared = [Requirement(r) for r in requires(DISTRIBUTION) or []]
+    except PackageNotFoundError:
+        raise UserError(f"submit: the {DISTRIBUTION} distribution is not installed, so its dependencies are "
+                        f"unknown: pip install {DISTRIBUTION} (or `pip install -e .` in a checkout), "
+                        f"or set APP_SUBMIT_PIP=0") from None
+
+    def installed(req: Requirement) -> str | None:
+        """The installed version without its local label: `torch==2.13.0` is met by a node's
+        2.13.0 CUDA build and by this machine's 2.13.0+cpu alike, which only one index has."""
+        try:
+            return version(req.name).split("+", 1)[0]
+        except PackageNotFoundError:
+            return None
+
+    def applies(req: Requirement, extra: str) -> bool:
+        return req.marker is None or req.marker.evaluate({"extra": extra})
+
+    chosen = [r for r in declared if applies(r, "")]
+    for extra in EXTRAS:
+        wanted = [r for r in declared if r.marker is not None and applies(r, extra) and not applies(r, "")]
+        if wanted and all(installed(r) for r in wanted):
+            chosen += wanted
+    packages: dict[str, str] = {}
+    for req in chosen:
+        name = _normal(req.name)
+        if name in ("ray", _normal(DISTRIBUTION)) or name in packages:
+            continue  # the cluster's own Ray runs the job; `all` names raytab itself
+        pinned = installed(req)
+        packages[name] = f"{req.name}=={pinned}" if pinned else str(Requirement(f"{req.name}{req.specifier}"))
+    return list(packages.values())
+
+
 def _normal(name: str) -> str:
-    return name.lower().replace("_", "-")
+    return name.lower().replace("_", "-").replace(".", "-")
 
 
 def pip_wanted() -> bool:
@@ -96,7 +143,7 @@ def submit(command: str, args: list[str], *, address: str | None = None) -> int:
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"{source} {redact(address)}: no Ray job API answers there "
                         f"({redact(' '.join(str(e).split()))[:300]})") from None
-    print(f"submitting {submission_id} to {redact(address)}: {redact(line)}", flush=True)
+    log.info(f"submitting {submission_id} to {redact(address)}: {redact(line)}")
     try:
         client.submit_job(entrypoint=line, submission_id=submission_id, runtime_env=env)
     except (RuntimeError, ValueError) as e:
@@ -105,7 +152,7 @@ def submit(command: str, args: list[str], *, address: str | None = None) -> int:
     try:
         return follow(client, submission_id)
     except KeyboardInterrupt:
-        print(f"stopped following; the job goes on (`ray job stop {submission_id}` stops it)", file=sys.stderr)
+        log.warning(f"stopped following; the job goes on (`ray job stop {submission_id}` stops it)")
         raise
 
 
@@ -127,14 +174,13 @@ def follow(client, submission_id: str) -> int:
     try:
         asyncio.run(tail())
     except RuntimeError as e:  # the log stream broke off: the outcome still counts
-        print(f"warning: job {submission_id}: log stream ended ({' '.join(str(e).split())[:300]}); waiting for "
-              f"the job to end", file=sys.stderr, flush=True)
+        log.warning(f"job {submission_id}: log stream ended ({' '.join(str(e).split())[:300]}); waiting for "
+                    f"the job to end")
     while not (status := client.get_job_status(submission_id)).is_terminal():
         time.sleep(1)  # polled: the stream closes a moment before the status turns final
     if status == JobStatus.SUCCEEDED:
-        print(f"Job '{submission_id}' succeeded")
+        log.info(f"Job '{submission_id}' succeeded")
         return 0
     message = client.get_job_info(submission_id).message
-    print(f"Job '{submission_id}' {str(status.value).lower()}" + (f": {message}" if message else ""),
-          file=sys.stderr)
+    log.warning(f"Job '{submission_id}' {str(status.value).lower()}" + (f": {message}" if message else ""))
     return 1

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +31,8 @@ from urllib.parse import urlsplit
 from app import runs, storage
 from app.config import Config, flatten
 from app.redact import redact, redact_tree
+
+log = logging.getLogger(__name__)
 
 RUN_DIR_TAG = "app.run_dir"  # finds the MLflow run of a run folder again on resume
 SKIPPED_KEYS = ("epoch", "time")  # epoch is the step; time is the timestamp
@@ -54,6 +55,20 @@ def mlflow_uri(cfg: Config) -> str | None:
     return f"sqlite:///{root.removeprefix('file://')}/{runs.MLFLOW_DB}"
 
 
+def require_installed(cfg: Config) -> None:
+    """A UserError naming `raytab[tracking]` when the config turns on a tracking backend whose
+    package is not installed (the core install has neither MLflow nor TensorBoard)."""
+    from app.extras import require
+
+    off = " (or set tracking.mlflow: false and tracking.tensorboard: false)"
+    uri = mlflow_uri(cfg)
+    if uri is not None:
+        database = uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
+        require("tracking", "mlflow", *(["alembic"] if database else []), what="tracking.mlflow", hint=off)
+    if cfg.tracking.tensorboard:
+        require("tracking", "tensorboard", what="tracking.tensorboard", hint=off)
+
+
 def quiet() -> None:
     """MLflow's log lines down to warnings, and its HTTP waits short (see HTTP_DEFAULTS)."""
     import mlflow  # noqa: F401 - its import sets its loggers to INFO: imported first, then turned down
@@ -66,11 +81,11 @@ def quiet() -> None:
 
 def warn_off(uri: str, error: BaseException) -> None:
     """The one warning that MLflow logging is off, with no credential of `uri` in it."""
-    print(off_warning(uri, error), file=sys.stderr, flush=True)
+    log.warning(off_warning(uri, error))
 
 
 def off_warning(uri: str, error: BaseException) -> str:
-    return f"warning: MLflow logging is off: {redact(uri)}: {_describe(error)}"
+    return f"MLflow logging is off: {redact(uri)}: {_describe(error)}"
 
 
 def _describe(error: BaseException) -> str:
@@ -117,7 +132,7 @@ def start(cfg: Config, out_dir: str) -> dict[str, Any]:
     uri = mlflow_uri(cfg)
     if uri is None:
         if cfg.tracking.mlflow:
-            print("note: MLflow logging is off: run.storage is remote and tracking.mlflow_uri is not set")
+            log.info("note: MLflow logging is off: run.storage is remote and tracking.mlflow_uri is not set")
         return spec
     try:
         check_reachable(uri)
@@ -192,7 +207,7 @@ def finish(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
         client.set_tag(spec["mlflow_run_id"], "best_checkpoint", redact(metrics.get("best_checkpoint", "")))
         client.set_terminated(spec["mlflow_run_id"], "FINISHED")
     except Exception as e:  # noqa: BLE001
-        print(f"warning: MLflow: could not close the run: {_describe(e)}", file=sys.stderr)
+        log.warning(f"MLflow: could not close the run: {_describe(e)}")
 
 
 def _epoch_metrics(record: dict[str, Any]) -> list:
@@ -217,6 +232,7 @@ def start_in_actor(cfg: Config, out_dir: str) -> dict[str, Any]:
     store while the caller prepares the data; `open_run` then has it open the MLflow run
     with the resolved config. Rank 0 logs epochs to the actor; `finish` closes the run and
     ends the actor, `release` just ends it."""
+    require_installed(cfg)
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -225,7 +241,7 @@ def start_in_actor(cfg: Config, out_dir: str) -> dict[str, Any]:
     uri = mlflow_uri(cfg)
     if uri is None:
         if cfg.tracking.mlflow:
-            print("note: MLflow logging is off: run.storage is remote and tracking.mlflow_uri is not set")
+            log.info("note: MLflow logging is off: run.storage is remote and tracking.mlflow_uri is not set")
         return spec
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     spec["mlflow_uri"] = uri
@@ -256,7 +272,7 @@ def _announce(actor, opened, uri: str) -> None:
     except Exception as e:  # noqa: BLE001 - the actor died: the run goes on without MLflow
         problem = off_warning(uri, e)
     if problem and actor in _ANNOUNCERS:  # not when `release` ended the actor first
-        print(problem, file=sys.stderr, flush=True)
+        log.warning(problem)
 
 
 def _finish_in_actor(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -268,7 +284,7 @@ def _finish_in_actor(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
     try:
         ray.get(actor.finish.remote(metrics))
     except Exception as e:  # noqa: BLE001
-        print(f"warning: MLflow: could not close the run: {_describe(e)}", file=sys.stderr)
+        log.warning(f"MLflow: could not close the run: {_describe(e)}")
     release(spec)
 
 
@@ -315,7 +331,7 @@ class MlflowRun:
             try:
                 self.client.log_batch(self.run_id, metrics=_epoch_metrics(record))
             except Exception as e:  # noqa: BLE001 - tracking never stops training
-                print(off_warning(self.uri, e), file=sys.stderr, flush=True)
+                log.warning(off_warning(self.uri, e))
                 self.client = None
 
     def finish(self, metrics: dict[str, Any]) -> None:
@@ -392,7 +408,7 @@ class EpochLogger:
         try:
             fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking never stops training
-            print(f"warning: {what} logging is off: {_describe(e)}", file=sys.stderr, flush=True)
+            log.warning(f"{what} logging is off: {_describe(e)}")
             if what == "MLflow":
                 self.client = None
             else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import time
@@ -27,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from app import cluster, runs, storage, tracking
+from app.checkpoint import load_preprocess_state, load_train_state, local_copy
 from app.config import Config, check_metric, from_dict, metric_mode, parse_yaml
 from app.data.prepare import Prepared, prepare
 from app.data.sources import Inputs
@@ -34,16 +36,12 @@ from app.data.transform import PreprocessState
 from app.errors import UserError
 from app.metrics import json_safe
 from app.redact import redact_tree
+from app.runner import summarize
 from app.training import faults
-from app.training.checkpoint import load_preprocess_state, load_train_state, local_copy
-from app.training.trainer import (
-    build_trainer,
-    check_same_inputs,
-    check_same_setup,
-    latest_checkpoint,
-    resume_point,
-    summarize,
-)
+from app.training.resume import check_same_inputs, check_same_setup, latest_checkpoint, resume_point
+from app.training.trainer import build_trainer
+
+log = logging.getLogger(__name__)
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 UNSEARCHABLE = ("name", "run.", "tune.", "scaling.")  # where trials run, not what they learn
@@ -168,7 +166,7 @@ def run_trial(overrides: dict[str, Any], *, base: dict[str, Any], trials_dir: st
     storage.write_text(storage.join(trial_dir, runs.OVERRIDES), _canonical(overrides))
     resume = resume_point(cfg, trial_dir, inputs)
     if resume is not None:
-        print(f"trial {cfg.name}: resuming from {resume.checkpoint} (epoch {resume.epoch} done)")
+        log.info(f"trial {cfg.name}: resuming from {resume.checkpoint} (epoch {resume.epoch} done)")
     data = trial_data(cfg, inputs, shared, resume.state if resume else None)
     spec = tracking.start(cfg, trial_dir)
     build_trainer(cfg, data, callbacks=[TuneReportCallback()], tracking_spec=spec,
@@ -195,6 +193,7 @@ def trial_base(cfg: Config) -> dict[str, Any]:
     """The config every trial starts from: the sweep's, with its tracking target resolved so
     that all trials log into one MLflow experiment named after the sweep (created here, once,
     rather than raced by the first trials)."""
+    tracking.require_installed(cfg)  # here, on the driver, before any trial starts
     base = cfg.to_dict()
     uri = tracking.mlflow_uri(cfg)
     base["tracking"].update(mlflow=uri is not None, mlflow_uri=uri, experiment=cfg.tracking.experiment or cfg.name)
@@ -204,20 +203,16 @@ def trial_base(cfg: Config) -> dict[str, Any]:
 
 
 def trial_concurrency(cfg: Config) -> int:
-    """Trials that really run side by side: each holds its worker group; refuse a sweep in
-    which not even one trial fits."""
-    import ray
-
-    need = cfg.scaling.min_workers * cfg.scaling.cpus_per_worker
-    bundle = cluster.worker_bundle(cfg.scaling)
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    workers_that_fit = sum(min(int(node.get(r, 0) // v) for r, v in bundle.items()) for node in nodes)
-    fits = workers_that_fit // cfg.scaling.max_workers
+    """Trials that really run side by side: each holds its worker group (of its most
+    workers), placed as `train` places one; refuse a sweep in which not even one trial fits."""
+    s = cfg.scaling
+    fits, total, _ = cluster.worker_groups(s, s.max_workers)
     if fits < 1:
-        total = sum(node.get("CPU", 0) for node in nodes)
-        raise UserError(f"scaling: one trial needs {cfg.scaling.max_workers} worker(s) x "
-                        f"{cfg.scaling.cpus_per_worker:g} CPU ({need:g}+ CPUs) and the cluster has {total:g}; "
-                        f"lower scaling.num_workers or scaling.cpus_per_worker (fractions work)")
+        need = s.min_workers * s.cpus_per_worker
+        raise UserError(f"scaling: one trial needs {s.max_workers} worker(s) x "
+                        f"{s.cpus_per_worker:g} CPU ({need:g}+ CPUs) and the cluster has {total['CPU']:g} "
+                        f"(placement {s.placement_strategy}); lower scaling.num_workers or "
+                        f"scaling.cpus_per_worker (fractions work)")
     return min(cfg.tune.max_concurrent_trials, fits)
 
 
@@ -254,8 +249,8 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
     else:
         storage.write_text(storage.join(sweep_dir, runs.CONFIG), cfg.to_yaml())
         storage.write_text(storage.join(sweep_dir, runs.SWEEP_PREPROCESS), prepared.state.to_json())
-    print(f"sweep: {cfg.tune.num_samples} sample(s) of {len(space)} key(s), {concurrency} trial(s) at a time, "
-          f"{cfg.tune.scheduler.name} scheduler, {cfg.tune.search} search, {metric} ({mode})")
+    log.info(f"sweep: {cfg.tune.num_samples} sample(s) of {len(space)} key(s), {concurrency} trial(s) at a time, "
+             f"{cfg.tune.scheduler.name} scheduler, {cfg.tune.search} search, {metric} ({mode})")
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=trial_base(cfg), trials_dir=trials_dir, inputs=inputs, shared=shared,
@@ -417,7 +412,7 @@ def write_outputs(cfg: Config, grid, *, space: dict[str, Any], metric: str, mode
     if table.empty or table[metric].isna().all():
         raise RuntimeError(f"sweep {cfg.name!r}: no trial reported {metric}")
     storage.write_text(storage.join(sweep_dir, runs.LEADERBOARD), table.to_csv(index=False))
-    print(table.to_string(index=False))
+    log.info(table.to_string(index=False))
 
     best_row = table.iloc[0]
     overrides = {key: best_row[key] for key in space}
@@ -440,13 +435,19 @@ def write_outputs(cfg: Config, grid, *, space: dict[str, Any], metric: str, mode
         trial_epochs=int(table["epochs"].sum()), wall_time_s=time.time() - started)
     storage.write_json(storage.join(sweep_dir, runs.METRICS), json_safe(redact_tree(metrics)))
     plot_curves(trials, metric, storage.join(sweep_dir, runs.CURVES))
-    print(f"best trial {best_row['trial_id']}: {metric} {best_row[metric]:.4f}; "
-          f"train it again with: python -m app train --config {storage.join(sweep_dir, runs.BEST_CONFIG)}")
+    log.info(f"best trial {best_row['trial_id']}: {metric} {best_row[metric]:.4f}; "
+             f"train it again with: python -m app train --config {storage.join(sweep_dir, runs.BEST_CONFIG)}")
     return metrics
 
 
 def plot_curves(trials: dict[str, dict[str, Any]], metric: str, uri: str) -> None:
-    """PNG of the validation metric against the epoch, one line per trial."""
+    """PNG of the validation metric against the epoch, one line per trial (skipped, with a
+    warning, without matplotlib: the `report` extra)."""
+    from app.extras import missing
+
+    if missing("matplotlib"):
+        log.warning(f"sweep: no {uri.rsplit('/', 1)[-1]} (its plot needs matplotlib: pip install 'raytab[report]')")
+        return
     from app.report import png, pyplot
 
     fig, ax = pyplot().subplots(figsize=(7, 4.5), dpi=110)

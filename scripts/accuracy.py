@@ -34,9 +34,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import tables  # noqa: E402
 
+import app  # noqa: E402
 from app import cluster  # noqa: E402
 from app.config import ModelConfig, from_dict  # noqa: E402
-from app.training.trainer import preflight, run_training  # noqa: E402
 
 KINDS = list(ModelConfig.model_fields["kind"].annotation.__args__)
 DEFAULT_KIND = ModelConfig().kind
@@ -58,7 +58,7 @@ def measure(table: tables.Table, kind: str, data_dir: Path, storage: Path, basel
     path = tables.write(table, data_dir)
     cfg = run_config(table, path, kind, storage, baselines)
     started, load = time.time(), os.getloadavg()[0]
-    metrics = run_training(cfg, preflight(cfg))
+    metrics = app.train(cfg).metrics
     wall = metrics.get("wall_time_s", time.time() - started)
     history = metrics["history"]
     best = metrics["best_epoch"]

@@ -8,7 +8,7 @@ One run measures, in this order:
 
 1. Startup: `python -m app train` in a subprocess on the bundled penguins data for one
    epoch; its wall time, split with the `timings` of its metrics.json.
-2. Training throughput on --rows synthetic rows (scripts/make_data.py): `run_training`
+2. Training throughput on --rows synthetic rows (scripts/make_data.py): `app.train`
    on a local Ray with every CPU of the machine, 1 worker x all cores, then 2 DDP workers
    x half the cores each; against a plain PyTorch loop in this process over the same training
    rows already in memory as tensors, same model, batch size, steps, optimizer and total
@@ -67,17 +67,18 @@ sys.path.insert(0, str(ROOT))
 # Ray workers must import `app` too: they inherit the environment of the local Ray we start.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
+import app  # noqa: E402
 from app import cluster  # noqa: E402
 from app.config import Config, from_dict  # noqa: E402
 from app.data.prepare import prepare, transform_batch  # noqa: E402
 from app.data.split import SPLIT_COLUMN, TRAIN, assign_split  # noqa: E402
 from app.data.transform import PreprocessState  # noqa: E402
 from app.model import build_model  # noqa: E402
-from app.predict import check_output, default_concurrency, run_predict  # noqa: E402
+from app.predicting import check_output, default_concurrency, run_predict  # noqa: E402
 from app.predictor import Predictor, check_input  # noqa: E402
-from app.training.checkpoint import load_preprocess_state, local_copy  # noqa: E402
+from app.checkpoint import load_preprocess_state, local_copy  # noqa: E402
 from app.training.loop import make_optimizer, peak_rss_mb  # noqa: E402
-from app.training.trainer import preflight, run_training  # noqa: E402
+from app.runner import preflight  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
 SETUPS = [(1, CORES), (2, max(1, CORES // 2))]  # (scaling.num_workers, scaling.cpus_per_worker)
@@ -519,7 +520,7 @@ def measure(args: argparse.Namespace, data: str, tmp: str) -> dict:
     for workers, cpus in SETUPS:
         cfg = make_config(data, os.path.join(tmp, "runs"), workers, cpus, args)
         try:
-            runs[workers] = run_training(cfg)
+            runs[workers] = app.train(cfg).metrics
         except Exception as e:  # measure the other setups anyway; the table says what failed
             runs[workers] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
             print(f"error: {workers} worker(s) failed: {runs[workers]['error']}", file=sys.stderr)
@@ -625,7 +626,7 @@ def full_sections(args: argparse.Namespace, m: dict, data_section: list[str]) ->
         "",
         "| process | MiB |",
         "|---|---:|",
-        f"| driver (data steps, `run_training` x {len(SETUPS)}, `predict`) | {m['driver_rss']:,.0f} |",
+        f"| driver (data steps, `app.train` x {len(SETUPS)}, `predict`) | {m['driver_rss']:,.0f} |",
         *[f"| training worker, {w} worker(s) (largest rank) | {mb:,.0f} |" for w, mb in worker_rss.items()],
         "",
     ]

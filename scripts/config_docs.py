@@ -1,14 +1,14 @@
-"""Render the README's config reference from the config models in app/config.py.
+"""Render the config reference (docs/config.md) from the config models in app/config.py.
 
     python scripts/config_docs.py           # print the generated tables
-    python scripts/config_docs.py --check   # exit 1 if README.md is out of date
-    python scripts/config_docs.py --write   # rewrite README.md between the markers
+    python scripts/config_docs.py --check   # exit 1 if docs/config.md is out of date
+    python scripts/config_docs.py --write   # rewrite docs/config.md between the markers
 
 One table per config section (key, default, meaning): the top level first, then each section
 followed by its subsections, in the order the models declare them. The meaning of a key is
 its field's docstring; a subsection's own docstring is the note after its heading. Defaults
-come from the fields and are written as YAML. tests/unit/test_config_docs.py fails when
-README.md differs from what this renders.
+come from the fields and are written as YAML. Links in the docstrings are relative to docs/.
+tests/unit/test_config_docs.py fails when docs/config.md differs from what this renders.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from pydantic.fields import FieldInfo
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.config import Config, parse_yaml  # noqa: E402
+from app.config import Config, parse_yaml
 
-README = REPO / "README.md"
+TARGET = REPO / "docs" / "config.md"
+NAME = "docs/config.md"
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
 NOTE = ("<!-- Generated from the field docstrings in app/config.py: edit those, then run "
@@ -132,7 +133,7 @@ def render(root: type[BaseModel] = Config) -> str:
 def replace_region(text: str, generated: str) -> str:
     """`text` with everything between the START and END markers replaced by `generated`."""
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"README.md needs exactly one {START} line followed by one {END} line")
+        raise ValueError(f"{NAME} needs exactly one {START} line followed by one {END} line")
     before, rest = text.split(START)
     _, after = rest.split(END)
     return f"{before}{START}\n{generated}{END}{after}"
@@ -141,8 +142,8 @@ def replace_region(text: str, generated: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="rewrite the config reference in README.md")
-    mode.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    mode.add_argument("--write", action="store_true", help=f"rewrite the config reference in {NAME}")
+    mode.add_argument("--check", action="store_true", help=f"exit 1 if {NAME} is out of date")
     args = parser.parse_args(argv)
 
     missing = undocumented()
@@ -153,21 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.write or args.check):
         sys.stdout.write(generated)
         return 0
-    text = README.read_text(encoding="utf-8")
+    text = TARGET.read_text(encoding="utf-8")
     expected = replace_region(text, generated)
     if args.check:
         if expected != text:
             sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), expected.splitlines(True),
-                                                       "README.md", "README.md (generated)"))
-            print("README.md: the config reference is out of date; run python scripts/config_docs.py --write",
+                                                       NAME, f"{NAME} (generated)"))
+            print(f"{NAME}: the config reference is out of date; run python scripts/config_docs.py --write",
                   file=sys.stderr)
             return 1
         return 0
     if expected != text:
-        README.write_text(expected, encoding="utf-8")
-        print("README.md: config reference updated")
+        TARGET.write_text(expected, encoding="utf-8")
+        print(f"{NAME}: config reference updated")
     else:
-        print("README.md: config reference already up to date")
+        print(f"{NAME}: config reference already up to date")
     return 0
 
 

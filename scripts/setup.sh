@@ -17,5 +17,11 @@ fi
 
 .venv/bin/python -m pip install --quiet --upgrade pip
 # constraints.txt pins the versions the test suite ran with (torch is the CPU build).
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+# The `raytab` distribution with every extra (serve, export, tracking, report), the test
+# tools and the benchmark tables: what the README's commands and the test suite need.
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[all,test,bench]'
+# The distribution was called `app` before: its editable install would shadow this one.
+if .venv/bin/python -m pip show --quiet app >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall --quiet --yes app
+fi
 echo "$want" > "$stamp"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
+import app
 from app import runs, storage
 from app.errors import UserError
 from app.training import faults
-from app.training.trainer import run_training
 
 
 def wait_for(predicate, timeout: float = 120.0, every: float = 0.02) -> bool:
@@ -42,12 +42,12 @@ def hung_pid(run: str, fault: str) -> int | None:
 
 
 def train_in_background(cfg):
-    """`run_training(cfg)` on a thread: (the thread, a dict that gets "metrics" or "error")."""
+    """`app.train(cfg)` on a thread: (the thread, a dict that gets "metrics" or "error")."""
     outcome = {}
 
     def target():
         try:
-            outcome["metrics"] = run_training(cfg)
+            outcome["metrics"] = app.train(cfg).metrics
         except BaseException as e:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = e
 

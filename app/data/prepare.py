@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +52,8 @@ from app.data.transform import (
     transform,
 )
 from app.errors import UserError, causes
+
+log = logging.getLogger(__name__)
 
 SMALL_INPUT_BYTES = 32 << 20  # training files up to this size are prepared in this process
 
@@ -82,9 +84,8 @@ def inspect_sources(cfg: Config) -> Inputs:
     test = None
     if d.test:
         test = sources.resolve(d.test, "data.test")
-        absent = [c for c in [d.label, *kinds] if c not in sources.read_schema(test).names]
-        if absent:
-            raise UserError(f"data.test: column(s) {', '.join(absent)} missing from {d.test}")
+        preprocess.check_columns(sources.read_schema(test).names, [d.label, *kinds], f"data.test {d.test}",
+                                 what="column(s)")
         expected = {name: "number" for name, kind in kinds.items()
                     if kind == "numeric" and not pa.types.is_null(schema.field(name).type)}
         if not pa.types.is_null(label_type):
@@ -259,7 +260,7 @@ def fit(cfg: Config, inputs: Inputs, stats: preprocess.StatsMerger, sample: prep
     sampled = sample.result([n for n, k in inputs.kinds.items() if k == "numeric"])
     preprocess.fit_quantiles(state, sampled, cfg.preprocess.numeric_scaling)
     for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        log.warning(w)
     return state, sampled
 
 

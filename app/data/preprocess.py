@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,18 @@ def column_kinds(schema: pa.Schema, data: DataConfig) -> dict[str, str]:
                 f"list it in data.drop or convert it to a number or text"
             )
     return kinds
+
+
+def check_columns(names: Iterable[str], wanted: Iterable[str], where: str, *, what: str = "feature column(s)",
+                  reads: Sequence[str] | None = None) -> None:
+    """Refuse input without every `wanted` column (`names`: the columns it has) in one
+    UserError, "<where>: missing <what> a, b": `where` names the flag or config key and the
+    file; `reads`, what the model reads, is listed after."""
+    have = set(names)
+    absent = [c for c in wanted if c not in have]
+    if absent:
+        also = f" (the model reads: {', '.join(reads)})" if reads is not None else ""
+        raise UserError(f"{where}: missing {what} {', '.join(absent)}{also}")
 
 
 def _is_text(dtype: pa.DataType) -> bool:
@@ -271,7 +284,7 @@ class StatsMerger:
         total["rows"] += p["rows"]
         for name, s in p["numeric"].items():
             t = total["numeric"].setdefault(name, {"n": 0, "mean": 0.0, "m2": 0.0, "infinite": 0})
-            _merge_moments(t, s)
+            _merge_into(t, s)
             t["infinite"] += s["infinite"]
         for name, s in p["categorical"].items():
             t = total["categorical"].setdefault(name, {"counts": {}, "present": 0, "distinct": 0, "truncated": False,
@@ -298,7 +311,7 @@ class StatsMerger:
         if len(lab["values"]) > _LABEL_VALUES_CAP:
             lab["overflow"], lab["values"] = True, {}
         if "n" in pl:
-            _merge_moments(lab.setdefault("moments", {"n": 0, "mean": 0.0, "m2": 0.0}), pl)
+            _merge_into(lab.setdefault("moments", {"n": 0, "mean": 0.0, "m2": 0.0}), pl)
 
     def result(self) -> dict[str, Any]:
         for t in self.total["categorical"].values():
@@ -315,14 +328,22 @@ def merge_stats(parts: list[dict[str, Any]], max_categories: int = DEFAULT_MAX_C
     return merger.result()
 
 
-def _merge_moments(t: dict[str, float], s: dict[str, float]) -> None:
-    n = t["n"] + s["n"]
+def merge_moments(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
+    """Chan et al.'s parallel update: (count, mean, sum of squared deviations) of two parts
+    together, from each part's. Exact whatever the order of merging, up to rounding; also
+    used by app/metrics.py for its regression sums."""
+    n1, mean1, m2_1 = a
+    n2, mean2, m2_2 = b
+    n = n1 + n2
     if n == 0:
-        return
-    delta = s["mean"] - t["mean"]
-    t["m2"] = t["m2"] + s["m2"] + delta * delta * t["n"] * s["n"] / n
-    t["mean"] = t["mean"] + delta * s["n"] / n
-    t["n"] = n
+        return 0, 0.0, 0.0
+    delta = mean2 - mean1
+    return n, mean1 + delta * n2 / n, m2_1 + m2_2 + delta * delta * n1 * n2 / n
+
+
+def _merge_into(t: dict[str, Any], s: dict[str, Any]) -> None:
+    """`merge_moments` of two summaries' {"n", "mean", "m2"}, into `t`."""
+    t["n"], t["mean"], t["m2"] = merge_moments((t["n"], t["mean"], t["m2"]), (s["n"], s["mean"], s["m2"]))
 
 
 def detect_task(label_stats: dict[str, Any], label_type: str) -> str:

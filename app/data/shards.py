@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import ray.train
 
+from app import ray_compat
 from app.config import ScalingConfig
 from app.data.store_pages import StorePages
 
@@ -49,7 +50,7 @@ BUFFER_MAX_BYTES = 64 * MB
 def bounded_blocks(ds, max_bytes: int = MAX_BLOCK_BYTES):
     """`ds`, with its blocks re-cut into near-equal ones of at most about `max_bytes` if any
     is larger. Order-preserving and deterministic, so the shards cut from it are too."""
-    sizes = [m.size_bytes or 0 for bundle in ds.iter_internal_ref_bundles() for m in bundle.metadata]
+    sizes = ray_compat.block_sizes(ds)
     if max(sizes, default=0) <= max_bytes:
         return ds
     return ds.repartition(math.ceil(sum(sizes) / max_bytes)).materialize()

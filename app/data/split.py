@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pandas.core.util.hashing import combine_hash_arrays
 
 from app.data.transform import category_strings
 
@@ -175,8 +174,22 @@ class RowValues:
         every column) and the seed."""
         names = self.names if names is None else names
         key = f"{seed & 0xFFFFFFFFFFFFFFFF:016x}"
-        hashes = combine_hash_arrays((self.hashes(n, key) for n in names), len(names), len(self))
+        hashes = combine_hashes([self.hashes(n, key) for n in names], len(self))
         return (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def combine_hashes(columns: list[np.ndarray], length: int) -> np.ndarray:
+    """Per row, one uint64 hash of the row's column hashes, in column order: the arithmetic of
+    pandas' `hash_pandas_object` over a DataFrame (CPython's tuple hash), written out here
+    because pandas keeps it private (pandas.core.util.hashing.combine_hash_arrays) and a
+    row's split must never change with a pandas release. `length`: the rows, for no columns."""
+    out = np.full(length, 0x345678, dtype=np.uint64)
+    mult = np.uint64(1000003)
+    for i, column in enumerate(columns):
+        out ^= column
+        out *= mult
+        mult += np.uint64(82520 + 2 * (len(columns) - i))
+    return out + np.uint64(97531)
 
 
 def split_codes(rows: RowValues, valid: float, test: float, seed: int) -> np.ndarray:

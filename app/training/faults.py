@@ -18,6 +18,7 @@ folder makes the fault fire once per run, so the restarted worker group goes on.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 from app import storage
 from app.errors import UserError
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "APP_FAULT"
 POINTS = ("step", "save", "upload")
@@ -84,8 +87,8 @@ def maybe_die(fault: Fault | None, fs: storage.FileSystem, path: str, *, rank: i
         f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "then": fault.then}).encode())
     where = f"epoch {epoch} ({at}{f' {step}' if at == 'step' else ''})"
     if fault.then == "hang":
-        print(f"fault injection: rank {rank} (pid {os.getpid()}) hangs at {where} until killed", flush=True)
+        log.info(f"fault injection: rank {rank} (pid {os.getpid()}) hangs at {where} until killed")
         time.sleep(HANG_S)  # the hang itself: what is injected, not a wait for anything
         return
-    print(f"fault injection: rank {rank} dies at {where}", flush=True)
+    log.info(f"fault injection: rank {rank} dies at {where}")
     os.kill(os.getpid(), signal.SIGKILL)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import os
 import random
@@ -29,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from app import runs, storage
+from app import ray_compat, runs, storage
 from app.cluster import quiet_logs
 from app.config import Config
 from app.data import shards
@@ -39,8 +40,10 @@ from app.metrics import MetricSums
 from app.model import build_model, member_loss
 from app.redact import redact_tree
 from app.tracking import EpochLogger
-from app.training import checkpoint as ckpt
+from app import checkpoint as ckpt
 from app.training import faults
+
+log = logging.getLogger(__name__)  # rank 0's lines reach the driver's terminal as Ray forwards its stdout
 
 EVAL_BATCH = 8192  # rows per forward pass when scoring
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x_num, x_cat, y
@@ -113,12 +116,11 @@ class Worker:
 
     @classmethod
     def from_context(cls, loop_config: dict[str, Any]) -> Worker:
-        ctx = ray.train.get_context()
-        train_storage = ctx.get_storage()
+        filesystem, run_path = ray_compat.run_storage()
         return cls(cfg=Config.model_validate(loop_config["config"]),
                    state=PreprocessState.from_json(loop_config["preprocess"]),
-                   rank=ctx.get_world_rank(), filesystem=train_storage.storage_filesystem,
-                   run_path=train_storage.experiment_fs_path, fault=faults.parse(loop_config.get("fault")))
+                   rank=ray.train.get_context().get_world_rank(), filesystem=filesystem,
+                   run_path=run_path, fault=faults.parse(loop_config.get("fault")))
 
     def die(self, *, epoch: int, step: int = 0, at: str = "step") -> None:
         """Kill this process here if the injected fault says so."""
@@ -167,7 +169,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train, valid, cache = load_shards(cfg, device, loop_config.get("held"))
     ingest_s = max(gather(time.time() - ingest_started))
     if rank == 0:
-        print(f"data cache: {cache['data_cache']} ({cache['data_cache_reason']})", flush=True)
+        log.info(f"data cache: {cache['data_cache']} ({cache['data_cache_reason']})")
     # Ray Train's latest checkpoint of this run; else one the driver chose (its record of
     # the run's checkpoints was cut short); else none.
     checkpoint = ray.train.get_checkpoint()
@@ -210,12 +212,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         param_fingerprints=gather(fingerprint(unwrap(model))))
         if rank == 0:
             tracker.log(record)
-            print(format_epoch(record, cfg.train.epochs, metric) + clock.tick(epoch), flush=True)
+            log.info(format_epoch(record, cfg.train.epochs, metric) + clock.tick(epoch))
         if stop:
             if rank == 0:
                 best = "none" if progress.best_metric is None else f"{progress.best_metric:.4g}"
-                print(f"early stop: no {metric} improvement for {progress.epochs_without_improvement} "
-                      f"epochs (best {best} at epoch {progress.best_epoch})", flush=True)
+                log.info(f"early stop: no {metric} improvement for {progress.epochs_without_improvement} "
+                         f"epochs (best {best} at epoch {progress.best_epoch})")
             break
     memory.stop()
     if tracker is not None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+import app
 from app.config import from_dict
 from app.errors import UserError
 from app.predictor import Predictor
-from app.training.trainer import preflight, run_training
 from tests.conftest import penguins_tree
 from tests.drills import hung_pid, registered_epoch, train_in_background, wait_for
 
@@ -37,7 +37,7 @@ def penguins_config(tmp_path: Path, name: str, epochs: int = 4):
 def uninterrupted(ray_session, tmp_path_factory):
     """Four epochs that nothing interrupts: where each run below that is cut short and
     resumed must end, bit for bit."""
-    return run_training(penguins_config(tmp_path_factory.mktemp("clean"), "clean"))
+    return app.train(penguins_config(tmp_path_factory.mktemp("clean"), "clean")).metrics
 
 
 def test_worker_killed_mid_epoch_recovers_and_ends_like_an_uninterrupted_run(
@@ -81,7 +81,7 @@ def test_upload_cut_short_is_never_loaded_and_the_rerun_finishes(ray_session, tm
     cfg.run.max_failures = 0
     cfg.run.checkpoint.keep = 10  # so that the redone epoch 3 stays to be looked at
     with pytest.raises(ray_session.train.TrainingFailedError):
-        run_training(cfg)
+        app.train(cfg).metrics
     run = tmp_path / "runs" / "cut"
     partial = run / "checkpoint_epoch_0003"
     assert (partial / "model.pt").exists() and not (partial / "manifest.json").exists()
@@ -90,7 +90,7 @@ def test_upload_cut_short_is_never_loaded_and_the_rerun_finishes(ray_session, tm
     assert not (run / "metrics.json").exists()
 
     monkeypatch.delenv("APP_FAULT")
-    metrics = run_training(cfg)  # resumes from epoch 2, redoes epoch 3 in the same folder
+    metrics = app.train(cfg).metrics  # resumes from epoch 2, redoes epoch 3 in the same folder
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4]
     assert Predictor.from_checkpoint(partial).epoch == 3
     assert metrics["valid"] == uninterrupted["valid"]
@@ -101,7 +101,7 @@ def finished_run(ray_session, tmp_path_factory):
     """A finished two-epoch run of that config (trained once for the tests below)."""
     tmp = tmp_path_factory.mktemp("resumable")
     cfg = penguins_config(tmp, "resumable", epochs=2)
-    run_training(cfg)
+    app.train(cfg).metrics
     return cfg, tmp / "runs" / "resumable"
 
 
@@ -122,14 +122,14 @@ def test_checkpoint_of_another_config_or_corrupt_is_refused_by_name(interrupted_
     other = cfg.model_copy(deep=True)
     other.model.hidden = [8]
     with pytest.raises(UserError, match=r"does not fit this run: model.hidden is \[128, 64\] there and \[8\] here"):
-        run_training(other, preflight(other))
+        app.train(other).metrics
 
     for epoch in (2, 1):  # every checkpoint damaged: nothing to resume from
         model = run / f"checkpoint_epoch_000{epoch}" / "model.pt"
         model.write_bytes(model.read_bytes()[:-100])
     with pytest.raises(UserError, match=r"no intact checkpoint to resume from \(checkpoint .*checkpoint_epoch_0002: "
                                         r"model.pt is corrupt.*checkpoint_epoch_0001: model.pt is corrupt.*--fresh"):
-        run_training(cfg, preflight(cfg))
+        app.train(cfg).metrics
 
 
 def test_corrupt_latest_checkpoint_resumes_from_the_previous_intact_one(finished_run, interrupted_run, capfd):
@@ -137,7 +137,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous_intact_one(finished
     before = json.loads((run / "checkpoint_epoch_0001" / "train_state.json").read_text())["progress"]["history"]
     model = run / "checkpoint_epoch_0002" / "model.pt"
     model.write_bytes(model.read_bytes()[:-100])  # a disk or a copy cut it short after its manifest was written
-    metrics = run_training(cfg, preflight(cfg))
+    metrics = app.train(cfg).metrics
     out = capfd.readouterr()
     assert f"checkpoint {run / 'checkpoint_epoch_0002'}: model.pt is corrupt (checksum mismatch)" in out.err
     assert f"resuming from {run / 'checkpoint_epoch_0001'} (epoch 1 done)" in out.out
@@ -159,7 +159,7 @@ def test_resume_keeps_history_and_does_not_refit(interrupted_run, uninterrupted,
     before = json.loads((run / "checkpoint_epoch_0002" / "train_state.json").read_text())["progress"]["history"]
     state_before = (run / "checkpoint_epoch_0002" / "preprocess.json").read_text()
     cfg.train.epochs = 4  # continue the interrupted run for two more epochs
-    metrics = run_training(cfg, preflight(cfg))
+    metrics = app.train(cfg).metrics
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4]
     assert metrics["history"][:2] == before  # earlier records kept as they were
     assert (run / "checkpoint_epoch_0004" / "preprocess.json").read_text() == state_before

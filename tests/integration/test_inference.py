@@ -13,13 +13,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+import app
 from app import cluster, storage
 from app.config import from_dict
-from app.evaluate import run_evaluate
-from app.predict import check_output, part_records, run_predict
+from app.evaluating import run_evaluate
+from app.predicting import check_output, part_records, run_predict
 from app.predictor import Predictor, check_input
 from app.report import write_report
-from app.training.trainer import run_training
 from tests.conftest import PENGUINS, penguins_tree
 
 EPOCHS = 3
@@ -37,7 +37,7 @@ def run(request, ray_session, tmp_path_factory):
                          train__epochs=EPOCHS, report__baselines=True, model__kind=request.param,
                          tracking__mlflow=request.param == "tabm", tracking__tensorboard=request.param == "tabm")
     cfg = from_dict(tree, "test")
-    metrics = run_training(cfg)
+    metrics = app.train(cfg).metrics
     return {"tmp": tmp, "cfg": cfg, "metrics": metrics, "dir": tmp / "runs" / cfg.name,
             "checkpoint": metrics["best_checkpoint"], "test": rows.iloc[260:]}
 

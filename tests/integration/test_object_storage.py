@@ -8,12 +8,12 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+import app
 from app import storage
 from app.config import from_dict
-from app.predict import check_output, run_predict
+from app.predicting import check_output, run_predict
 from app.predictor import Predictor, check_input
 from app.report import write_report
-from app.training.trainer import run_training
 from tests.conftest import PENGUINS, penguins_tree
 
 
@@ -24,7 +24,7 @@ def test_train_and_predict_with_everything_on_s3(ray_session, s3, tmp_path):
         f.write(PENGUINS.read_bytes())
     tree = penguins_tree(tmp_path, data__train=f"{s3}/data/penguins.csv", run__storage=f"{s3}/runs",
                          train__epochs=2, scaling__num_workers=1, tracking__tensorboard=True)
-    metrics = run_training(from_dict(tree, "test"))
+    metrics = app.train(from_dict(tree, "test")).metrics
 
     run = f"{bucket}/runs/quickstart"
     best = metrics["best_checkpoint"]

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import app
 from app.config import from_dict
 from app.predictor import Predictor
-from app.training.trainer import run_training
 from tests.conftest import PENGUINS, penguins_tree
 
 
@@ -22,7 +22,7 @@ def test_regression_with_separate_test_file_and_early_stopping(ray_session, tmp_
                          scaling__num_workers=1, run__checkpoint={"metric": "r2", "keep": 1})
     cfg = from_dict(tree, "test")
     assert cfg.run.checkpoint.mode == "max"
-    metrics = run_training(cfg)
+    metrics = app.train(cfg).metrics
 
     assert metrics["task"] == "regression"  # int64 label with many values, one gap
     assert set(metrics["test"]) == {"loss", "rmse", "mae", "r2"}

@@ -29,7 +29,7 @@ from app.data.transform import CategoricalColumn, NumericColumn, PreprocessState
 from app.errors import UserError
 from app.model import build_model, member_loss
 from app.predictor import Predictor
-from app.training import checkpoint as ckpt
+from app import checkpoint as ckpt
 from tests.conftest import PENGUINS, REPO, _free_port
 from tests.unit.test_cli_errors import assert_bad_input
 

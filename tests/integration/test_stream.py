@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+import app
 from app.config import from_dict
 from app.data.shards import bounded_blocks
-from app.training.trainer import run_training
 from tests.conftest import NO_TRACKING, make_synthetic
 from tests.drills import hung_pid, registered_epoch, train_in_background, wait_for
 
@@ -51,12 +51,12 @@ def synthetic_config(data: Path, storage: Path, name: str, *, cache: str = "auto
 
 @pytest.fixture(scope="module")
 def memory_run(ray_session, large, tmp_path_factory):
-    return run_training(synthetic_config(large, tmp_path_factory.mktemp("memory"), "memory", cache="memory"))
+    return app.train(synthetic_config(large, tmp_path_factory.mktemp("memory"), "memory", cache="memory")).metrics
 
 
 @pytest.fixture(scope="module")
 def auto_run(ray_session, large, tmp_path_factory):
-    return run_training(synthetic_config(large, tmp_path_factory.mktemp("auto"), "auto"))
+    return app.train(synthetic_config(large, tmp_path_factory.mktemp("auto"), "auto")).metrics
 
 
 def majority_share(metrics) -> float:
@@ -102,7 +102,7 @@ def test_a_streamed_run_killed_mid_epoch_resumes_exactly(ray_session, small, tmp
     def config(name, **kwargs):
         return synthetic_config(small, tmp_path, name, cache="stream", epochs=2, workers=2, **kwargs)
 
-    clean = run_training(config("clean"))
+    clean = app.train(config("clean")).metrics
     hang = "rank=1,epoch=2,step=20,then=hang"
     monkeypatch.setenv("APP_FAULT", hang)
     run = str(tmp_path / "killed")

@@ -12,9 +12,9 @@ import cloudpickle
 import numpy as np
 import pytest
 
+import app
 from app.config import from_dict
 from app.errors import UserError
-from app.training.trainer import preflight, run_training
 from tests.conftest import REPO, penguins_tree
 
 
@@ -23,7 +23,7 @@ def two_worker_run(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two-workers")
     cfg = from_dict(penguins_tree(tmp, name="ddp", scaling__num_workers=2, train__epochs=4,
                                   train__early_stopping_patience=None), "test")
-    return cfg, run_training(cfg)
+    return cfg, app.train(cfg).metrics
 
 
 def test_run_leaves_config_metrics_and_checkpoints(two_worker_run):
@@ -148,7 +148,7 @@ def test_a_small_input_trains_the_same_weights_without_ray_data(two_worker_run, 
 
     cfg, held = two_worker_run
     monkeypatch.setattr(data_step, "SMALL_INPUT_BYTES", 0)
-    on_ray = run_training(cfg.model_copy(update={"run": cfg.run.model_copy(update={"storage": str(tmp_path)})}))
+    on_ray = app.train(cfg.model_copy(update={"run": cfg.run.model_copy(update={"storage": str(tmp_path)})})).metrics
     assert held["attempts"][0]["data_shards"] == "held" and on_ray["attempts"][0]["data_shards"] == "ray_data"
     assert on_ray["rows"] == held["rows"]
     assert on_ray["param_fingerprints"] == held["param_fingerprints"]
@@ -180,5 +180,5 @@ def test_held_shards_cut_rows_as_ray_data_shards_do(ray_session, monkeypatch):
 def test_impossible_worker_group_fails_fast(ray_session, tmp_path):
     cfg = from_dict(penguins_tree(tmp_path, name="too-big", scaling__num_workers=64), "test")
     with pytest.raises(UserError, match=r"scaling.num_workers: 64 worker\(s\) with 1 CPU each can never be scheduled"):
-        run_training(cfg, preflight(cfg))
+        app.train(cfg).metrics
     assert not (tmp_path / "runs" / "too-big" / "metrics.json").exists()

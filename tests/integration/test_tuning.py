@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
+import app
 from app.config import from_dict, load_config
 from app.data.prepare import prepare
 from app.errors import UserError
-from app.training.trainer import preflight, run_training
-from app.tuning import run_tune
+from app.runner import preflight
 from tests.conftest import PENGUINS, penguins_tree
 
 # Both model kinds, and a key of each: trials of either kind share the prepared data.
@@ -38,7 +38,7 @@ def sweep_config(tmp_path, name, **tune):
 def asha_sweep(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("asha")
     cfg = sweep_config(tmp, "sweep")
-    return run_tune(cfg, preflight(cfg)), tmp / "runs" / "sweep"
+    return app.tune(cfg).metrics, tmp / "runs" / "sweep"
 
 
 @pytest.mark.slow
@@ -75,7 +75,7 @@ def test_best_trial_metrics_and_config(asha_sweep):
 def test_best_config_trains_to_the_same_metric(asha_sweep, tmp_path):
     metrics, sweep = asha_sweep
     again = load_config(sweep / "best_config.yaml", [f"run.storage={tmp_path}"])
-    retrained = run_training(again)
+    retrained = app.train(again).metrics
     # same config, seed, data and worker count: the trial's training, replayed
     assert retrained["valid"]["valid_loss"] == pytest.approx(metrics["valid"]["valid_loss"], rel=1e-6)
 
@@ -87,7 +87,7 @@ def test_optuna_search_runs(ray_session, tmp_path):
     cfg = sweep_config(tmp_path, "optuna", num_samples=2, search="optuna", scheduler={"name": "fifo"})
     cfg.train.epochs = 2
     cfg.tracking.mlflow = True  # the trials log into one MLflow experiment named after the sweep
-    metrics = run_tune(cfg, preflight(cfg))
+    metrics = app.tune(cfg).metrics
     board = pd.read_csv(tmp_path / "runs" / "optuna" / "leaderboard.csv")
     assert len(board) == 2 and (board.status == "completed").all() and (board.epochs == 2).all()
     assert board["train.lr"].nunique() == 2
@@ -102,14 +102,14 @@ def test_optuna_search_runs(ray_session, tmp_path):
 def test_metric_that_training_never_reports(ray_session, tmp_path):
     cfg = sweep_config(tmp_path, "badmetric", metric="rmse")
     with pytest.raises(UserError, match="tune.metric: 'rmse' is never reported for classification"):
-        run_tune(cfg, preflight(cfg))
+        app.tune(cfg).metrics
 
 
 def test_trial_that_cannot_fit_the_cluster(ray_session, tmp_path):
     cfg = sweep_config(tmp_path, "toobig")
     cfg.scaling.num_workers = 8
     with pytest.raises(UserError, match="one trial needs 8 worker"):
-        run_tune(cfg, preflight(cfg))
+        app.tune(cfg).metrics
 
 
 @pytest.mark.slow
@@ -124,7 +124,7 @@ def test_resumed_trial_keeps_its_fitted_preprocessing_and_a_changed_config_is_re
     # Its worker dies as epoch 3 starts. Ray Train takes a worker's reports one at a time, so
     # epoch 1 is registered by then, and epoch 2 may be.
     monkeypatch.setenv("APP_FAULT", "rank=0,epoch=3")
-    run_tune(cfg, preflight(cfg))
+    app.tune(cfg).metrics
     sweep = tmp_path / "runs" / "resumed"
     [trial] = [p for p in (sweep / "trials").iterdir() if p.is_dir()]
     done = json.loads((trial / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
@@ -138,14 +138,14 @@ def test_resumed_trial_keeps_its_fitted_preprocessing_and_a_changed_config_is_re
     changed.model.hidden = [32]
     with pytest.raises(UserError, match=r"sweep .*resumed does not fit this run: model.hidden is \[16\] there "
                                         r"and \[32\] here; pass --fresh"):
-        run_tune(changed, preflight(changed), resume=True)
+        app.tune(changed, resume=True).metrics
 
     lines = data.read_text().splitlines(keepends=True)  # the data changes (columns and types stay):
     data.write_text("".join(lines[:1] + [line for i, line in enumerate(lines[1:]) if i % 3]))
     refitted = prepare(cfg, preflight(cfg)).state.to_json()
     assert refitted != fitted  # refitting would now scale and index differently
     monkeypatch.delenv("APP_FAULT")
-    run_tune(cfg, preflight(cfg), resume=True)
+    app.tune(cfg, resume=True).metrics
     board = pd.read_csv(sweep / "leaderboard.csv")
     assert board.status.tolist() == ["completed"] and board.epochs.tolist() == [3]
     assert (trial / "checkpoint_epoch_0003" / "preprocess.json").read_text() == fitted

@@ -28,7 +28,7 @@ from ray.util.state import list_actors
 
 from app.cluster import quiet_logs
 from app.config import from_dict
-from app.training.trainer import run_training
+from app.runner import run_training
 
 BIG, SMALL = 2, 1  # CPUs (and `worker_node` slots) of the worker nodes
 

@@ -14,7 +14,7 @@ from app.data.transform import CategoricalColumn, NumericColumn, PreprocessState
 from app.errors import UserError
 from app.model import build_model
 from app.predictor import Predictor
-from app.training import checkpoint as ckpt
+from app import checkpoint as ckpt
 from app.training import faults
 
 
@@ -190,7 +190,7 @@ def test_newest_intact_is_the_newest_undamaged_checkpoint(conditions):
 def test_a_corrupt_latest_checkpoint_rolls_ray_trains_record_back(tmp_path, capsys):
     from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _CheckpointManagerState
 
-    from app.training.trainer import choose_checkpoint
+    from app.training.resume import choose_checkpoint
 
     run = write_run(tmp_path, [1, 2, 3])
     record = run / "checkpoint_manager_snapshot.json"
@@ -217,7 +217,7 @@ def test_a_corrupt_latest_checkpoint_rolls_ray_trains_record_back(tmp_path, caps
 
 
 def test_no_intact_registered_checkpoint_is_refused_and_nothing_is_changed(tmp_path):
-    from app.training.trainer import choose_checkpoint
+    from app.training.resume import choose_checkpoint
 
     run = write_run(tmp_path, [1, 2])
     before = (run / "checkpoint_manager_snapshot.json").read_text()
@@ -232,7 +232,7 @@ def test_no_intact_registered_checkpoint_is_refused_and_nothing_is_changed(tmp_p
 
 
 def test_without_a_readable_record_the_newest_intact_folder_is_chosen(tmp_path, capsys):
-    from app.training.trainer import choose_checkpoint
+    from app.training.resume import choose_checkpoint
 
     assert choose_checkpoint(str(tmp_path)) is None  # a new run
     run = write_run(tmp_path, [1, 2, 3])

@@ -16,7 +16,7 @@ from app.cli import main
 from app.config import ModelConfig
 from app.data.transform import CategoricalColumn, NumericColumn, PreprocessState
 from app.model import build_model
-from app.training import checkpoint as ckpt
+from app import checkpoint as ckpt
 from tests.conftest import penguins_tree
 
 

@@ -28,12 +28,12 @@ def test_dashboard_stays_on_the_head_loopback():
     assert "--dashboard-host=127.0.0.1" in head_start
 
 
-def test_setup_installs_the_pinned_versions_as_the_readme_says():
-    readme = (REPO / "README.md").read_text()
+def test_setup_installs_the_pinned_versions_as_the_docs_say():
+    readme = (REPO / "docs" / "scale-out.md").read_text()
     setup = load()["setup_commands"]
     assert any("-c ~/app/constraints.txt" in command for command in setup)
     for command in setup:
-        assert command in readme, f"README does not show the setup command: {command}"
+        assert command in readme, f"docs/scale-out.md does not show the setup command: {command}"
 
 
 def test_every_non_default_key_is_explained():

@@ -140,17 +140,17 @@ def test_auto_epochs_and_batch_follow_the_training_rows(tmp_path):
 
 
 def test_dashboard_runs_for_large_inputs_unless_set(tmp_path, monkeypatch):
+    from app import runner
     from app.config import from_dict
-    from app.training import trainer
     from tests.conftest import penguins_tree
 
     cfg = from_dict(penguins_tree(tmp_path), "test")
-    inputs = trainer.preflight(cfg)
-    assert cfg.run.dashboard == "auto" and not trainer.wants_dashboard(cfg, inputs)  # 344 rows
-    monkeypatch.setattr(trainer, "SMALL_INPUT_BYTES", inputs.train.total_bytes - 1)
-    assert trainer.wants_dashboard(cfg, inputs)
+    inputs = runner.preflight(cfg)
+    assert cfg.run.dashboard == "auto" and not runner.wants_dashboard(cfg, inputs)  # 344 rows
+    monkeypatch.setattr(runner, "SMALL_INPUT_BYTES", inputs.train.total_bytes - 1)
+    assert runner.wants_dashboard(cfg, inputs)
     for value, wanted in (("false", False), ("true", True)):
         set_by_user = load_config(write(tmp_path, MINIMAL), [f"run.dashboard={value}"])
-        assert trainer.wants_dashboard(set_by_user, inputs) is wanted
+        assert runner.wants_dashboard(set_by_user, inputs) is wanted
     with pytest.raises(UserError, match="run.dashboard"):
         load_config(write(tmp_path, MINIMAL), ["run.dashboard=sometimes"])

@@ -1,4 +1,4 @@
-"""The README's config reference is generated from app/config.py and cannot drift from it."""
+"""The config reference (docs/config.md) is generated from app/config.py and cannot drift from it."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ def _load_script():
 docs = _load_script()
 
 
-def test_readme_config_reference_matches_the_models():
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+def test_config_reference_matches_the_models():
+    text = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
     expected = docs.replace_region(text, docs.render())
     if text != expected:
         diff = "".join(list(difflib.unified_diff(text.splitlines(True), expected.splitlines(True),
-                                                 "README.md", "generated"))[:60])
-        pytest.fail(f"README.md's config reference differs from app/config.py; {FIX}\n{diff}")
+                                                 "docs/config.md", "generated"))[:60])
+        pytest.fail(f"docs/config.md's config reference differs from app/config.py; {FIX}\n{diff}")
 
 
 def test_every_field_has_a_docstring():
@@ -92,7 +92,7 @@ def test_a_changed_default_or_an_undocumented_key_is_caught():
 
     class DriftedConfig(Config):
         train: Drifted = Drifted()
-        """see [Training details](#training-details)"""
+        """see [Training details](training.md)"""
 
     assert docs.render(DriftedConfig) != docs.render(Config)
     assert "| `lr` | `1.0e-3` | Peak learning rate of AdamW. |" in docs.render(DriftedConfig)
@@ -117,3 +117,26 @@ def test_the_metric_registry_and_the_checkpoint_metric_docs_agree():
     mode_doc = CheckpointConfig.model_fields["mode"].description
     named_max = mode_doc.split("`max` for ", 1)[1].split(")", 1)[0]
     assert set(named_max.split(", ")) == set(HIGHER_IS_BETTER), "run.checkpoint.mode: where higher is better"
+
+
+def test_links_in_the_docstrings_point_at_docs_pages():
+    """The docstrings' links are relative to docs/ (where the reference is rendered): each
+    names a page that exists, and an anchor that is one of its headings."""
+    import re
+
+    generated = docs.render()
+    links = re.findall(r"\]\(([^)]+)\)", generated)
+    assert links, "the reference links into the other docs pages"
+    for link in links:
+        page, _, anchor = link.partition("#")
+        assert page and not page.startswith(("/", "http")), f"{link}: a page beside docs/config.md"
+        path = REPO / "docs" / page
+        assert path.is_file(), f"{link}: no {path.relative_to(REPO)}"
+        if anchor:
+            headings = [re.sub(r"[^a-z0-9 _-]", "", h.lower()).strip().replace(" ", "-")
+                        for h in re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), flags=re.MULTILINE)]
+            assert anchor in headings, f"{link}: no heading #{anchor} in docs/{page}"
+
+
+def test_the_readme_no_longer_holds_the_reference():
+    assert docs.START not in (REPO / "README.md").read_text(encoding="utf-8")

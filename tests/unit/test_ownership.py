@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from app import lease, predict, runs, storage
+from app import lease, predicting, runs, storage
 from app.errors import UserError
 from tests.conftest import penguins_tree
 from tests.unit.test_cli_errors import assert_bad_input, checkpoint, no_ray, write_config  # noqa: F401
@@ -131,25 +131,20 @@ def read_rows(location: str) -> list[int]:
 def write(location: str, batches, overwrite: bool = False) -> int:
     """`predict`'s output step, with a folder's parts written here as one scoring task writes
     its piece's."""
-    out = predict.check_output(location, overwrite)
-    fs = out.filesystem
-    if out.format:
-        return predict.write_output(out, lambda path: predict.write_file(batches, fs, path, out.format))
-    return predict.write_output(out, lambda folder: predict.finish_parts(predict.write_parts_here(batches, fs, folder),
-                                                                         fs, folder))
+    return predicting.write_rows(batches, predicting.check_output(location, overwrite))
 
 
 def test_a_folder_output_is_replaced_whole_and_a_failed_job_keeps_the_old_one(location, monkeypatch):
-    monkeypatch.setattr(predict, "ROWS_PER_PART", 10)
+    monkeypatch.setattr(predicting, "ROWS_PER_PART", 10)
     assert write(location, iter([table(10), table(10, 10), table(5, 20)])) == 25
     names = [e.name for e in storage.listdir(location)]
-    assert names == [storage.OWNED, predict.SUCCESS_MARKER, "part-00000-000000000000.parquet",
+    assert names == [storage.OWNED, predicting.SUCCESS_MARKER, "part-00000-000000000000.parquet",
                      "part-00000-000000000010.parquet", "part-00000-000000000020.parquet"]
 
     with pytest.raises(RuntimeError, match="died"):
         write(location, failing(3), overwrite=True)
     assert read_rows(location) == list(range(25))  # the previous output, whole
-    assert storage.exists(storage.join(location, predict.SUCCESS_MARKER))
+    assert storage.exists(storage.join(location, predicting.SUCCESS_MARKER))
 
     assert write(location, iter([table(4, 100)]), overwrite=True) == 4
     assert read_rows(location) == list(range(100, 104))  # no surplus parts of the old output
@@ -164,28 +159,28 @@ def test_the_pieces_parts_are_checked_into_one_schema(tmp_path, monkeypatch):
     """Each scoring task writes its blocks' parts, named by piece and row so that the names
     sort in input order; the driver then holds every part to the first part's schema, as a
     single writer would."""
-    monkeypatch.setattr(predict, "ROWS_PER_PART", 2)
+    monkeypatch.setattr(predicting, "ROWS_PER_PART", 2)
     fs, folder = storage.filesystem(str(tmp_path))
     first = pa.table({"row": [0, 1, 2], "note": ["a", None, "b"]})
     empty_note = pa.table({"row": [3, 4], "note": pa.nulls(2)})  # a column empty in one file reads as null
-    parts = [*predict.write_part(empty_note, fs, folder, 10, 0, 5), *predict.write_part(first, fs, folder, 9, 0, 5)]
+    parts = [*predicting.write_part(empty_note, fs, folder, 10, 0, 5), *predicting.write_part(first, fs, folder, 9, 0, 5)]
     assert [p.name for p in sorted(parts)] == ["part-00009-000000000000.parquet", "part-00009-000000000002.parquet",
                                                "part-00010-000000000000.parquet"]
-    assert predict.finish_parts(parts, fs, folder) == 5
+    assert predicting.finish_parts(parts, fs, folder) == 5
     read = pq.read_table(tmp_path)  # the folder: parts in name order, one schema
     assert read.schema == first.schema and read.column("row").to_pylist() == [0, 1, 2, 3, 4]
 
-    other = predict.write_part(pa.table({"row": [5]}), fs, folder, 11, 0, 5)  # no "note" column
+    other = predicting.write_part(pa.table({"row": [5]}), fs, folder, 11, 0, 5)  # no "note" column
     with pytest.raises(UserError, match="--input: the input files disagree on their columns or types"):
-        predict.finish_parts([*parts, *other], fs, folder)
+        predicting.finish_parts([*parts, *other], fs, folder)
 
 
 def test_a_column_empty_in_the_first_file_takes_its_type_from_the_others(tmp_path):
     fs, folder = storage.filesystem(str(tmp_path))
     typed = pa.table({"row": [2], "note": ["b"]})
-    parts = [*predict.write_part(pa.table({"row": [0, 1], "note": pa.nulls(2)}), fs, folder, 0, 0, 5),
-             *predict.write_part(typed, fs, folder, 1, 0, 5)]
-    assert predict.finish_parts(parts, fs, folder) == 3
+    parts = [*predicting.write_part(pa.table({"row": [0, 1], "note": pa.nulls(2)}), fs, folder, 0, 0, 5),
+             *predicting.write_part(typed, fs, folder, 1, 0, 5)]
+    assert predicting.finish_parts(parts, fs, folder) == 3
     read = pq.read_table(tmp_path)
     assert read.schema == typed.schema and read.column("note").to_pylist() == [None, None, "b"]
 
@@ -216,7 +211,7 @@ def test_one_file_holds_back_no_batch_once_every_column_has_a_type(tmp_path):
 
 
 def test_one_file_whose_column_is_typed_too_late_names_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(predict, "LOOKAHEAD_BYTES", 1)  # the writer waits for no later batch
+    monkeypatch.setattr(predicting, "LOOKAHEAD_BYTES", 1)  # the writer waits for no later batch
     empty, typed_but_empty = pa.table({"row": [0, 1], "note": pa.nulls(2)}), pa.table({"row": [2], "note": [None]})
     assert write(str(tmp_path / "empty.parquet"), iter([empty, typed_but_empty])) == 3  # still empty: fine
     assert pq.read_table(tmp_path / "empty.parquet").column("note").null_count == 3
@@ -238,19 +233,19 @@ def test_parts_must_all_be_in_the_folder(tmp_path):
     """A part a task wrote where this process cannot see it (a node's own disk) fails the
     job, naming the output; a part no record names (a retried attempt's) goes."""
     fs, folder = storage.filesystem(str(tmp_path))
-    parts = predict.write_part(pa.table({"row": [0, 1]}), fs, folder, 0, 0, 5)
-    predict.write_part(pa.table({"row": [9]}), fs, folder, 7, 0, 5)  # written, named by no record
-    assert predict.finish_parts(parts, fs, folder) == 2
+    parts = predicting.write_part(pa.table({"row": [0, 1]}), fs, folder, 0, 0, 5)
+    predicting.write_part(pa.table({"row": [9]}), fs, folder, 7, 0, 5)  # written, named by no record
+    assert predicting.finish_parts(parts, fs, folder) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000-000000000000.parquet"]
-    elsewhere = predict.Part("part-00001-000000000000.parquet", 3, parts[0].schema)
+    elsewhere = predicting.Part("part-00001-000000000000.parquet", 3, parts[0].schema)
     with pytest.raises(UserError, match=r"--output: 1 part\(s\) written for it are not in .*part-00001-000000000000"):
-        predict.finish_parts([*parts, elsewhere], fs, folder)
+        predicting.finish_parts([*parts, elsewhere], fs, folder)
 
 
 def test_a_part_that_cannot_be_written_names_the_output_and_leaves_nothing(tmp_path):
     fs, _ = storage.filesystem(str(tmp_path))
     with pytest.raises(UserError, match=r"--output: cannot write .*/part-00000-000000000000.parquet"):
-        predict.write_part(pa.table({"row": [0]}), fs, str(tmp_path / "missing"), 0, 0, 5)
+        predicting.write_part(pa.table({"row": [0]}), fs, str(tmp_path / "missing"), 0, 0, 5)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -284,7 +279,7 @@ def test_a_local_switch_whose_second_rename_fails_puts_the_old_folder_back(tmp_p
         pytest.skip("needs /dev/shm on a filesystem other than the test's temporary folder")
     final = str(tmp_path / "out")
     fs, staging = staged(final, table(10), table(5, 10))
-    storage.publish_dir(fs, staging, final, success=predict.SUCCESS_MARKER)  # the previous output
+    storage.publish_dir(fs, staging, final, success=predicting.SUCCESS_MARKER)  # the previous output
     # The new output staged on another filesystem (a tmpfs): the rename that switches it in
     # fails (EXDEV), after the old folder was renamed aside. A real failure, also as root.
     with tempfile.TemporaryDirectory(dir="/dev/shm") as other_disk:
@@ -292,10 +287,10 @@ def test_a_local_switch_whose_second_rename_fails_puts_the_old_folder_back(tmp_p
         fs.create_dir(staging)
         pq.write_table(table(4, 100), f"{staging}/part-00000.parquet")
         with pytest.raises(OSError, match="[Cc]ross-device"):
-            storage.publish_dir(fs, staging, final, success=predict.SUCCESS_MARKER)
-        assert sorted(p.name for p in Path(staging).iterdir()) == [predict.SUCCESS_MARKER, "part-00000.parquet"]
+            storage.publish_dir(fs, staging, final, success=predicting.SUCCESS_MARKER)
+        assert sorted(p.name for p in Path(staging).iterdir()) == [predicting.SUCCESS_MARKER, "part-00000.parquet"]
     assert read_rows(final) == list(range(15))  # the previous output, whole and readable
-    assert sorted(p.name for p in Path(final).iterdir()) == [storage.OWNED, predict.SUCCESS_MARKER,
+    assert sorted(p.name for p in Path(final).iterdir()) == [storage.OWNED, predicting.SUCCESS_MARKER,
                                                              "part-00000.parquet", "part-00001.parquet"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing left aside
 
@@ -308,7 +303,7 @@ def test_an_object_store_switch_cut_short_keeps_the_new_output_whole_and_says_wh
 
     final = f"{s3}/publish-{time.time_ns()}/out"
     fs, path = storage.filesystem(final)
-    storage.publish_dir(fs, staged(final, table(10))[1], path, success=predict.SUCCESS_MARKER)  # the previous one
+    storage.publish_dir(fs, staged(final, table(10))[1], path, success=predicting.SUCCESS_MARKER)  # the previous one
     staging = staged(final, table(4, 100), table(3, 104))[1]
     # Its second part archived to Glacier (as a lifecycle rule would): S3 refuses to copy it,
     # so the switch fails after the old part went and the new first part was copied.
@@ -317,14 +312,14 @@ def test_an_object_store_switch_cut_short_keeps_the_new_output_whole_and_says_wh
     client = boto3.client("s3")
     client.put_object(Bucket=bucket, Key=key, Body=body, StorageClass="GLACIER")
     with pytest.raises(storage.PublishError, match=f"the complete new output is kept in {staging}"):
-        storage.publish_dir(fs, staging, path, success=predict.SUCCESS_MARKER)
+        storage.publish_dir(fs, staging, path, success=predicting.SUCCESS_MARKER)
     assert [e.name for e in storage.listdir(final)] == [storage.OWNED, "part-00000.parquet"]  # no _SUCCESS
     assert read_rows(final) == list(range(100, 104))  # the old part is gone: nothing old mixed in
 
     client.restore_object(Bucket=bucket, Key=key, RestoreRequest={"Days": 1})  # the kept copy, switched in again
-    storage.publish_dir(fs, staging, path, success=predict.SUCCESS_MARKER)
+    storage.publish_dir(fs, staging, path, success=predicting.SUCCESS_MARKER)
     assert read_rows(final) == list(range(100, 107))
-    assert storage.exists(storage.join(final, predict.SUCCESS_MARKER))
+    assert storage.exists(storage.join(final, predicting.SUCCESS_MARKER))
     assert [e.name for e in storage.listdir(storage.parent(final))] == ["out"]  # staging gone
 
 

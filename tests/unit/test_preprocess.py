@@ -326,3 +326,28 @@ def test_each_batch_reports_a_bounded_number_of_categories():
     two = [pp.partial_stats(df.iloc[i * 35:(i + 1) * 35], KINDS, "label", max_categories=10) for i in range(2)]
     _, warnings = fit_stats(pp.merge_stats(two, max_categories=10), KINDS, max_categories=10)
     assert next(w for w in warnings if "'c'" in w).startswith("column 'c' has 70 categories, more than")
+
+
+def test_moments_merge_in_any_order_to_those_of_all_the_values():
+    rng = np.random.default_rng(3)
+    values = rng.normal(5.0, 3.0, 1000)
+    parts = [values[:1], values[1:400], values[400:400], values[400:]]
+
+    def moments(v):
+        return len(v), float(v.mean()) if len(v) else 0.0, float(((v - v.mean()) ** 2).sum()) if len(v) else 0.0
+
+    total = (0, 0.0, 0.0)
+    for part in reversed(parts):
+        total = pp.merge_moments(total, moments(part))
+    n, mean, m2 = total
+    assert n == 1000 and mean == pytest.approx(values.mean(), rel=1e-12)
+    assert m2 == pytest.approx(((values - values.mean()) ** 2).sum(), rel=1e-12)
+    assert pp.merge_moments((0, 0.0, 0.0), (0, 0.0, 0.0)) == (0, 0.0, 0.0)
+
+
+def test_missing_columns_are_refused_in_one_message_naming_where():
+    pp.check_columns(["a", "b", "c"], ["c", "a"], "--input x.csv")
+    with pytest.raises(UserError, match=r"^--input x.csv: missing feature column\(s\) b, d \(the model reads: a, b, d\)$"):
+        pp.check_columns(["a", "c"], ["a", "b", "d"], "--input x.csv", reads=["a", "b", "d"])
+    with pytest.raises(UserError, match=r"^data.test t.csv: missing column\(s\) label$"):
+        pp.check_columns(["a"], ["label", "a"], "data.test t.csv", what="column(s)")

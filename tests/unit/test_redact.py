@@ -107,7 +107,7 @@ def test_a_checkpoint_of_the_redacted_config_fits_the_run_with_the_real_one(tmp_
 
     from app.config import Config
     from app.errors import UserError
-    from app.training.trainer import check_same_setup
+    from app.training.resume import check_same_setup
     from tests.conftest import penguins_tree
 
     def config(test_uri: str) -> Config:

@@ -92,6 +92,15 @@ def run_predict(checkpoint: str, predictor: Predictor, source: sources.Source, o
     return write_output(output, write_folder)
 
 
+def write_rows(batches: Iterable[pa.Table], out: Output) -> int:
+    """Scored rows already in input order (a DataFrame scored here, a Dataset streamed
+    here) written to `out` as `predict` writes its output; returns the rows written."""
+    if out.format:
+        return write_output(out, lambda path: write_file(batches, out.filesystem, path, out.format))
+    return write_output(out, lambda folder: finish_parts(write_parts_here(batches, out.filesystem, folder),
+                                                          out.filesystem, folder))
+
+
 def default_concurrency() -> int:
     """Every CPU of the cluster: a scoring task reads its block and scores it, one CPU each."""
     import ray

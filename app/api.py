@@ -1,0 +1,522 @@
+"""The Python API: what each command does, as functions that return objects.
+
+    import app
+    result = app.train("configs/quickstart.yaml", overrides)  # or a dict, or an app.Config
+    result.metrics["test"], result.metrics_dataframe, result.checkpoint, result.path
+    model = app.load_model(result.checkpoint)                 # or a path/URI, or a run folder
+    model.predict(df), model.predict_proba(df), model.evaluate(df)
+
+Each function is the sequence of its command: config, the checks that need no Ray, the run
+folder's lease, connecting to Ray, the work. `python -m app` (app/cli.py) only parses its
+arguments, calls these and prints.
+
+Ray: a Ray the caller started (`ray.init()`), or the cluster at `address` /
+$RAY_ADDRESS, is used and left running. Without one, the first call starts a local Ray
+that stays up for the rest of the Python session, so later calls do not pay its start
+again (as Ray Data and Ray Train do). Bad input raises `UserError`, whose message names the config key, or the
+command-line flag of the same name as the parameter (`--checkpoint`, `--input`); the library logs
+through the `app` logger (app/logs.py) and never prints or exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from app.config import Config, is_in_memory, is_staged
+from app.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import ray.data
+    import ray.train
+
+    from app.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Config", "Model", "RunResult", "SweepResult", "UserError", "baseline", "evaluate", "load_config",
+           "load_model", "predict", "train", "tune"]
+
+
+# ---------------------------------------------------------------- config
+
+
+def load_config(config: str | os.PathLike | Mapping[str, Any] | Config,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """A validated `Config` from a YAML file, a dict of config sections, or a `Config`, with
+    `overrides` applied: dotted keys as `--set` takes them (`{"train.epochs": 5}`), values
+    as Python objects. Refused with the same messages as the command line."""
+    from app import config as configs
+
+    if isinstance(config, Config) and not overrides:
+        return config
+    if isinstance(config, Config):
+        tree, source = config.model_dump(), f"config {config.name!r}"
+    elif isinstance(config, Mapping):
+        tree, source = _copy_tree(config), "config"
+    elif isinstance(config, (str, os.PathLike)):
+        tree, source = configs.read_tree(config), str(config)
+    else:
+        raise UserError(f"config: expected a path to a YAML file, a dict or an app.Config, "
+                        f"got {type(config).__name__}")
+    for key, value in (overrides or {}).items():
+        if not isinstance(key, str) or not key:
+            raise UserError(f"overrides: expected dotted config keys such as 'train.epochs', got {key!r}")
+        configs.apply_override(tree, key, value)
+    return configs.from_dict(tree, source, frozenset(overrides or ()))
+
+
+def _copy_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the dicts and lists of a config tree; its leaves (a DataFrame too) shared."""
+    def copy(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: copy(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [copy(v) for v in value]
+        return value
+
+    return copy(tree)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished training run, named as `ray.train.Result` names its parts."""
+
+    path: str
+    """The run folder (a local path or a URI)."""
+    metrics: dict[str, Any] = field(repr=False)
+    """What the run's metrics.json holds: `task`, `valid`, `test`, `history`, `best_checkpoint`, ..."""
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike) -> RunResult:
+        """The result of the finished run (or sweep) in the folder `path`."""
+        from app import runs, storage
+
+        folder = storage.absolute(str(path))
+        metrics = storage.read_json(storage.join(folder, runs.METRICS))
+        if not isinstance(metrics, dict):
+            raise UserError(f"{folder}: not a finished run (no {runs.METRICS})")
+        return cls(folder, metrics)
+
+    @property
+    def metrics_dataframe(self) -> pd.DataFrame:
+        """One row per completed epoch: epoch, time, losses and validation metrics."""
+        import pandas as pd
+
+        return pd.DataFrame(self.metrics.get("history", []))
+
+    @property
+    def checkpoint(self) -> ray.train.Checkpoint:
+        """The best checkpoint (by `run.checkpoint.metric`)."""
+        import ray.train
+
+        return ray.train.Checkpoint(self.metrics["best_checkpoint"])
+
+    @property
+    def config(self) -> Config:
+        """The resolved config that ran (the folder's config.yaml)."""
+        from app import runs, storage
+
+        return load_config_text(storage.join(self.path, runs.CONFIG))
+
+
+def load_config_text(uri: str) -> Config:
+    from app import config as configs
+    from app import storage
+
+    text = storage.read_text(uri)
+    if text is None:
+        raise UserError(f"{uri} does not exist")
+    return configs.from_dict(configs.parse_yaml(text), uri)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A finished sweep: its leaderboard, the best trial's config and that trial's result."""
+
+    path: str
+    """The sweep folder."""
+
+    @cached_property
+    def metrics(self) -> dict[str, Any]:
+        """What the sweep's metrics.json holds: the best trial's metrics, `best_trial`,
+        `best_overrides`, `trials`, ..."""
+        return RunResult.from_folder(self.path).metrics
+
+    @cached_property
+    def leaderboard(self) -> pd.DataFrame:
+        """One row per trial, best first: trial id, status, epochs, each searched key, the metric."""
+        import io
+
+        import pandas as pd
+
+        from app import runs, storage
+
+        return pd.read_csv(io.StringIO(storage.read_text(storage.join(self.path, runs.LEADERBOARD)) or ""))
+
+    @cached_property
+    def best_config(self) -> Config:
+        """The best trial's config, named `<sweep>-best`: `app.train(sweep.best_config)` trains it again."""
+        from app import runs, storage
+
+        return load_config_text(storage.join(self.path, runs.BEST_CONFIG))
+
+    @cached_property
+    def best(self) -> RunResult:
+        """The best trial: its folder, and the metrics of its best checkpoint."""
+        from app import storage
+
+        return RunResult(storage.parent(self.metrics["best_checkpoint"]), self.metrics)
+
+
+# ---------------------------------------------------------------- train and tune
+
+
+def train(config: str | os.PathLike | Mapping[str, Any] | Config, *, fresh: bool = False,
+          address: str | None = None) -> RunResult:
+    """Train as `config` says (a path, a dict or a `Config`; `data.train`/`data.test` may be
+    a path or URI, a pandas DataFrame or a ray.data.Dataset) and return the run's result.
+
+    The run folder is `<run.storage>/<name>`. A run of that name that finished is returned
+    as it is; one that was interrupted resumes from its newest intact checkpoint; `fresh`
+    deletes the folder (only if this app wrote it) and starts over. One driver at a time
+    holds a run folder (its lease); a second is refused."""
+    from app import cluster, lease, runs
+    from app.runner import finished_metrics, import_in_background, preflight, run_training, wants_dashboard
+
+    cfg = load_config(config)
+    folder = runs.run_dir(cfg)
+    with _process_settings():
+        if _in_memory(cfg):
+            return _train_in_memory(cfg, folder, fresh=fresh, address=address)
+        if not fresh and finished_metrics(cfg) is not None:
+            return RunResult.from_folder(folder)
+        inputs = preflight(cfg)  # no Ray yet: bad input fails in a second, before `fresh` deletes anything
+        import_in_background()  # torch loads while the lease settles and Ray starts
+        with lease.run_folder(folder, fresh=fresh, what="run"):
+            ray_start_s = cluster.connect(address, dashboard=wants_dashboard(cfg, inputs)) or None  # None: Ray was up
+            run_training(cfg, inputs, ray_start_s=ray_start_s)
+    return RunResult.from_folder(folder)
+
+
+def _train_in_memory(cfg: Config, folder: str, *, fresh: bool, address: str | None) -> RunResult:
+    """`train` with a DataFrame, a Dataset or a SQL source: saved into the run folder first (under its
+    lease), then read from there like any file (app/data/in_memory.py)."""
+    from app import cluster, lease, storage
+    from app.data import in_memory
+    from app.runner import finished_metrics, preflight, run_training
+
+    storage.check_writable(storage.absolute(cfg.run.storage), "run.storage")
+    ray_start_s = cluster.connect(address, dashboard=cfg.run.dashboard is True) or None
+    with lease.run_folder(folder, fresh=fresh, what="run"):
+        cfg = in_memory.stage(cfg, folder)  # refuses data other than what an earlier attempt saved
+        if finished_metrics(cfg) is None:
+            run_training(cfg, preflight(cfg), ray_start_s=ray_start_s)
+    return RunResult.from_folder(folder)
+
+
+def _in_memory(cfg: Config) -> bool:
+    """Whether the run's data must be saved into its folder first (a DataFrame, a Dataset,
+    a SQL source)."""
+    return is_staged(cfg.data.train) or is_staged(cfg.data.test)
+
+
+def tune(config: str | os.PathLike | Mapping[str, Any] | Config, *, resume: bool = False, fresh: bool = False,
+         address: str | None = None) -> SweepResult:
+    """Sweep the config's `tune.space` with Ray Tune over the same trainer as `train`.
+
+    A sweep of this name that finished is returned as it is. One that was interrupted is
+    refused unless `resume` (continue it) or `fresh` (delete it and start over)."""
+    from app import cluster, lease, runs, storage
+    from app.data import in_memory
+    from app.runner import finished_metrics, preflight
+    from app.tuning import run_tune, search_space
+
+    if resume and fresh:
+        raise UserError("resume and fresh: choose one")
+    cfg = load_config(config)
+    folder = runs.run_dir(cfg)
+    search_space(cfg)  # a bad space fails before Ray starts
+    with _process_settings():
+        if not fresh and finished_metrics(cfg) is not None:
+            return SweepResult(folder)
+        staged = _in_memory(cfg)
+        inputs = None if staged else preflight(cfg)
+        if not (resume or fresh) and storage.exists(folder):
+            raise UserError(f"{folder} holds an unfinished sweep; pass --resume to continue it "
+                            f"or --fresh to start over")
+        if staged:
+            storage.check_writable(storage.absolute(cfg.run.storage), "run.storage")
+        with lease.run_folder(folder, fresh=fresh, what="sweep"):
+            cluster.connect(address)
+            if staged:
+                cfg = in_memory.stage(cfg, folder)
+                inputs = preflight(cfg)
+            run_tune(cfg, inputs, resume=resume)
+    return SweepResult(folder)
+
+
+def baseline(config: str | os.PathLike | Mapping[str, Any] | Config, *, address: str | None = None
+             ) -> dict[str, Any]:
+    """scikit-learn baselines (RandomForest, HistGradientBoosting) fitted on the config's
+    train split and scored on its valid and test splits; also written to the run folder's
+    baselines.json. {model name: {"valid": metrics, "test": metrics, ...}}."""
+    from app import cluster
+    from app.baselines import run_baselines
+    from app.data.prepare import prepare
+    from app.runner import preflight
+
+    cfg = load_config(config)
+    if _in_memory(cfg):
+        raise UserError("baseline: data.train must be a path or URI here; train with app.train first and pass "
+                        "the run's config (RunResult.config), whose data the run saved")
+    with _process_settings():
+        inputs = preflight(cfg)
+        cluster.connect(address)
+        return run_baselines(cfg, prepare(cfg, inputs))
+
+
+# ---------------------------------------------------------------- models and scoring
+
+
+class Model:
+    """A trained model and its preprocessing, from a checkpoint alone; scores pandas
+    DataFrames in this process (for many rows, `app.predict` scores on the cluster)."""
+
+    def __init__(self, predictor: Predictor, checkpoint: str):
+        self._predictor = predictor
+        self.checkpoint = checkpoint
+        """Where the model was loaded from (a local path or a URI)."""
+
+    @property
+    def task(self) -> str:
+        return self._predictor.state.task
+
+    @property
+    def classes(self) -> list[Any] | None:
+        """Classification: the classes, in the order of `predict_proba`'s columns."""
+        return list(self._predictor.state.classes) if self.task == "classification" else None
+
+    @property
+    def features(self) -> list[str]:
+        """The columns the model reads."""
+        return list(self._predictor.state.features)
+
+    def schema(self) -> dict[str, Any]:
+        """What a caller must send: feature columns and types, the task, the classes (as `serve`'s /schema)."""
+        return self._predictor.schema()
+
+    def predict(self, df: pd.DataFrame) -> pd.Series:
+        """The prediction for each row of `df` (a class, or a number), indexed as `df`."""
+        import pandas as pd
+
+        columns = self._predictor.prediction_columns(self._frame(df))
+        return pd.Series(columns["prediction"], index=df.index, name="prediction")
+
+    def predict_proba(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Classification: each class's probability for each row of `df`, one column per class."""
+        import pandas as pd
+
+        if self.task != "classification":
+            raise UserError("predict_proba: this model does regression; use predict")
+        columns = self._predictor.prediction_columns(self._frame(df))
+        return pd.DataFrame({c: columns[f"proba_{c}"] for c in self.classes}, index=df.index)
+
+    def evaluate(self, df: pd.DataFrame) -> dict[str, float]:
+        """The metrics on the labelled rows of `df`, as the `evaluate` command computes them."""
+        import pyarrow as pa
+
+        from app.predictor import score_tables
+
+        df = self._frame(df)
+        if self._predictor.state.label not in df.columns:
+            raise UserError(f"evaluate: no label column {self._predictor.state.label!r} to evaluate against")
+        return score_tables(self._predictor, [pa.Table.from_pandas(df, preserve_index=False)]).metrics(
+            self._predictor.state)
+
+    def _frame(self, df: Any) -> pd.DataFrame:
+        import pandas as pd
+
+        if not isinstance(df, pd.DataFrame):
+            raise UserError(f"expected a pandas DataFrame, got {type(df).__name__}")
+        self._predictor.check_columns(df)
+        return df
+
+    def __repr__(self) -> str:
+        return f"Model({self.task}, {len(self.features)} features, checkpoint={self.checkpoint!r})"
+
+
+def load_model(checkpoint: Any) -> Model:
+    """The model of a checkpoint: a `ray.train.Checkpoint`, a checkpoint folder (path or
+    URI), or a run or sweep folder (meaning its best checkpoint)."""
+    from app.predictor import load_predictor
+
+    uri = checkpoint_uri(checkpoint)
+    return Model(load_predictor(uri, "--checkpoint"), uri)
+
+
+def checkpoint_uri(checkpoint: Any) -> str:
+    """The location of a checkpoint given as a `ray.train.Checkpoint`, a `RunResult`, a
+    path or URI of a checkpoint, or of a run or sweep folder (its best checkpoint)."""
+    from app import checkpoint as ckpt
+    from app import runs, storage
+
+    if isinstance(checkpoint, RunResult):
+        return checkpoint.metrics["best_checkpoint"]
+    path = getattr(checkpoint, "path", None)
+    if path is not None and hasattr(checkpoint, "filesystem"):  # a ray.train.Checkpoint
+        fs = checkpoint.filesystem
+        if fs is not None and fs.type_name != "local":
+            return f"{fs.type_name}://{path}"
+        return path
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise UserError(f"checkpoint: expected a ray.train.Checkpoint, a path or a URI, got {type(checkpoint).__name__}")
+    location = storage.absolute(str(checkpoint))
+    if storage.exists(storage.join(location, ckpt.MANIFEST)):
+        return location
+    finished = storage.read_json(storage.join(location, runs.METRICS))
+    if isinstance(finished, dict) and finished.get("best_checkpoint"):
+        return finished["best_checkpoint"]
+    return location  # load_predictor names what is wrong with it
+
+
+def evaluate(checkpoint: Any, data: Any, *, output: str | None = None, address: str | None = None
+             ) -> dict[str, Any]:
+    """The checkpoint scored on labelled `data` (a path or URI, a DataFrame or a Dataset):
+    {"metrics", "rows", "task", "epoch", and a confusion matrix or a residual summary}.
+    `output`: also written there as JSON."""
+    from app import cluster, storage
+    from app.evaluating import run_evaluate
+    from app.metrics import json_safe
+    from app.predictor import check_input, evaluate_dataset, load_predictor
+    from app.redact import redact_tree
+
+    uri = checkpoint_uri(checkpoint)
+    predictor = load_predictor(uri, "--checkpoint")
+    if output:
+        storage.check_writable(storage.parent(output), "--output")
+    with _process_settings():
+        if is_in_memory(data):
+            import pyarrow as pa
+
+            if predictor.state.label not in _columns_of(data):
+                raise UserError(f"--data: no label column {predictor.state.label!r} to evaluate against")
+            here = not _is_dataset(data)
+            rows = [pa.Table.from_pandas(data, preserve_index=False)] if here else data
+            if not here:
+                cluster.connect(address)
+            result = {"checkpoint": uri, "data": type(data).__name__, "task": predictor.state.task,
+                      "epoch": predictor.epoch, **evaluate_dataset(uri, rows, predictor.state, details=True, here=here)}
+        else:
+            source = check_input(predictor, str(data), "--data", need_label=True)
+            cluster.connect(address)
+            result = run_evaluate(uri, predictor, source)
+    if output:
+        storage.write_json(output, json_safe(redact_tree(result)))
+    return result
+
+
+def predict(checkpoint: Any, input: Any, output: str | None = None, *, overwrite: bool = False,
+            batch_size: int = 4096, concurrency: int | None = None, address: str | None = None) -> Any:
+    """Predictions for every row of `input` (a path or URI, a DataFrame or a Dataset): the
+    input columns plus `prediction` (and `proba_<class>` for classification), in input order.
+
+    With `output` (a .csv or .parquet file, or else a folder of Parquet parts), they are
+    written there (an existing output only with `overwrite`, and only one this app wrote)
+    and the number of rows is returned. Without: a DataFrame for a DataFrame input, a lazy
+    Dataset for a Dataset input."""
+    from app import cluster, storage
+    from app.predicting import check_output, run_predict, write_rows
+    from app.predictor import check_input, load_predictor, predict_dataset
+
+    uri = checkpoint_uri(checkpoint)
+    predictor = load_predictor(uri, "--checkpoint")
+    if output is None and not is_in_memory(input):
+        raise UserError("--output is required when the input is a path or URI")
+    if output is not None:
+        target = check_output(output, overwrite)
+        storage.check_writable(storage.parent(output), "--output")
+    with _process_settings():
+        if not is_in_memory(input):
+            source = check_input(predictor, str(input), "--input", need_label=False)
+            cluster.connect(address)
+            return run_predict(uri, predictor, source, target, batch_size=batch_size, concurrency=concurrency)
+        absent = [c for c in predictor.state.features if c not in _columns_of(input)]
+        if absent:
+            raise UserError(f"--input is missing feature column(s): {', '.join(absent)}")
+        if not _is_dataset(input):
+            scored = predictor.predict(input)
+            if output is None:
+                return scored
+            import pyarrow as pa
+
+            return write_rows([pa.Table.from_pandas(scored, preserve_index=False)], target)
+        cluster.connect(address)
+        from app.predicting import default_concurrency
+
+        scored = predict_dataset(uri, input, concurrency=concurrency or default_concurrency(), batch_size=batch_size)
+        if output is None:
+            return scored
+        return write_rows(scored.iter_batches(batch_size=None, batch_format="pyarrow"), target)
+
+
+def _is_dataset(data: Any) -> bool:
+    import pandas as pd
+
+    return not isinstance(data, pd.DataFrame)
+
+
+def _columns_of(data: Any) -> list[str]:
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return [str(c) for c in data.columns]
+    schema = data.schema(fetch_if_missing=True)
+    return list(schema.names) if schema is not None else []
+
+
+# ---------------------------------------------------------------- process-wide settings
+
+
+@contextmanager
+def _process_settings() -> Iterator[None]:
+    """Put back, after a call, the process-wide settings that the work changes for itself:
+    Ray Data's `preserve_order` (predict sets it) and the environment variables that
+    app/cluster.py sets for Ray's processes (`cluster.PROCESS_ENV`). What stays changed is
+    documented in docs/api.md: the log levels of Ray's loggers, and Ray Data's start-of-run
+    line (`print_on_execution_start`), which the app turns off while Ray is up."""
+    from app.cluster import PROCESS_ENV
+
+    saved_env = {name: os.environ.get(name) for name in PROCESS_ENV}
+    context = _data_context()
+    saved_order = context.execution_options.preserve_order if context is not None else None
+    try:
+        yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        context = _data_context()
+        if context is not None and saved_order is not None:
+            context.execution_options.preserve_order = saved_order
+
+
+def _data_context():
+    import sys
+
+    if "ray.data" not in sys.modules:  # nothing to restore in a process that never loaded it
+        return None
+    from ray.data import DataContext
+
+    return DataContext.get_current()
