@@ -10,8 +10,9 @@
 #
 # RAY_ADDRESS      the cluster's job API (default http://127.0.0.1:8265: a local head, or the
 #                  head of `ray up cluster.yaml` forwarded by `ray dashboard cluster.yaml`)
-# APP_SUBMIT_PIP   1 (default): the job's runtime env pip-installs the project's dependencies at
-#                  the versions in constraints.txt (already-installed matches are reused);
+# APP_SUBMIT_PIP   1 (default): the job's runtime env pip-installs raytab's dependencies (and
+#                  those of the extras installed here) at the versions installed here; the
+#                  installed app package goes to the job as py_modules (already-installed matches are reused);
 #                  0: rely on what the nodes have (cluster.yaml's setup_commands install it)
 # APP_JOB_ID       job id (default app-<command>-<time>); `ray job logs/status/stop` take it
 #

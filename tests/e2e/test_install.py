@@ -60,6 +60,7 @@ def installed(tmp_path_factory):
     env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", RAY_TMPDIR=ray_tmp, VIRTUAL_ENV=str(venv))
     print(f"\nwheel built and installed into a fresh venv in {time.time() - started:.0f}s")
     yield venv / "bin", wheel.name.split("-")[1], work, env
+    stop_ray_of(str(venv))  # an embedded Ray that outlived its command, if any
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -145,6 +146,7 @@ def head(installed):
         yield address
     finally:
         stop_ray_of(temp)
+        stop_ray_of(str(bin_dir.parent))  # and what does not name the temp dir (Ray Client's server): the venv is ours
         shutil.rmtree(temp, ignore_errors=True)
 
 
