@@ -15,7 +15,7 @@ _logs.install_default()
 
 __all__ = [
     "Config", "Model", "RunResult", "SweepResult", "UserError",
-    "baseline", "evaluate", "load_config", "load_model", "predict", "train", "tune", "__version__",
+    "baseline", "evaluate", "init_config", "load_config", "load_model", "predict", "train", "tune", "__version__",
 ]
 
 

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Config", "Model", "RunResult", "SweepResult", "UserError", "baseline", "evaluate", "load_config",
-           "load_model", "predict", "train", "tune"]
+__all__ = ["Config", "Model", "RunResult", "SweepResult", "UserError", "baseline", "evaluate", "init_config",
+           "load_config", "load_model", "predict", "train", "tune"]
 
 
 # ---------------------------------------------------------------- config
@@ -234,8 +234,9 @@ def tune(config: str | os.PathLike | Mapping[str, Any] | Config, *, resume: bool
          address: str | None = None) -> SweepResult:
     """Sweep the config's `tune.space` with Ray Tune over the same trainer as `train`.
 
-    A sweep of this name that finished is returned as it is. One that was interrupted is
-    refused unless `resume` (continue it) or `fresh` (delete it and start over)."""
+    A sweep of this name that finished is returned as it is, unless `resume` (continue its
+    failed or interrupted trials) or `fresh` (delete it and start over); one that was
+    interrupted is refused without either."""
     from app import cluster, lease, runs, storage
     from app.data import in_memory
     from app.runner import finished_metrics, preflight
@@ -247,8 +248,8 @@ def tune(config: str | os.PathLike | Mapping[str, Any] | Config, *, resume: bool
     folder = runs.run_dir(cfg)
     search_space(cfg)  # a bad space fails before Ray starts
     with _process_settings():
-        if not fresh and finished_metrics(cfg) is not None:
-            return SweepResult(folder)
+        if not (fresh or resume) and finished_metrics(cfg) is not None:
+            return SweepResult(folder)  # (with `resume`, a sweep whose trials failed continues them)
         staged = _in_memory(cfg)
         inputs = None if staged else preflight(cfg)
         if not (resume or fresh) and storage.exists(folder):
@@ -283,6 +284,44 @@ def baseline(config: str | os.PathLike | Mapping[str, Any] | Config, *, address:
         inputs = preflight(cfg)
         cluster.connect(address)
         return run_baselines(cfg, prepare(cfg, inputs))
+
+
+def init_config(data: str, label: str, *, output: str | os.PathLike | None = None, name: str | None = None,
+                task: str = "auto", force: bool = False) -> str:
+    """Write a commented starter config for the table at `data` (any source `data.train`
+    takes) predicting column `label`, which `train` runs as it is; return the path written.
+    `output`: a local file, default `<name>.yaml` in the current folder; `name`: the run
+    name, default the data file's stem. Only the first file's header and first rows are
+    read, without Ray. An existing `output` is refused unless `force`."""
+    import tempfile
+
+    from app.starter import default_name, starter_config
+
+    data = os.fspath(data) if isinstance(data, os.PathLike) else data
+    if not isinstance(data, str) or not data:
+        raise UserError(f"data: expected a path or URI of CSV/Parquet files, got {type(data).__name__}")
+    path = os.fspath(output) if output is not None else f"{name or default_name(data)}.yaml"
+    if os.path.isdir(path):
+        raise UserError(f"--output: {path} is a folder; give a file name such as {name or default_name(data)}.yaml")
+    if os.path.lexists(path) and not force:
+        raise UserError(f"--output: {path} exists; pass --force to replace it")
+    text = starter_config(data, label, name=name, task=task, config_path=path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"--output: no folder {folder} to write {path} in")
+    tmp = None
+    try:  # written whole under a hidden name beside it, then moved into place
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # not mkstemp's 0600
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"--output: cannot write {path} ({e.strerror or e})") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 # ---------------------------------------------------------------- models and scoring

@@ -1,6 +1,7 @@
 """Command line: argument parsing, a call into the Python API (app/api.py), printing and
 exit codes; nothing else. `raytab COMMAND` and `python -m app COMMAND` are the same.
 
+    python -m app init  DATA --label COL [--output FILE] [--name NAME] [--task auto] [--force]
     python -m app train --config FILE [--set KEY=VALUE ...] [--address ADDR] [--fresh]
     python -m app tune  --config FILE [--set KEY=VALUE ...] [--address ADDR] [--resume | --fresh]
     python -m app evaluate --checkpoint CKPT --data URI [--output FILE.json]
@@ -35,6 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raytab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"raytab {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="write a commented config for a table (no Ray)")
+    init.add_argument("data", metavar="DATA", help="CSV/Parquet: file, folder, glob or URI")
+    init.add_argument("--label", required=True, help="the column to predict")
+    init.add_argument("--output", help="the YAML file to write (default: NAME.yaml in the current folder)")
+    init.add_argument("--name", help="run name (default: the data file's name without its extension)")
+    init.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
+                      help="data.task to write (default auto: decided from the label when training)")
+    init.add_argument("--force", action="store_true", help="replace an existing output file")
+    init.set_defaults(handler=cmd_init)
 
     train = commands.add_parser("train", help="train a model as the config says")
     add_config_args(train)
@@ -172,6 +183,17 @@ def load_config(args: argparse.Namespace):
     from app.config import load_config
 
     return load_config(args.config, args.overrides)  # --set as text, parsed as YAML
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import shlex
+
+    import app
+
+    path = app.init_config(args.data, args.label, output=args.output, name=args.name, task=args.task,
+                           force=args.force)
+    log.info(f"written: {path}; train it with: raytab train --config {shlex.quote(path)}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -111,8 +111,26 @@ def connect(address: str | None = None, *, dashboard: bool = True) -> float:
 
 def has_state_api() -> bool:
     """Whether Ray's state API answers here: not under a Ray this process started without its
-    dashboard, which serves that API."""
-    return not _started_without_dashboard
+    dashboard, which serves that API. A Ray the caller started (`ray.init()` in a notebook,
+    perhaps with `include_dashboard=False`) is asked once: without the state API, Ray
+    Train's placement-group cleaner would log a failed query every second of the run."""
+    if _started_without_dashboard:
+        return False
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    if address not in _state_api_answers:
+        from ray.util.state import list_nodes
+
+        try:
+            list_nodes(address=address, limit=1, timeout=5, raise_on_missing_output=False)
+            _state_api_answers[address] = True
+        except Exception:  # noqa: BLE001 - any failure means no usable state API
+            _state_api_answers[address] = False
+    return _state_api_answers[address]
+
+
+_state_api_answers: dict[str, bool] = {}  # per cluster (GCS address): whether its state API answered
 
 
 def local_cluster_running() -> bool:

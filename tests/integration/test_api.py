@@ -116,7 +116,7 @@ def test_bad_input_raises_user_error_not_system_exit(ray_session, tmp_path, peng
         app.train({"name": "x"})
     with pytest.raises(app.UserError, match=r"train.epochz \(from --set\): unknown key"):
         app.load_config(penguins_tree(tmp_path), {"train.epochz": 3})
-    with pytest.raises(app.UserError, match="data.train: expected a path or URI, a pandas DataFrame"):
+    with pytest.raises(app.UserError, match=r"data.train: expected a path or URI, a SQL source .*, a pandas DataFrame"):
         app.load_config(dict(penguins_tree(tmp_path), data={"train": 3, "label": "species"}))
     with pytest.raises(app.UserError, match="data.label"):
         app.train(frame_config(tmp_path, "nolabel", penguins[0].drop(columns=["species"]), None))
