@@ -103,3 +103,28 @@ def cli_env():
     env.pop("RAY_ADDRESS", None)
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (Debian's, on the machine) on 127.0.0.1, run by the `postgres`
+    system user (it refuses root), with trust authentication; its SQLAlchemy URL. Its folder
+    is outside pytest's temporary folders, which only root may enter."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="app-test-postgres-"))
+    data, port = folder / "data", _free_port()
+    shutil.chown(folder, "postgres")
+
+    def as_postgres(*argv: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, timeout=120)
+
+    as_postgres("initdb", "-D", str(data), "-A", "trust", "-U", "postgres")
+    as_postgres("pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start")
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    as_postgres("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+    shutil.rmtree(folder, ignore_errors=True)
+

@@ -166,3 +166,23 @@ def test_train_from_a_sqlite_database(ray_session, tmp_path, penguins):
     assert "s3cret" not in str(refused.value)
     with pytest.raises(app.UserError, match="give one of `query` or `table`"):
         app.load_config(dict(tree, data=dict(tree["data"], train={"sql": "sqlite:///x.db"})))
+
+
+@pytest.mark.slow
+def test_train_from_a_postgresql_query(ray_session, tmp_path, penguins, postgres):
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres)
+    with engine.begin() as connection:
+        penguins[0].to_sql("penguins", connection, index=False, if_exists="replace")
+    engine.dispose()
+    tree = penguins_tree(tmp_path, name="postgres", train__epochs=4)
+    tree["data"]["train"] = {"sql": postgres, "query": "SELECT * FROM penguins WHERE bill_length_mm IS NOT NULL"}
+    result = app.train(tree)
+    record = result.config.data.in_memory["train"]
+    assert record.kind == "SQL" and record.rows == int(penguins[0]["bill_length_mm"].notna().sum())
+    assert record.columns["bill_length_mm"] == "double" and record.columns["species"] == "string"
+    test = penguins[1]
+    accuracy = (app.load_model(result).predict(test) == test["species"]).mean()
+    assert accuracy > test["species"].value_counts(normalize=True).max()
+
