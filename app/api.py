@@ -411,12 +411,14 @@ def checkpoint_uri(checkpoint: Any) -> str:
 
     if isinstance(checkpoint, RunResult):
         return checkpoint.metrics["best_checkpoint"]
-    path = getattr(checkpoint, "path", None)
-    if path is not None and hasattr(checkpoint, "filesystem"):  # a ray.train.Checkpoint
+    if type(checkpoint).__name__ == "Checkpoint" and type(checkpoint).__module__.startswith("ray.train"):
         fs = checkpoint.filesystem
-        if fs is not None and fs.type_name != "local":
-            return f"{fs.type_name}://{path}"
-        return path
+        kind = "local" if fs is None else fs.type_name
+        if kind == "local":
+            return checkpoint.path
+        if kind in ("s3", "gcs"):  # (options given in the URI's query, an endpoint say, are not kept)
+            return f"{'gs' if kind == 'gcs' else 's3'}://{checkpoint.path}"
+        raise UserError(f"checkpoint: a ray.train.Checkpoint on a {kind!r} filesystem; pass its URI instead")
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise UserError(f"checkpoint: expected a ray.train.Checkpoint, a path or a URI, got {type(checkpoint).__name__}")
     location = storage.absolute(str(checkpoint))
@@ -472,7 +474,8 @@ def predict(checkpoint: Any, input: Any, output: str | None = None, *, overwrite
     With `output` (a .csv or .parquet file, or else a folder of Parquet parts), they are
     written there (an existing output only with `overwrite`, and only one this app wrote)
     and the number of rows is returned. Without: a DataFrame for a DataFrame input, a lazy
-    Dataset for a Dataset input."""
+    Dataset for a Dataset input (in input order only where that Dataset's DataContext sets
+    `execution_options.preserve_order`, as for any Ray Data pipeline)."""
     from app import cluster, storage
     from app.predicting import check_output, run_predict, write_rows
     from app.predictor import check_input, load_predictor, predict_dataset
@@ -504,8 +507,15 @@ def predict(checkpoint: Any, input: Any, output: str | None = None, *, overwrite
 
         scored = predict_dataset(uri, input, concurrency=concurrency or default_concurrency(), batch_size=batch_size)
         if output is None:
-            return scored
-        return write_rows(scored.iter_batches(batch_size=None, batch_format="pyarrow"), target)
+            return scored  # lazy: in the order the input Dataset's own DataContext keeps
+        # Written in input order; the setting is the input Dataset's own (its derived Datasets
+        # share it), so it is put back once the rows are written.
+        options = scored.context.execution_options
+        saved_order, options.preserve_order = options.preserve_order, True
+        try:
+            return write_rows(scored.iter_batches(batch_size=None, batch_format="pyarrow"), target)
+        finally:
+            options.preserve_order = saved_order
 
 
 def _is_dataset(data: Any) -> bool:
@@ -547,7 +557,11 @@ def _process_settings() -> Iterator[None]:
             else:
                 os.environ[name] = value
         context = _data_context()
-        if context is not None and saved_order is not None:
+        if context is not None:
+            if saved_order is None:  # Ray Data was loaded during the call: its default
+                from ray.data import ExecutionOptions
+
+                saved_order = ExecutionOptions().preserve_order
             context.execution_options.preserve_order = saved_order
 
 

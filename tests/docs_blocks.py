@@ -39,7 +39,7 @@ NOT_RUN = re.compile(r"^<!--\s*not run:\s*(.+?)\s*-->\s*$")
 NOT_RUN_COMMANDS = {
     "serve": "serves until Ctrl-C (tests/integration/test_serve.py and tests/e2e/test_serve_cli.py run it)",
     "submit": "needs a Ray cluster's job API (tests/e2e/test_job_submit.py runs it)",
-    "tune": "a sweep of configs/tune.yaml takes minutes; docs/api.md runs a two-trial sweep with app.tune",
+    "tune": "a sweep of configs/tune.yaml takes minutes (tests/e2e/test_tune_cli.py and tests/integration/test_api.py run sweeps)",
 }
 
 # First path components that name files of the repo: a path starting with one must exist.

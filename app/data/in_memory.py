@@ -47,48 +47,79 @@ def has_in_memory(cfg: Config) -> bool:
     return any(is_staged(getattr(cfg.data, key)) for key in KEYS)
 
 
-def row_hash_sum(table: pa.Table) -> int:
-    """The sum, modulo 2**64, of a hash of each row (values only; see `fingerprint`)."""
+def row_hash_sum(table: pa.Table, schema: pa.Schema) -> int:
+    """The sum, modulo 2**64, of a hash of each row of `table` read as `schema` (the
+    columns in name order; a column that is all null in this block takes the type the
+    others give it): neither the order of the rows or columns nor how the rows are cut into
+    blocks changes it."""
     if table.num_rows == 0:
         return 0
+    names = sorted(schema.names)
+    table = table.select(names).cast(pa.schema([schema.field(n) for n in names]))
     hashes = pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy(np.uint64)
     return int(hashes.sum(dtype=np.uint64))
 
 
-def _hash_batch(batch: pa.Table) -> pa.Table:
+def _hash_batch(batch: pa.Table, schema: pa.Schema) -> pa.Table:
     """Ray Data batch function: one row holding the batch's row count and row hash sum."""
-    return pa.table({"rows": [batch.num_rows], "hash": pa.array([row_hash_sum(batch)], pa.uint64())})
+    return pa.table({"rows": [batch.num_rows], "hash": pa.array([row_hash_sum(batch, schema)], pa.uint64())})
+
+
+def plain_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with the 64-bit-offset twins of text and bytes as their plain types: pandas
+    gives large_string where Ray Data's schema of the same rows says string."""
+    def plain(dtype: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(dtype):
+            return pa.string()
+        if pa.types.is_large_binary(dtype):
+            return pa.binary()
+        return dtype
+
+    return pa.schema([pa.field(f.name, plain(f.type)) for f in schema])
 
 
 def fingerprint(schema: pa.Schema, hash_sum: int) -> str:
-    columns = ",".join(f"{f.name}:{f.type}" for f in schema)
+    columns = ",".join(f"{name}:{schema.field(name).type}" for name in sorted(schema.names))
     return hashlib.sha256(f"{columns}|{hash_sum % 2**64}".encode()).hexdigest()[:32]
 
 
 def describe(data: Any, key: str) -> tuple[InMemoryInput, Any]:
     """(What `data` holds, the form to write): an Arrow table of a DataFrame, or a Dataset
-    (given, or read from a SQL source)."""
+    (given, or read from a SQL source), materialized: a Dataset is run once, so that the
+    rows hashed are the rows written (a random sample, say, would differ run to run)."""
     if isinstance(data, pd.DataFrame):
         try:
             table = pa.Table.from_pandas(data, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise UserError(f"data.{key}: the DataFrame cannot be stored as Arrow columns ({e})") from None
-        record = InMemoryInput(kind="DataFrame", rows=table.num_rows, columns=_columns(table.schema),
-                               fingerprint=fingerprint(table.schema, row_hash_sum(table)))
+        schema = plain_schema(table.schema)
+        record = InMemoryInput(kind="DataFrame", rows=table.num_rows, columns=_columns(schema),
+                               fingerprint=fingerprint(schema, row_hash_sum(table, schema)))
         return record, table
     kind, source = "Dataset", None
     if isinstance(data, SqlSource):
-        kind, source, data = "SQL", redact(f"{data.sql} {data.select()}"), read_sql(data, key)
-    try:
-        arrow = data.take_batch(1, batch_format="pyarrow").schema.remove_metadata()  # as the hashes see it
-    except ValueError:  # Ray Data: no rows
-        raise UserError(f"data.{key}: the Dataset holds no rows") from None
-    sums = data.map_batches(_hash_batch, batch_format="pyarrow", batch_size=None).to_pandas()
-    rows = int(sums["rows"].sum()) if len(sums) else 0
-    total = int(sums["hash"].to_numpy(np.uint64).sum(dtype=np.uint64)) if len(sums) else 0
+        kind, source, data = "SQL", f"{safe_url(data.sql)} {data.select()}", read_sql(data, key)
+    data = data.materialize()
+    schema = data.schema()
+    if schema is None or data.count() == 0:
+        raise UserError(f"data.{key}: the {kind} holds no rows")
+    arrow = plain_schema(pa.schema(list(zip(schema.names, schema.types))))  # unified over the blocks
+    sums = data.map_batches(_hash_batch, fn_kwargs={"schema": arrow}, batch_format="pyarrow",
+                            batch_size=None).to_pandas()
+    rows = int(sums["rows"].sum())
+    total = int(sums["hash"].to_numpy(np.uint64).sum(dtype=np.uint64))
     record = InMemoryInput(kind=kind, rows=rows, columns=_columns(arrow), fingerprint=fingerprint(arrow, total),
                            source=source)
     return record, data
+
+
+def safe_url(url: str) -> str:
+    """`url` with its password replaced by ***; only its scheme when it is not a URL whose
+    password `redact` can find (a malformed one may still hold it)."""
+    shown = redact(url)
+    if "@" in shown and "***" not in shown:
+        return f"{url.split(':', 1)[0]}://..."
+    return shown
 
 
 def read_sql(source: SqlSource, key: str):
@@ -101,7 +132,7 @@ def read_sql(source: SqlSource, key: str):
     try:
         engine = sqlalchemy.create_engine(source.sql)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as e:
-        raise UserError(f"data.{key}.sql: {redact(source.sql)} is not a database URL SQLAlchemy can use "
+        raise UserError(f"data.{key}.sql: {safe_url(source.sql)} is not a database URL SQLAlchemy can use "
                         f"({redact(str(e))})") from None
     url = source.sql
 
@@ -112,7 +143,7 @@ def read_sql(source: SqlSource, key: str):
     try:
         return ray.data.read_sql(source.select(), connect).materialize()
     except Exception as e:  # noqa: BLE001 - a database's own errors: name the source
-        raise UserError(f"data.{key}: reading {redact(source.sql)} failed: {redact(' '.join(str(e).split())[:300])}"
+        raise UserError(f"data.{key}: reading {safe_url(source.sql)} failed: {redact(' '.join(str(e).split())[:300])}"
                         ) from None
 
 
@@ -132,13 +163,15 @@ def stage(cfg: Config, folder: str) -> Config:
         record, payload = describe(value, key)
         if record.rows == 0:
             raise UserError(f"data.{key}: the {record.kind} holds no rows")
-        location = _location(folder, key, record.kind)
         saved = _saved_record(folder, key)
         if saved is not None and saved.fingerprint != record.fingerprint:
             raise UserError(
                 f"data.{key}: run {cfg.name!r} was started with other data ({saved.kind} of {saved.rows} rows, "
                 f"fingerprint {saved.fingerprint}); this {record.kind} has {record.rows} rows, fingerprint "
                 f"{record.fingerprint}. Pass fresh=True to start over, or give the run another name")
+        if saved is not None:  # the same rows, perhaps handed over in the other form: the data saved stays
+            record = saved
+        location = _location(folder, key, record.kind)
         if saved is None:
             _write(payload, location)
             storage.write_json(storage.join(folder, runs.INPUTS, f"{key}.json"), record.model_dump())

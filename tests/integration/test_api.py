@@ -77,6 +77,9 @@ def test_a_finished_run_is_returned_and_other_data_is_refused(frame_run, penguin
     tree, result = frame_run
     again = app.train(tree)
     assert again.metrics == result.metrics  # not trained again
+    # the same rows in another form, with the columns in another order: the same data
+    same = penguins[0][list(reversed(penguins[0].columns))]
+    assert app.train(dict(tree, data=dict(tree["data"], train=ray.data.from_pandas(same)))).metrics == result.metrics
     changed = dict(tree, data=dict(tree["data"], train=penguins[0].iloc[:200]))
     with pytest.raises(app.UserError, match=r"data.train: run 'frames' was started with other data .*fresh=True"):
         app.train(changed)
@@ -92,6 +95,10 @@ def test_train_from_a_ray_dataset_then_predict_and_evaluate_in_memory(ray_sessio
     from app.data.in_memory import describe
 
     assert describe(train, "train")[0].fingerprint == record.fingerprint
+    # ... however the rows are cut into blocks (one per row here: a block whose `sex` is
+    # missing has a column of nulls only)
+    one_per_row = ray.data.from_pandas([train.iloc[[i]] for i in range(len(train))])
+    assert describe(one_per_row, "train")[0].fingerprint == record.fingerprint
 
     scored = app.predict(result.checkpoint, test)  # a DataFrame in, a DataFrame out
     assert list(scored.columns[: len(test.columns)]) == list(test.columns) and len(scored) == len(test)
