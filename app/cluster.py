@@ -123,8 +123,11 @@ def has_state_api() -> bool:
         from ray.util.state import list_nodes
 
         try:
-            list_nodes(address=address, limit=1, timeout=5, raise_on_missing_output=False)
-            _state_api_answers[address] = True
+            # The state API of a Ray without a dashboard may be looked for at the default
+            # port, where another Ray's may answer: it must know this cluster's nodes.
+            answered = list_nodes(address=address, limit=1, timeout=5, raise_on_missing_output=False)
+            ours = {node["NodeID"] for node in ray.nodes()}
+            _state_api_answers[address] = bool(answered) and answered[0].node_id in ours
         except Exception:  # noqa: BLE001 - any failure means no usable state API
             _state_api_answers[address] = False
     return _state_api_answers[address]

@@ -48,12 +48,12 @@ def to_terminal(level: int = logging.INFO) -> None:
 
 
 def install_default() -> None:
-    """At `import app`: unless the program configured logging already (the `app` logger, or
-    the root logger's handlers), show the `app` logger's INFO lines as a command line does,
-    as Ray does for its `ray` logger; a level set beforehand is kept. A program silences
+    """At `import app`: unless the program configured the `app` logger already (a handler),
+    show its INFO lines as a command line does, as Ray does for its `ray` logger; a level
+    set beforehand is kept. A program silences
     it with `logging.getLogger("app").setLevel(logging.WARNING)`, or replaces the handler."""
     logger = logging.getLogger(NAME)
-    if logger.handlers or logging.getLogger().handlers:  # the program configured logging: it decides
+    if logger.handlers:  # the program configured this logger: it decides
         return
     logger.addHandler(_TerminalHandler())
     logger.propagate = False  # (a root handler added later would print each line twice)
