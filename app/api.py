@@ -477,6 +477,7 @@ def predict(checkpoint: Any, input: Any, output: str | None = None, *, overwrite
     Dataset for a Dataset input (in input order only where that Dataset's DataContext sets
     `execution_options.preserve_order`, as for any Ray Data pipeline)."""
     from app import cluster, storage
+    from app.data.preprocess import check_columns
     from app.predicting import check_output, run_predict, write_rows
     from app.predictor import check_input, load_predictor, predict_dataset
 
@@ -492,9 +493,7 @@ def predict(checkpoint: Any, input: Any, output: str | None = None, *, overwrite
             source = check_input(predictor, str(input), "--input", need_label=False)
             cluster.connect(address)
             return run_predict(uri, predictor, source, target, batch_size=batch_size, concurrency=concurrency)
-        absent = [c for c in predictor.state.features if c not in _columns_of(input)]
-        if absent:
-            raise UserError(f"--input is missing feature column(s): {', '.join(absent)}")
+        check_columns(_columns_of(input), predictor.state.features, "--input", reads=predictor.state.features)
         if not _is_dataset(input):
             scored = predictor.predict(input)
             if output is None:

@@ -128,3 +128,15 @@ def postgres():
     as_postgres("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
     shutil.rmtree(folder, ignore_errors=True)
 
+
+@pytest.fixture
+def ray_must_not_start(monkeypatch):
+    """The test's work must be done, or refused, without starting Ray; one that starts it
+    fails here. (A selection that ran the integration tests' shared Ray first cannot tell.)"""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    already = ray.is_initialized()
+    yield
+    assert already or not ray.is_initialized(), "Ray was started"
+

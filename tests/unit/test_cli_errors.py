@@ -20,17 +20,7 @@ from app import checkpoint as ckpt
 from tests.conftest import penguins_tree
 
 
-@pytest.fixture(autouse=True)
-def no_ray(monkeypatch):
-    """Each check must be refused before Ray starts; one that started it fails here."""
-    import ray
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    # The suite runs tests/unit first; a selection that runs the integration tests' shared
-    # Ray before these cannot tell, and then checks the messages only.
-    already = ray.is_initialized()
-    yield
-    assert already or not ray.is_initialized(), "Ray was started: this check belongs in tests/e2e"
+pytestmark = pytest.mark.usefixtures("ray_must_not_start")  # (tests/conftest.py)
 
 
 def write_config(tmp_path: Path, tree: dict) -> Path:

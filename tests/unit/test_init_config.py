@@ -16,14 +16,7 @@ from tests.conftest import PENGUINS
 COLUMNS = ["species", "island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex", "year"]
 
 
-@pytest.fixture(autouse=True)
-def no_ray(monkeypatch):
-    import ray
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    already = ray.is_initialized()
-    yield
-    assert already or not ray.is_initialized(), "init must not start Ray"
+pytestmark = pytest.mark.usefixtures("ray_must_not_start")  # (tests/conftest.py)
 
 
 def one_error(capsys) -> str:

@@ -22,7 +22,9 @@ import pytest
 from app import lease, predicting, runs, storage
 from app.errors import UserError
 from tests.conftest import penguins_tree
-from tests.unit.test_cli_errors import assert_bad_input, checkpoint, no_ray, write_config  # noqa: F401
+from tests.unit.test_cli_errors import assert_bad_input, checkpoint, write_config
+
+pytestmark = pytest.mark.usefixtures("ray_must_not_start")  # (tests/conftest.py)
 
 
 def finished_run(tmp_path):
