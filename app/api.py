@@ -358,7 +358,8 @@ class Model:
         """The prediction for each row of `df` (a class, or a number), indexed as `df`."""
         import pandas as pd
 
-        columns = self._predictor.prediction_columns(self._frame(df))
+        with bad_values_as_user_errors("input"):
+            columns = self._predictor.prediction_columns(self._frame(df))
         return pd.Series(columns["prediction"], index=df.index, name="prediction")
 
     def predict_proba(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -367,7 +368,8 @@ class Model:
 
         if self.task != "classification":
             raise UserError("predict_proba: this model does regression; use predict")
-        columns = self._predictor.prediction_columns(self._frame(df))
+        with bad_values_as_user_errors("input"):
+            columns = self._predictor.prediction_columns(self._frame(df))
         return pd.DataFrame({c: columns[f"proba_{c}"] for c in self.classes}, index=df.index)
 
     def evaluate(self, df: pd.DataFrame) -> dict[str, float]:
@@ -379,8 +381,9 @@ class Model:
         df = self._frame(df)
         if self._predictor.state.label not in df.columns:
             raise UserError(f"evaluate: no label column {self._predictor.state.label!r} to evaluate against")
-        return score_tables(self._predictor, [pa.Table.from_pandas(df, preserve_index=False)]).metrics(
-            self._predictor.state)
+        with bad_values_as_user_errors("input"):
+            return score_tables(self._predictor, [pa.Table.from_pandas(df, preserve_index=False)]).metrics(
+                self._predictor.state)
 
     def _frame(self, df: Any) -> pd.DataFrame:
         import pandas as pd
@@ -392,6 +395,18 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.task}, {len(self.features)} features, checkpoint={self.checkpoint!r})"
+
+
+@contextmanager
+def bad_values_as_user_errors(where: str) -> Iterator[None]:
+    """A value the model cannot read (transform.BadValue: a word in a numeric feature) as
+    the UserError that bad input is, naming where it came from."""
+    from app.data.transform import BadValue
+
+    try:
+        yield
+    except BadValue as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def load_model(checkpoint: Any) -> Model:
@@ -434,9 +449,10 @@ def evaluate(checkpoint: Any, data: Any, *, output: str | None = None, address: 
              ) -> dict[str, Any]:
     """The checkpoint scored on labelled `data` (a path or URI, a DataFrame or a Dataset):
     {"metrics", "rows", "task", "epoch", and a confusion matrix or a residual summary}.
-    `output`: also written there as JSON."""
+    `output`: also written there as JSON (whole or not at all: written beside it, then
+    renamed); a folder there is refused before any scoring."""
     from app import cluster, storage
-    from app.evaluating import run_evaluate
+    from app.evaluating import check_scored, run_evaluate
     from app.metrics import json_safe
     from app.predictor import check_input, evaluate_dataset, load_predictor
     from app.redact import redact_tree
@@ -444,7 +460,7 @@ def evaluate(checkpoint: Any, data: Any, *, output: str | None = None, address: 
     uri = checkpoint_uri(checkpoint)
     predictor = load_predictor(uri, "--checkpoint")
     if output:
-        storage.check_writable(storage.parent(output), "--output")
+        _check_json_output(output)
     with _process_settings():
         if is_in_memory(data):
             import pyarrow as pa
@@ -455,15 +471,31 @@ def evaluate(checkpoint: Any, data: Any, *, output: str | None = None, address: 
             rows = [pa.Table.from_pandas(data, preserve_index=False)] if here else data
             if not here:
                 cluster.connect(address)
+            with bad_values_as_user_errors("--data"):
+                scored = evaluate_dataset(uri, rows, predictor.state, details=True, here=here)
+            check_scored(scored, predictor.state, f"--data ({type(data).__name__})")
             result = {"checkpoint": uri, "data": type(data).__name__, "task": predictor.state.task,
-                      "epoch": predictor.epoch, **evaluate_dataset(uri, rows, predictor.state, details=True, here=here)}
+                      "epoch": predictor.epoch, **scored}
         else:
             source = check_input(predictor, str(data), "--data", need_label=True)
             cluster.connect(address)
             result = run_evaluate(uri, predictor, source)
     if output:
-        storage.write_json(output, json_safe(redact_tree(result)))
+        try:
+            storage.write_json(output, json_safe(redact_tree(result)))  # atomic: a temporary name, then renamed
+        except OSError as e:  # a folder that appeared there meanwhile, a disk that filled up
+            raise UserError(f"--output: cannot write {output} ({' '.join(str(e).split())[:400]})") from None
     return result
+
+
+def _check_json_output(output: str) -> None:
+    """`evaluate`'s --output: a file (new or replaced) in a folder this process can write."""
+    from app import storage
+
+    if storage.is_dir(output):
+        raise UserError(f"--output {output} is a folder; give the JSON file to write, e.g. "
+                        f"{storage.join(output, 'evaluation.json')}")
+    storage.check_writable(storage.parent(output), "--output")
 
 
 def predict(checkpoint: Any, input: Any, output: str | None = None, *, overwrite: bool = False,
@@ -473,29 +505,32 @@ def predict(checkpoint: Any, input: Any, output: str | None = None, *, overwrite
 
     With `output` (a .csv or .parquet file, or else a folder of Parquet parts), they are
     written there (an existing output only with `overwrite`, and only one this app wrote)
-    and the number of rows is returned. Without: a DataFrame for a DataFrame input, a lazy
+    and the number of rows is returned. The output is claimed for the call: another call
+    writing it meanwhile is refused, and what appears there meanwhile is never replaced
+    (app/predicting.py). Without: a DataFrame for a DataFrame input, a lazy
     Dataset for a Dataset input (in input order only where that Dataset's DataContext sets
     `execution_options.preserve_order`, as for any Ray Data pipeline)."""
-    from app import cluster, storage
+    from contextlib import nullcontext
+
+    from app import cluster
     from app.data.preprocess import check_columns
-    from app.predicting import check_output, run_predict, write_rows
-    from app.predictor import check_input, load_predictor, predict_dataset
+    from app.predicting import claimed_output, run_predict, write_rows
+    from app.predictor import check_input, check_names, load_predictor, predict_dataset
 
     uri = checkpoint_uri(checkpoint)
     predictor = load_predictor(uri, "--checkpoint")
     if output is None and not is_in_memory(input):
         raise UserError("--output is required when the input is a path or URI")
-    if output is not None:
-        target = check_output(output, overwrite)
-        storage.check_writable(storage.parent(output), "--output")
-    with _process_settings():
+    with _process_settings(), (nullcontext() if output is None else claimed_output(output, overwrite)) as target:
         if not is_in_memory(input):
             source = check_input(predictor, str(input), "--input", need_label=False)
             cluster.connect(address)
             return run_predict(uri, predictor, source, target, batch_size=batch_size, concurrency=concurrency)
         check_columns(_columns_of(input), predictor.state.features, "--input", reads=predictor.state.features)
+        check_names(predictor, _columns_of(input), "--input", predicting=True)
         if not _is_dataset(input):
-            scored = predictor.predict(input)
+            with bad_values_as_user_errors("--input"):
+                scored = predictor.predict(input)
             if output is None:
                 return scored
             import pyarrow as pa

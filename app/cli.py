@@ -13,15 +13,21 @@ exit codes; nothing else. `raytab COMMAND` and `python -m app COMMAND` are the s
     python -m app submit   [--address ADDR] COMMAND [ARGS ...]   (COMMAND as a Ray job)
 
 Exit codes: 0 success; 2 bad usage, config or input (one line on stderr, no
-traceback); 1 anything else.
+traceback); 130 stopped by Ctrl-C (SIGINT), 143 by SIGTERM (one line on stderr: what was
+stopped, and how to go on); 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import socket
 import sys
+import threading
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 from app.errors import find_user_error
@@ -67,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="labelled CSV/Parquet: file, folder, glob or URI")
     evaluate.add_argument("--output", help="also write the results to this JSON file")
     add_address_arg(evaluate)
-    evaluate.set_defaults(handler=cmd_evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate, stopped="evaluate stopped; nothing was written")
 
     predict = commands.add_parser("predict", help="batch predictions from a checkpoint with Ray Data")
     predict.add_argument("--checkpoint", required=True, help="checkpoint folder (local path or URI)")
@@ -80,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="most input blocks scored at once, one CPU each (default: the cluster's CPUs)")
     predict.add_argument("--actors", type=positive_int, dest="concurrency", help=argparse.SUPPRESS)  # old name
     add_address_arg(predict)
-    predict.set_defaults(handler=cmd_predict)
+    predict.set_defaults(handler=cmd_predict,
+                         stopped="predict stopped; nothing was written (a previous output is as it was)")
 
     baseline = commands.add_parser("baseline", help="fit scikit-learn baselines on the config's split")
     add_config_args(baseline)
@@ -95,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="checkpoint folder (local path or URI)")
     export.add_argument("--output", required=True, help="folder to create")
     export.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-    export.set_defaults(handler=cmd_export)
+    export.set_defaults(handler=cmd_export, stopped="export stopped; nothing was written")
 
     serve = commands.add_parser("serve", help="real-time predictions over HTTP with Ray Serve")
     serve.add_argument("--checkpoint", required=True, help="checkpoint folder (local path or URI)")
@@ -199,14 +206,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import app
 
-    app.train(load_config(args), fresh=args.fresh, address=args.address)
+    cfg = load_config(args)
+    args.stopped = (f"train of run {cfg.name!r} stopped; run the same command again to resume from its last "
+                    f"checkpoint")
+    app.train(cfg, fresh=args.fresh, address=args.address)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     import app
 
-    app.tune(load_config(args), resume=args.resume, fresh=args.fresh, address=args.address)
+    cfg = load_config(args)
+    args.stopped = f"tune of sweep {cfg.name!r} stopped; run the same command with --resume to continue it"
+    app.tune(cfg, resume=args.resume, fresh=args.fresh, address=args.address)
     return 0
 
 
@@ -294,13 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     logs.to_terminal()  # the app logger's lines, as this command line has always shown them
     # Everything this process prints, the app's lines, Ray's, the workers' and a traceback,
     # goes out with the credentials of URIs in it replaced by *** (app/redact.py).
-    with redacted_output():
+    with redacted_output(), interrupts() as received:
         args = build_parser().parse_args(argv)
         try:
             return args.handler(args)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        except (KeyboardInterrupt, SystemExit) as e:
+            signum = received()
+            if isinstance(e, SystemExit) and signum is None:
+                raise  # (a SystemExit that a signal's handler raised is an interruption)
+            print(f"interrupted: {getattr(args, 'stopped', f'{args.command} stopped')}", file=sys.stderr)
+            return EXIT_CODES[signum or signal.SIGINT]
         except Exception as e:  # noqa: BLE001 - sorted into "bad input" and "bug" right here
             user_error = find_user_error(e)
             if user_error is None:
@@ -308,6 +323,57 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"error: {redact(str(user_error))}", file=sys.stderr)
             return 2
+
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as a shell reports it
+
+
+@contextmanager
+def interrupts() -> Iterator[Callable[[], int | None]]:
+    """For the block, SIGTERM raises KeyboardInterrupt in the main thread as SIGINT does, so
+    that either unwinds the command the same way (its run folder's lease released, a staging
+    copy deleted, an output's claim given back). Yields a function that says which of them
+    arrived (None: neither).
+
+    Other handlers take over while the command runs: `ray.init` installs its own SIGTERM
+    handler (`sys.exit`), and `TorchTrainer.fit()` its own SIGINT handler, which aborts the
+    run, stopping its workers, then exits (app/runner.py turns that into KeyboardInterrupt).
+    Which signal came is therefore read from Python's wakeup file descriptor, which gets the
+    number of every signal that any Python handler receives. The library installs none."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+        yield lambda: None
+        return
+
+    def on_sigterm(signum: int, frame) -> None:
+        stop = signal.getsignal(signal.SIGINT)
+        if callable(stop) and stop is not signal.default_int_handler:
+            # Ray Train's during fit() (it stops the workers, then exits) or Ray Tune's (it ends
+            # the sweep, state saved): a SIGTERM stops them as a Ctrl-C does
+            stop(signal.SIGINT, frame)
+            return
+        raise KeyboardInterrupt
+
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    saved_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    saved = signal.signal(signal.SIGTERM, on_sigterm)
+    arrived: list[int] = []
+
+    def received() -> int | None:
+        try:
+            arrived.extend(reader.recv(4096))
+        except BlockingIOError:
+            pass
+        return next((s for s in (signal.SIGTERM, signal.SIGINT) if s in arrived), None)
+
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, saved if saved is not None else signal.SIG_DFL)
+        signal.set_wakeup_fd(saved_fd)
+        reader.close()
+        writer.close()
 
 
 def entry() -> NoReturn:

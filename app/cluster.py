@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from app import ray_compat, storage
 from app.config import ScalingConfig
@@ -63,9 +65,9 @@ def connect(address: str | None = None, *, dashboard: bool = True) -> float:
     What a call changes in this process, besides `quiet_logs` (always called, see there):
     - Already connected (the caller's own `ray.init()`): nothing else; that Ray is used as is.
     - Otherwise this process is connected to Ray (`ray.init`, whose `logging_level="WARNING"`
-      sets the `ray` logger's level, and which, called in the main thread, replaces the
-      SIGTERM handler with its own `sys.exit`) and stays connected after the call: the Ray it
-      started lives until `ray.shutdown()` or the exit hook Ray registers on import.
+      sets the `ray` logger's level; the SIGTERM handler that ray.init replaces is put back:
+      `callers_sigterm`) and stays connected after the call: the Ray it started lives until
+      `ray.shutdown()` or the exit hook Ray registers on import.
     - Starting an embedded Ray (no address, no `ray start` of this machine) also sets, unless
       the environment has them, the `EMBEDDED_TRAIN_ENV` variables in `os.environ` before Ray
       starts, since Ray's processes take their settings from the environment they inherit;
@@ -91,22 +93,42 @@ def connect(address: str | None = None, *, dashboard: bool = True) -> float:
         for name, value in EMBEDDED_TRAIN_ENV.items():  # before Ray starts: its processes inherit them
             os.environ.setdefault(name, value)
     quiet_logs()
-    if address:
-        try:
-            ray.init(address=address, logging_level="WARNING")
-        except ConnectionError as e:
-            raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({e})") from None
-    elif not embedded:
-        ray.init(logging_level="WARNING")
-    else:
-        import logging
+    with callers_sigterm():
+        if address:
+            try:
+                ray.init(address=address, logging_level="WARNING")
+            except ConnectionError as e:
+                raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({e})") from None
+        elif not embedded:
+            ray.init(logging_level="WARNING")
+        else:
+            import logging
 
-        # Its notice that a new local Ray turns token authentication on by default.
-        logging.getLogger(ray_compat.AUTH_TOKEN_LOGGER).setLevel(logging.ERROR)
-        ray.init(logging_level="WARNING", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 _system_config=EMBEDDED_RAY_CONFIG)
-        _started_without_dashboard = not dashboard
+            # Its notice that a new local Ray turns token authentication on by default.
+            logging.getLogger(ray_compat.AUTH_TOKEN_LOGGER).setLevel(logging.ERROR)
+            ray.init(logging_level="WARNING", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                     _system_config=EMBEDDED_RAY_CONFIG)
+            _started_without_dashboard = not dashboard
     return time.perf_counter() - started
+
+
+@contextmanager
+def callers_sigterm() -> Iterator[None]:
+    """Around `ray.init`, which (in the main thread) replaces the SIGTERM handler with its
+    own, which exits the process after printing a crash report: the caller's handler is put
+    back (the CLI's stops the command as Ctrl-C does; a notebook's is its own). The Ray that
+    this process started stops with it either way: Ray's processes share the fate of the
+    driver that started them."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    saved = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            signal.signal(signal.SIGTERM, saved)
 
 
 def has_state_api() -> bool:

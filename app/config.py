@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +46,7 @@ def is_known_metric(metric: str) -> bool:
 def check_metric(metric: str, task: str, *, key: str) -> None:
     """Refuse a metric (given as config key `key`) that training never reports for `task`."""
     if metric not in reported_metrics(task):
-        raise UserError(f"{key}: {metric!r} is never reported for {task}; "
+        raise UserError(f"{key}: {excerpt(metric)} is never reported for {task}; "
                         f"choose one of {', '.join(reported_metrics(task))}")
 
 
@@ -56,7 +57,26 @@ AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 10, 200
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 numbers: PyYAML (YAML 1.1) reads 1e-3 as a string, 1.0e-3 as a float."""
+    """YAML 1.2 numbers: PyYAML (YAML 1.1) reads 1e-3 as a string, 1.0e-3 as a float. No
+    anchors or aliases: a few lines of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if getattr(event, "anchor", None) is not None:  # an anchor (&a) or an alias (*a)
+            raise _AliasRefused(f"YAML anchors and aliases (&/*) are not supported "
+                                f"(line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+class _AliasRefused(yaml.YAMLError):
+    pass
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes a value that appears twice in full, not as an alias that `parse_yaml` refuses."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 _Loader.add_implicit_resolver(
@@ -68,6 +88,27 @@ _Loader.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    return str(e) if isinstance(e, _AliasRefused) else f"malformed YAML: {_first_line(e)}"
+
+
+EXCERPT_CHARS = 200  # of a bad value quoted in a message
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxlong, _REPR.maxother = 4, EXCERPT_CHARS, EXCERPT_CHARS, EXCERPT_CHARS
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 10
+
+
+def clip(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text`, cut to at most `limit` characters (ending in ...)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def excerpt(value: Any) -> str:
+    """A bounded repr of `value` for messages (at most EXCERPT_CHARS characters), built
+    without the repr of the whole value."""
+    return clip(_REPR.repr(value))
 
 
 class Section(BaseModel):
@@ -122,7 +163,7 @@ class SqlSource(Section):
         if (self.query is None) == (self.table is None):
             raise ValueError("give one of `query` or `table` beside `sql`")
         if self.table is not None and not re.fullmatch(r"[A-Za-z_][\w.]*", self.table):
-            raise ValueError(f"table: expected a table name, got {self.table!r}; use `query` for anything else")
+            raise ValueError(f"table: expected a table name, got {excerpt(self.table)}; use `query` for anything else")
         return self
 
     def select(self) -> str:
@@ -191,7 +232,7 @@ class DataConfig(Section):
         if isinstance(value, dict) and "sql" in value:
             return SqlSource.model_validate(value)
         raise ValueError(f"expected a path or URI, a SQL source ({{sql: URL, query: ...}}), a pandas DataFrame "
-                         f"or a ray.data.Dataset (got {value!r:.80})")
+                         f"or a ray.data.Dataset (got {excerpt(value)})")
 
 
 class PreprocessConfig(Section):
@@ -244,7 +285,7 @@ class ModelConfig(Section):
     @classmethod
     def _positive_widths(cls, hidden: list[int]) -> list[int]:
         if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"must be a non-empty list of positive layer widths (got {hidden})")
+            raise ValueError(f"must be a non-empty list of positive layer widths (got {excerpt(hidden)})")
         return hidden
 
 
@@ -277,7 +318,7 @@ class TrainConfig(Section):
     @classmethod
     def _positive_or_auto(cls, value: Any) -> Any:
         if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"must be a positive integer or auto (got {value!r})")
+            raise ValueError(f"must be a positive integer or auto (got {excerpt(value)})")
         return value
 
     def resolved(self, train_rows: int) -> TrainConfig:
@@ -318,7 +359,7 @@ class ScalingConfig(Section):
             if n < 1:
                 raise ValueError(f"must be at least 1 (got {n})")
         elif len(n) != 2 or not 1 <= n[0] <= n[1]:
-            raise ValueError(f"must be an integer or [min, max] with 1 <= min <= max (got {n})")
+            raise ValueError(f"must be an integer or [min, max] with 1 <= min <= max (got {excerpt(n)})")
         return n
 
     @property
@@ -396,7 +437,8 @@ class TuneConfig(Section):
     """Dotted config key -> one distribution: `choice: [v, ...]`, `grid: [v, ...]`,
     `uniform: [low, high]`, `loguniform: [low, high]`, `randint: [low, high)`,
     `quniform: [low, high, q]`, `qloguniform: [low, high, q]`. Any key of `data`,
-    `preprocess`, `model` or `train`; not `name`, `run`, `scaling` or `tune`."""
+    `preprocess`, `model` or `train`; not `name`, `run`, `scaling` or `tune`. Checked by every
+    command that reads the config, `train` too."""
 
 
 class TrackingConfig(Section):
@@ -421,10 +463,13 @@ class ReportConfig(Section):
     validation and test rows."""
 
 
+NAME_MAX = 100  # characters of `name`, a folder name (file systems allow 255 bytes)
+
+
 class Config(Section):
     name: str
     """Run name, and also the folder under `run.storage`. Letters, digits, `.`, `_`, `-`,
-    starting with a letter or digit."""
+    starting with a letter or digit; at most 100 characters."""
     data: DataConfig
     """see [Data](data.md)"""
     preprocess: PreprocessConfig = PreprocessConfig()
@@ -448,7 +493,9 @@ class Config(Section):
     @classmethod
     def _safe_folder_name(cls, name: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise ValueError(f"must be letters, digits, '.', '_' or '-' (got {name!r})")
+            raise ValueError(f"must be letters, digits, '.', '_' or '-' (got {excerpt(name)})")
+        if len(name) > NAME_MAX:  # it names a folder, and file systems refuse long names
+            raise ValueError(f"must be at most {NAME_MAX} characters (got {len(name)})")
         return name
 
     def to_dict(self) -> dict[str, Any]:
@@ -461,7 +508,84 @@ class Config(Section):
     def to_yaml(self) -> str:
         """The config as YAML for files (config.yaml, best_config.yaml), with the credentials
         of any URI in it replaced by *** (see app/redact.py)."""
-        return yaml.safe_dump(redact_tree(self.to_dict()), sort_keys=False)
+        return yaml.dump(redact_tree(self.to_dict()), Dumper=_Dumper, sort_keys=False)
+
+
+# ---------------------------------------------------------------- tune.space
+# Checked by every command that reads a config (`from_dict`), not only by `tune`; app/tuning.py
+# turns a checked space into Ray Tune domains.
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
+UNSEARCHABLE = ("name", "run.", "tune.", "scaling.")  # where trials run, not what they learn
+
+
+def check_space(cfg: Config) -> None:
+    """Refuse a `tune.space` that no sweep could run: a key that is not a searchable config
+    key, a malformed distribution, a value that makes an invalid config, or axes that
+    `tune.search` cannot use. An empty space passes (`tune` refuses it)."""
+    space = cfg.tune.space
+    if not space:
+        return
+    base = cfg.model_dump()  # leaves (a DataFrame too) shared, not copied
+    for key, spec in space.items():
+        where = f"tune.space.{clip(key)}"
+        if key.startswith(UNSEARCHABLE) or not _has_key(base, key):
+            reason = "cannot be searched" if _has_key(base, key) else "is not a config key"
+            raise UserError(f"{where}: {clip(key)} {reason}")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise UserError(f"{where}: expected one distribution, one of {', '.join(DISTRIBUTIONS)} "
+                            f"(e.g. {{loguniform: [1.0e-4, 1.0e-2]}}), got {excerpt(spec)}")
+        kind, args = next(iter(spec.items()))
+        for value in _check_args(where, kind, args):  # the values a trial could get must make a valid config
+            try:
+                Config.model_validate(_with(base, key, value))
+            except ValidationError as e:
+                raise UserError(f"{where}: {excerpt(value)} is not a valid {key} ({_problem(e)[1]})") from None
+    if cfg.tune.search == "grid":
+        bad = [k for k, s in space.items() if next(iter(s)) not in ("grid", "choice")]
+        if bad:
+            raise UserError(f"tune.search: grid search needs grid or choice axes; {clip(', '.join(bad))} "
+                            f"are continuous")
+    if cfg.tune.search == "optuna" and any(next(iter(s)) == "grid" for s in space.values()):
+        raise UserError("tune.search: optuna cannot search grid axes; use choice")
+
+
+def _check_args(where: str, kind: str, args: Any) -> list[Any]:
+    """Validate a distribution's parameters; return the values to try against the config."""
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise UserError(f"{where}: {kind} takes a non-empty list of values, got {excerpt(args)}")
+        return args
+    sizes = {"uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3, "qloguniform": 3}
+    if (not isinstance(args, list) or len(args) != sizes[kind]
+            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
+        shape = "[low, high]" if sizes[kind] == 2 else "[low, high, q]"
+        raise UserError(f"{where}: {kind} takes {shape} as numbers, got {excerpt(args)}")
+    low, high = args[0], args[1]
+    if not low < high:
+        raise UserError(f"{where}: {kind} needs low < high, got {excerpt(args)}")
+    if kind.endswith("loguniform") and low <= 0:
+        raise UserError(f"{where}: {kind} needs low > 0, got {excerpt(args)}")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise UserError(f"{where}: randint takes integers [low, high) , got {excerpt(args)}")
+    if len(args) == 3 and not args[2] > 0:
+        raise UserError(f"{where}: {kind} needs q > 0, got {excerpt(args)}")
+    return [low, high - 1] if kind == "randint" else [low, high]
+
+
+def _has_key(tree: dict[str, Any], key: str) -> bool:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return not isinstance(node, dict)
+
+
+def _with(tree: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of `tree` with dotted `key` set to `value`; the other branches shared."""
+    head, _, rest = key.partition(".")
+    return {**tree, head: _with(tree[head], rest, value) if rest else value}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -480,11 +604,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=value` -> ("a.b", value parsed as YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w.]*)*", key):
-        raise UserError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
+        raise UserError(f"--set {excerpt(text)}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
     try:
         return key, parse_yaml(raw) if raw.strip() else None
+    except _AliasRefused as e:
+        raise UserError(f"--set {key}: {e}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"--set {key}: value {raw!r} is not valid YAML ({_first_line(e)})") from None
+        raise UserError(f"--set {key}: value {excerpt(raw)} is not valid YAML ({_first_line(e)})") from None
 
 
 def apply_override(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -499,13 +625,19 @@ def apply_override(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def from_dict(tree: Any, source: str, override_keys: frozenset[str] = frozenset()) -> Config:
-    """Validate a raw config tree; errors name the dotted key and where it came from."""
+    """Validate a raw config tree, `tune.space` included; errors name the dotted key and
+    where it came from."""
     if not isinstance(tree, dict):
         raise UserError(f"{source}: expected a mapping of config sections, got {type(tree).__name__}")
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as e:
         raise UserError(_describe(e, source, override_keys)) from None
+    try:
+        check_space(cfg)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -531,7 +663,7 @@ def read_tree(path: str | Path) -> dict[str, Any]:
     try:
         tree = parse_yaml(text)
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: malformed YAML: {_first_line(e)}") from None
+        raise UserError(f"{path}: {_yaml_problem(e)}") from None
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
@@ -540,11 +672,18 @@ def read_tree(path: str | Path) -> dict[str, Any]:
 
 
 def _describe(error: ValidationError, source: str, override_keys: frozenset[str]) -> str:
+    key, message = _problem(error)
+    origin = " (from --set)" if key in override_keys else ""
+    more = f" (and {error.error_count() - 1} more problem(s))" if error.error_count() > 1 else ""
+    return f"{source}: {clip(key)}{origin}: {message}{more}"
+
+
+def _problem(error: ValidationError) -> tuple[str, str]:
+    """The dotted key and the message of a validation error's first problem."""
     first = error.errors()[0]
     loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union"))]
     # Union members show up in loc as type names ("int", "list[int]"); they mean nothing to users.
     loc = [p for p in loc if not _TYPE_TAG.fullmatch(p)]
-    key = ".".join(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif first["type"] == "missing":
@@ -552,10 +691,8 @@ def _describe(error: ValidationError, source: str, override_keys: frozenset[str]
     else:
         message = first["msg"].removeprefix("Value error, ")
         if "input" in first and first["type"] != "value_error":
-            message += f" (got {first['input']!r})"
-    origin = " (from --set)" if key in override_keys else ""
-    more = f" (and {error.error_count() - 1} more problem(s))" if error.error_count() > 1 else ""
-    return f"{source}: {key}{origin}: {message}{more}"
+            message += f" (got {excerpt(first['input'])})"
+    return ".".join(loc) or "(top level)", message
 
 
 def _first_line(e: Exception) -> str:

@@ -8,24 +8,44 @@ each block is scored by a Ray task, and the metrics are computed from every scor
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from app.data import sources
+from app.data.transform import PreprocessState
+from app.errors import UserError
 from app.predictor import Predictor, evaluate_dataset, read_types
+
+log = logging.getLogger(__name__)
 
 
 def run_evaluate(checkpoint: str, predictor: Predictor, source: sources.Source) -> dict[str, Any]:
     """Metrics of the checkpoint on every labelled row of `source`, with a confusion matrix
     (classification) or a residual summary (regression)."""
     state = predictor.state
-    ds = sources.read_dataset(source, read_types(state, with_label=True))
+    ds = sources.read_dataset(source, read_types(state))
     result = sources.read_step(lambda: evaluate_dataset(checkpoint, ds, state, details=True), source)
+    check_scored(result, state, f"--data {source.uri}")
     return {"checkpoint": checkpoint, "data": source.uri, "task": state.task, "epoch": predictor.epoch,
             **result}
 
 
+def check_scored(result: dict[str, Any], state: PreprocessState, where: str) -> None:
+    """Say how many labelled rows were left out for an unusable label, and refuse data with
+    no row to score (its metrics would be empty)."""
+    unusable = result.get("unusable_labels", 0)
+    why = "not a number" if state.task == "regression" else "not a class seen in training"
+    if result["rows"] == 0:
+        raise UserError(f"{where}: no row has a usable label {state.label!r} to score"
+                        + (f" ({unusable} labelled row(s) hold a label that is {why})" if unusable else ""))
+    if unusable:
+        log.warning(f"{where}: {unusable} row(s) have a label {state.label!r} that is {why}; they are left out "
+                    f"of the metrics")
+
+
 def format_evaluation(result: dict[str, Any]) -> str:
-    lines = [f"{result['task']} on {result['rows']} labelled rows of {result['data']}", ""]
+    left_out = f" ({result['unusable_labels']} left out: unusable label)" if result.get("unusable_labels") else ""
+    lines = [f"{result['task']} on {result['rows']} labelled rows of {result['data']}{left_out}", ""]
     width = max(len(k) for k in result["metrics"]) if result["metrics"] else 0
     lines += [f"  {k:<{width}}  {v:.4f}" for k, v in result["metrics"].items() if k != "loss"]
     if "confusion_matrix" in result:

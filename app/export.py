@@ -6,7 +6,10 @@
 The folder holds model.onnx and model_torchscript.pt (the same network, prepared arrays ->
 probabilities or the prediction in the label's units), preprocess.json (the fitted state), preprocess.py (a copy of the code
 that prepares rows, app/data/transform.py), predict.py (a runner and a `Model` class),
-schema.json and a README.
+schema.json and a README. `--output` is claimed while the command runs, as `predict` claims
+its output (`storage.claimed`): a second export to the same folder is refused, and a folder
+that appears or changes there meanwhile is not replaced (the new one stays under its
+staging name, which the error names).
 """
 
 from __future__ import annotations
@@ -48,14 +51,28 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
     out = Path(output).expanduser().resolve()
     if "://" in output:
         raise UserError(f"--output {output}: export writes a local folder; copy it to object storage after")
+    check_output(out, output, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fs, final = storage.filesystem(str(out))
+    with storage.claimed(fs, final, output, "--output"):
+        check_output(out, output, overwrite)  # again, once claimed: what is there now is all it may replace
+        before = storage.fingerprint(fs, final)
+        write_folder(checkpoint, fs, final, output, before)
+    return out
+
+
+def check_output(out: Path, output: str, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise UserError(f"--output {output} already exists and is not empty; remove it or pass --overwrite")
         storage.check_replaceable(str(out), "--output")  # only a folder this app wrote is replaced
+
+
+def write_folder(checkpoint: str, fs: storage.FileSystem, final: str, output: str, before: tuple | None) -> None:
+    """The export, written beside `final` and then switched in, unless what is at `final` is
+    no longer `before` (`storage.changed_since`)."""
     predictor = Predictor.from_checkpoint(checkpoint)
     state = predictor.state
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fs, final = storage.filesystem(str(out))
     with storage.staged(fs, final) as staging_path:
         staging = Path(staging_path)
         staging.mkdir()
@@ -68,8 +85,8 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
         shutil.copy(here / "exported" / "predict.py", staging / "predict.py")
         (staging / "README.md").write_text(readme(predictor, checkpoint))
         storage.mark_owned(staging_path, "export")
+        storage.changed_since(fs, final, before, output, "--output", staging_path)
         storage.publish_dir(fs, staging_path, final)  # a failure leaves the old folder whole
-    return out
 
 
 def example_inputs(predictor: Predictor, rows: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,10 +38,12 @@ SETTLE_S = 1.0
 
 
 def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (tells a reused pid from the owner); None if gone."""
+    """The kernel's start time of `pid` (tells a reused pid from the owner); None if gone,
+    or dead and not yet reaped by its parent (a zombie)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[19]
+            state, *fields = f.read().rpartition(")")[2].split()
+        return None if state in ("Z", "X") else fields[18]
     except (OSError, IndexError):
         return None
 

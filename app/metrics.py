@@ -19,6 +19,7 @@ data is split into blocks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from collections.abc import Callable, Iterator
@@ -79,6 +80,9 @@ class MetricSums:
     sample_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     sample_actual: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sample_predicted: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # rows whose label is present but unusable (not a number; a class not seen in training):
+    # left out of the metrics, and counted
+    unusable: int = 0
 
     @classmethod
     def empty(cls, state: PreprocessState) -> MetricSums:
@@ -125,11 +129,14 @@ class MetricSums:
         return out
 
     def merge(self, other: MetricSums) -> MetricSums:
-        """Both sets together (neither argument is changed; an empty side returns the other)."""
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            return other
+        """Both sets together (neither argument is changed)."""
+        if other.n == 0 or self.n == 0:
+            return dataclasses.replace(self if other.n == 0 else other, unusable=self.unusable + other.unusable)
+        out = self._merge_scored(other)
+        out.unusable = self.unusable + other.unusable
+        return out
+
+    def _merge_scored(self, other: MetricSums) -> MetricSums:
         out = MetricSums(classification=self.classification, n_classes=self.n_classes, n=self.n + other.n,
                          loss_sum=self.loss_sum + other.loss_sum)
         if self.classification:

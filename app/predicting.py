@@ -15,7 +15,10 @@ the first file has no type yet, up to 64 MiB). Inputs larger than memory work ei
 The output is written complete beside its final name first (`.<name>.tmp-<id>`) and only
 then takes that name, so a failed job leaves a previous output as it was. `--overwrite`
 replaces a file, or a folder this app wrote (it holds `storage.OWNED`); any other folder
-is refused, never deleted.
+is refused, never deleted. The output is claimed while the command runs (`.<name>.claim`
+beside it, `storage.claimed`): a second command writing the same output is refused at its
+start, and something that appears at the output meanwhile, or changes there, is never
+replaced: the new output then stays under its staging name, which the error names.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import itertools
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -44,11 +48,13 @@ class Output:
     filesystem: storage.FileSystem
     path: str
     format: str | None  # "csv" | "parquet" for one file; None for a folder of Parquet parts
+    before: tuple | None = None  # `storage.fingerprint` of what was there when checked: all it may replace
 
 
 def check_output(uri: str, overwrite: bool) -> Output:
     fs, path = storage.filesystem(uri)
     fmt = sources.FORMATS.get(posixpath.splitext(path)[1].lower())
+    before = storage.fingerprint(fs, path)
     found = storage.kind(fs, path)
     if found is not None and not overwrite:
         raise UserError(f"--output {uri} already exists; remove it or pass --overwrite")
@@ -59,7 +65,18 @@ def check_output(uri: str, overwrite: bool) -> Output:
     parent = posixpath.dirname(path)
     if storage.is_local(fs) and storage.kind(fs, parent) == "file":
         raise UserError(f"--output {uri}: {parent} is a file, not a folder")
-    return Output(uri, fs, path, fmt)
+    return Output(uri, fs, path, fmt, before)
+
+
+@contextmanager
+def claimed_output(uri: str, overwrite: bool) -> Iterator[Output]:
+    """`check_output`, with the output claimed for the block (`storage.claimed`) and checked
+    again once claimed: what is there then is all that the final switch may replace."""
+    check_output(uri, overwrite)  # refused before anything is created
+    storage.check_writable(storage.parent(uri), "--output")
+    fs, path = storage.filesystem(uri)
+    with storage.claimed(fs, path, uri, "--output"):
+        yield check_output(uri, overwrite)
 
 
 def run_predict(checkpoint: str, predictor: Predictor, source: sources.Source, output: Output, *,
@@ -69,7 +86,7 @@ def run_predict(checkpoint: str, predictor: Predictor, source: sources.Source, o
 
     DataContext.get_current().execution_options.preserve_order = True
     concurrency = concurrency or default_concurrency()
-    types = read_types(predictor.state, with_label=False)
+    types = read_types(predictor.state)
     fs = output.filesystem
 
     def scored(**read):
@@ -123,17 +140,21 @@ def write_output(out: Output, write: Callable[[str], int]) -> int:
     """`write(staging)` writes everything to the staging name and returns the rows written;
     then the output is replaced with it: a file by one move (an object store publishes the
     copy whole), a folder by `storage.publish_dir`, which writes `_SUCCESS` last. On any
-    failure the staging copy goes and the previous output, if any, stays."""
+    failure the staging copy goes and the previous output, if any, stays; but when the
+    output is no longer what `check_output` found, the staging copy stays, and the error
+    names it (`storage.changed_since`)."""
     fs = out.filesystem
     with storage.staged(fs, out.path) as staging:
         if out.format:
             fs.create_dir(posixpath.dirname(staging), recursive=True)
             rows = write(staging)
+            storage.changed_since(fs, out.path, out.before, out.uri, "--output", staging)
             fs.move(staging, out.path)
         else:
             fs.create_dir(staging, recursive=True)
             rows = write(staging)
             storage.mark_owned_path(fs, staging, "predictions")
+            storage.changed_since(fs, out.path, out.before, out.uri, "--output", staging)
             storage.publish_dir(fs, staging, out.path, success=SUCCESS_MARKER)
     return rows
 

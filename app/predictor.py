@@ -6,6 +6,7 @@ It is the one path from raw rows to predictions: the test scoring at the end of
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from app.data.transform import PreprocessState, scorable, transform
 from app.errors import UserError
 from app.metrics import MetricSums, block_sums, compute_metrics, softmax
 from app.model import build_model
+
+log = logging.getLogger(__name__)
 
 SCORE_BATCH = 8192  # rows per model call when scoring labelled data
 
@@ -90,12 +93,13 @@ class Predictor:
                 "label": self.state.label, "task": self.state.task,
                 "classes": self.state.classes if self.state.task == "classification" else None}
 
-    def score_batch(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Outputs and encoded labels of the labelled, scorable rows (for metrics)."""
+    def score_batch(self, df: pd.DataFrame) -> dict[str, Any]:
+        """Outputs and encoded labels of the labelled, scorable rows (for metrics), and the
+        number of labelled rows left out because their label is unusable."""
         arrays = transform(df[df[self.state.label].notna()], self.state)
         keep = scorable(arrays["y"], self.state)
         out = self.forward(arrays["x_num"][keep], arrays["x_cat"][keep], SCORE_BATCH)
-        return {"outputs": out, "y": arrays["y"][keep]}
+        return {"outputs": out, "y": arrays["y"][keep], "unusable": int((~keep).sum())}
 
     def evaluate(self, df: pd.DataFrame) -> dict[str, float]:
         s = self.score_batch(df)
@@ -116,28 +120,41 @@ def load_predictor(checkpoint: str, key: str = "--checkpoint") -> Predictor:
 def check_input(predictor: Predictor, uri: str, key: str, *, need_label: bool) -> sources.Source:
     """The source at `uri` (given as `key`), after checking it holds the model's columns."""
     source = sources.resolve(uri, key)
-    names = set(sources.read_schema(source).names)
+    names = sources.read_schema(source).names
     state = predictor.state
     check_columns(names, state.features, f"{key} {uri}", reads=state.features)
     if need_label and state.label not in names:
         raise UserError(f"{key} {uri}: no label column {state.label!r} to evaluate against")
+    check_names(predictor, names, f"{key} {uri}", predicting=not need_label)
     return source
 
 
-def read_types(state: PreprocessState, *, with_label: bool) -> dict[str, pa.DataType]:
-    """CSV read types: features as the checkpoint read them in training, the label as its task
-    needs; any other column is inferred."""
-    types = {name: pa.type_for_alias(t) for name, t in state.input_types.items() if name in state.features}
-    if with_label:
-        if state.task == "regression":
-            types[state.label] = pa.float64()
-        elif all(isinstance(c, bool) for c in state.classes):
-            types[state.label] = pa.bool_()
-        elif all(isinstance(c, int) for c in state.classes):
-            types[state.label] = pa.int64()
-        else:
-            types[state.label] = pa.string()
-    return types
+def check_names(predictor: Predictor, names: list[str], where: str, *, predicting: bool) -> None:
+    """Refuse a column named like one the app adds to rows on their way (it would be
+    overwritten, or break the write); warn about input columns that the output's
+    prediction columns replace."""
+    reserved = [n for n in names if n in sources.RESERVED_COLUMNS]
+    if reserved:
+        raise UserError(f"{where}: column {reserved[0]!r} has a name the app reserves for its own use; rename it")
+    if predicting:
+        replaced = [n for n in names if n in prediction_names(predictor.state)]
+        if replaced:
+            log.warning(f"{where} has column(s) {', '.join(replaced)}: the output replaces them with "
+                        f"this model's predictions")
+
+
+def prediction_names(state: PreprocessState) -> list[str]:
+    """The columns `predict` adds to each row."""
+    return ["prediction", *(f"proba_{c}" for c in state.classes)] if state.task == "classification" \
+        else ["prediction"]
+
+
+def read_types(state: PreprocessState) -> dict[str, pa.DataType]:
+    """CSV read types: features as the checkpoint read them in training. Every other column,
+    the label included, is read as text (`sources.csv_read_types`): passed through as
+    written, and a label that is not a number or not a class is a row left out and
+    counted, not a file that cannot be read."""
+    return {name: pa.type_for_alias(t) for name, t in state.input_types.items() if name in state.features}
 
 
 _LOADED: dict[str, Predictor] = {}  # per process: a Ray worker loads a checkpoint once, then reuses it
@@ -163,8 +180,13 @@ def _block_sums(df: pd.DataFrame, checkpoint: str) -> MetricSums:
     """The metric sums of one block of raw labelled rows (`metrics.block_sums`). Scored rows
     never leave the task."""
     predictor = cached_predictor(checkpoint)
-    scored = predictor.score_batch(df)
-    return MetricSums.of(scored["outputs"], scored["y"], predictor.state)
+    return _sums(predictor, predictor.score_batch(df))
+
+
+def _sums(predictor: Predictor, scored: dict[str, Any]) -> MetricSums:
+    sums = MetricSums.of(scored["outputs"], scored["y"], predictor.state)
+    sums.unusable = scored["unusable"]
+    return sums
 
 
 def _batches_here(ds) -> Iterator[pd.DataFrame]:
@@ -184,7 +206,7 @@ def score_tables(predictor: Predictor, tables) -> MetricSums:
     to `app.Model.evaluate`), so both score the same rows identically."""
     total = MetricSums.empty(predictor.state)
     for df in _batches_here(tables):
-        total = total.merge(MetricSums.of(**predictor.score_batch(df), state=predictor.state))
+        total = total.merge(_sums(predictor, predictor.score_batch(df)))
     return total
 
 
@@ -209,7 +231,7 @@ def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool 
     metrics = total.metrics(state)
     if not details:
         return metrics
-    out: dict[str, Any] = {"metrics": metrics, "rows": total.n}
+    out: dict[str, Any] = {"metrics": metrics, "rows": total.n, "unusable_labels": total.unusable}
     if state.task == "classification":
         out["confusion_matrix"] = total.confusion_matrix(state.classes)
         out["roc_auc_error_bound"] = total.auc_error_bound()

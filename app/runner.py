@@ -18,8 +18,11 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from app import cluster, runs, storage, tracking
@@ -97,7 +100,8 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
 
         tracking.open_run(spec, cfg)
         fit_started = time.time()
-        build_trainer(cfg, data, tracking_spec=spec, resume_from=resume.resume_from if resume else None).fit()
+        with ray_train_sigint():
+            build_trainer(cfg, data, tracking_spec=spec, resume_from=resume.resume_from if resume else None).fit()
         fit_ended = time.time()
         metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
         metrics["wall_time_s"] = time.time() - started
@@ -115,6 +119,26 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
         log.info(comparison_table(metrics["test"], run_baselines(cfg, data), cfg.model.kind))
     log.info(f"run folder: {out_dir}")
     return metrics
+
+
+@contextmanager
+def ray_train_sigint() -> Iterator[None]:
+    """Around `TorchTrainer.fit()`. In the main thread fit() installs Ray Train's own SIGINT
+    handler, which on Ctrl-C aborts the run (its controller stops the workers) and then calls
+    `sys.exit`: fit() ends in SystemExit (code 0, or 1 where it interrupted a `ray.get`). That
+    is a Ctrl-C, and leaves here as KeyboardInterrupt, as any other Ctrl-C does. Ray leaves
+    its handler installed; the previous one is put back, so that a Ctrl-C after fit() does
+    not abort a controller that is gone. (Checked: Ray 2.60, ray/train/v2/api/
+    data_parallel_trainer.py, `_register_sigint_handler`.)"""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    except SystemExit:
+        raise KeyboardInterrupt from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def finished_metrics(cfg: Config) -> dict[str, Any] | None:

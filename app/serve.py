@@ -52,7 +52,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app import cluster, ray_compat, storage
-from app.data.transform import PreprocessState
+from app.data.transform import NULL_TEXTS, PreprocessState, not_a_number
 from app.errors import UserError
 from app.predictor import SCORE_BATCH
 
@@ -96,15 +96,20 @@ def is_loopback(host: str) -> bool:
 
 def read_token(token_file: str | None) -> str | None:
     """The bearer token from `token_file`, else from $APP_SERVE_TOKEN (unset or empty: none).
-    The messages name where the token comes from, never the token."""
+    The messages name where the token comes from, never the token; a file that other users
+    may read or write gets a warning."""
     if token_file is not None:
-        where = f"--token-file {token_file}"
+        where, path = f"--token-file {token_file}", Path(token_file).expanduser()
         try:
-            token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+            token = path.read_text(encoding="utf-8").strip()
+            mode = path.stat().st_mode & 0o777
         except FileNotFoundError:
             raise UserError(f"{where}: no such file") from None
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{where}: cannot read it ({type(e).__name__})") from None
+        if mode & 0o077:
+            log.warning(f"{where}: other users have access to it (mode {mode:03o}); "
+                        f"keep the token to yourself with chmod 600 {token_file}")
     else:
         where, token = f"${TOKEN_ENV}", os.environ.get(TOKEN_ENV, "").strip()
         if not token:
@@ -208,12 +213,25 @@ def _count_records(bare: bytes, chunk: int = 2**20) -> int:
     return records
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON; send null for a missing value")
+def _utf8(body: bytes) -> str:
+    """The body as text: JSON is UTF-8 (RFC 8259), where json.loads would take UTF-16 and
+    UTF-32 bytes as well. A UTF-8 byte order mark in front is allowed."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        at = e.start
+    else:
+        at = body.find(b"\x00")  # never in JSON (controls in strings are escaped), all over UTF-16 and -32
+        if at < 0:
+            return text
+    raise BadRequest(400, f"malformed JSON: the body is not UTF-8 (byte {body[at]:#04x} at offset {at}); "
+                          f"send JSON as UTF-8")
 
 
 # What one record's values may be: JSON scalars (types kept: 1 stays an int, true a bool).
-Scalar = StrictStr | StrictInt | StrictFloat | StrictBool | None
+# Not NaN or infinity: json.loads reads NaN, Infinity and an out-of-range 1e999 as such.
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Scalar = StrictStr | StrictInt | FiniteFloat | StrictBool | None
 
 
 class PredictRequest(BaseModel):
@@ -237,13 +255,14 @@ def parse_records(body: bytes, state: PreprocessState, max_rows: int) -> dict[st
     Every record names every feature; other keys are ignored, but hold scalars too."""
     check_cost(body, max_rows=max_rows, columns=len(state.features))
     try:
-        payload = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        payload = json.loads(_utf8(body))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise BadRequest(400, f"malformed JSON: {e}") from None
     try:
         records = PredictRequest.model_validate(payload).records
     except ValidationError as e:
-        raise _refusal(e.errors()[0], state) from None
+        errors = e.errors()  # a value refused by every type of the union: one error per type
+        raise _refusal(next((x for x in errors if x["type"] == "finite_number"), errors[0]), state) from None
     if len(records) > max_rows:
         raise BadRequest(413, f"{len(records)} records in one request; the limit is {max_rows}, "
                               f"split them over several requests")
@@ -271,9 +290,12 @@ def _refusal(error: dict[str, Any], state: PreprocessState) -> BadRequest:
     if len(loc) == 2:
         return BadRequest(400, f"records[{loc[1]}] is not an object")
     name = loc[2]
+    what = "column" if name in state.features else "key"
+    if error["type"] == "finite_number":
+        return BadRequest(422, f"{what} {name!r}, records[{loc[1]}]: got {_short(error['input'])}, which is not "
+                               f"a finite number; send null for a missing value")
     expected = "a number or null" if name in {c.name for c in state.numeric} \
         else "a string, number, boolean or null"
-    what = "column" if name in state.features else "key"
     return BadRequest(422, f"{what} {name!r}, records[{loc[1]}]: got {_short(error['input'])}; expected {expected}")
 
 
@@ -285,16 +307,20 @@ def _short(value: Any) -> str:
 def _numeric_column(name: str, records: list[dict]) -> np.ndarray:
     values = [record[name] for record in records]
     for i, v in enumerate(values):
+        if type(v) is str:  # read as a CSV file's text is: a number, a missing marker, or refused
+            number = np.nan if v in NULL_TEXTS else \
+                pd.to_numeric(pd.Series([v], dtype=object), errors="coerce").to_numpy(np.float64, na_value=np.nan)[0]
+            if np.isnan(number) and v not in NULL_TEXTS:
+                raise BadRequest(422, f"{not_a_number(name, v)} (records[{i}]); send a number or null")
+            values[i] = None if np.isnan(number) else float(number)
+            continue
         if v is not None and type(v) not in (int, float):  # a bool is an int to Python, not a number in JSON
             raise BadRequest(422, f"column {name!r}, records[{i}]: got {_short(v)}; expected a number or null")
-    try:
-        out = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        out_of_range = np.flatnonzero(np.isinf(out))  # JSON's 1e999 parses as infinity
+    try:  # floats are finite here (PredictRequest)
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     except OverflowError:  # an integer beyond float64
-        out_of_range = [i for i, v in enumerate(values) if type(v) is int and np.isinf(_as_float(v))]
-    if len(out_of_range):
-        raise BadRequest(422, f"column {name!r}, records[{out_of_range[0]}]: a number out of range")
-    return out
+        i = next(i for i, v in enumerate(values) if type(v) is int and np.isinf(_as_float(v)))
+        raise BadRequest(422, f"column {name!r}, records[{i}]: a number out of range") from None
 
 
 def _categorical_column(name: str, records: list[dict]) -> np.ndarray:
@@ -377,11 +403,11 @@ class Schema(BaseModel):
 
 
 _WHEN = {
-    400: 'Not JSON (NaN and Infinity are not JSON), or not {"records": [...]} with a non-empty list of objects.',
+    400: 'Not JSON in UTF-8, or not {"records": [...]} with a non-empty list of objects.',
     401: "A token is configured, and the request lacks `Authorization: Bearer <token>` or has another token.",
     413: "A body over the byte limit, more records than the row limit, or more values than parsing them allows.",
     415: "A Content-Type other than application/json.",
-    422: "A feature column missing from a record, or a value of the wrong type or out of range.",
+    422: "A feature column missing from a record, or a value of the wrong type, out of range, NaN or Infinity.",
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     **{status: {"model": ErrorBody, "description": when} for status, when in _WHEN.items()},

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -286,6 +288,130 @@ def publish_dir(fs: FileSystem, staging: str, final: str, *, success: str | None
 
 class PublishError(OSError):
     """A switch to a new output failed midway; its message names where the output is kept."""
+
+
+# ---------------------------------------------------------------- outputs claimed while written
+
+CLAIM_SETTLE_S = 1.0  # on an object store: how long a claim waits for a rival's write before reading back
+
+
+def fingerprint(fs: FileSystem, path: str) -> tuple | None:
+    """What is at `path`, to tell later whether it is still the same thing: None when nothing
+    is there; else its kind, size and modification time and, for a folder, those of each of
+    its entries (an object store's folder has no time of its own)."""
+    def key(info: pafs.FileInfo) -> tuple:
+        return info.base_name, info.type, info.size, info.mtime_ns
+
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    inside = fs.get_file_info(pafs.FileSelector(path)) if info.type == pafs.FileType.Directory else []
+    return key(info), sorted(map(key, inside))
+
+
+def changed_since(fs: FileSystem, path: str, before: tuple | None, location: str, key: str, staging: str) -> None:
+    """Before a new output replaces `path`: a `KeptOutput` error (the staging copy is kept,
+    and named) when what is there is not what was there when the command started: something
+    another writer put there meanwhile is neither replaced nor deleted, `--overwrite` or not.
+    (What another writer does between this check and the switch, a moment later, is not seen.)"""
+    now = fingerprint(fs, path)
+    if now == before:
+        return
+    found = {"file": "a file", "dir": "a folder"}.get(kind(fs, path) or "", "something")
+    what = (f"{found} appeared at {key} {location} while this command ran" if before is None else
+            f"{key} {location} was changed while this command ran" if now is not None else
+            f"{key} {location} was removed while this command ran")
+    kept = join(parent(location), posixpath.basename(staging))
+    raise KeptOutput(f"{what}; it was left as it is, and the new output is kept in {kept}: "
+                     f"check both, then move or delete that copy yourself")
+
+
+@contextmanager
+def claimed(fs: FileSystem, path: str, location: str, key: str) -> Iterator[None]:
+    """Claim the output `path` (its `location` and flag `key` name it in messages) for the
+    block: a file `.<name>.claim` beside it that names this process. A second command that
+    claims the same output meanwhile is refused; the claim goes when the block ends, failed
+    or not. A claim whose process is gone (same host) is taken over.
+
+    On a local disk the claim file appears whole and only where there was none (a hard link of
+    a written file). An object store has no such operation: there the claim is written, then
+    read back after `CLAIM_SETTLE_S`, and of two commands that wrote it within that time only
+    the last goes on. Two commands that start further apart always see each other's claim; a
+    claim left by a process on another host that died is not recognized as stale (the message
+    says which file to delete)."""
+    claim = f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.claim"
+    me = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    for _ in range(2):  # once more after taking over a stale claim
+        owner = _claim_owner(fs, claim)
+        if owner is not None:
+            if owner.get("host") != me["host"] or _alive(owner.get("pid")):
+                who = (f" (pid {owner['pid']} on {owner.get('host')}, since {time.ctime(float(owner['since']))})"
+                       if {"pid", "since"} <= set(owner) else "")
+                raise UserError(f"{key} {location} is being written by another command{who}; wait for it to finish "
+                                f"or choose another output (if no command is writing it, delete "
+                                f"{join(parent(location), posixpath.basename(claim))})")
+            remove_path(fs, claim)  # its process is gone
+        if _create_claim(fs, claim, me):
+            break
+    else:
+        raise UserError(f"{key} {location} was just claimed by another command; run one command per output")
+    try:
+        yield
+    finally:
+        if (_claim_owner(fs, claim) or {}).get("token") == me["token"]:
+            remove_path(fs, claim)
+
+
+def _create_claim(fs: FileSystem, claim: str, me: dict[str, Any]) -> bool:
+    """Whether this process now holds the claim file (see `claimed`)."""
+    data = json.dumps(me).encode()
+    if is_local(fs):
+        tmp = f"{claim}.{me['token']}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, claim)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+    with fs.open_output_stream(claim) as f:
+        f.write(data)
+    time.sleep(CLAIM_SETTLE_S)  # a command racing for the same output writes within this window
+    return (_claim_owner(fs, claim) or {}).get("token") == me["token"]
+
+
+def _claim_owner(fs: FileSystem, claim: str) -> dict[str, Any] | None:
+    """The claim file's owner record; None when there is none. One that cannot be read (being
+    written) counts as held by someone."""
+    try:
+        with fs.open_input_stream(claim) as f:
+            data = f.read()
+    except OSError:
+        return None if kind(fs, claim) is None else {}
+    try:
+        found = json.loads(data)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _alive(pid: Any) -> bool:
+    """Whether the process `pid` of this host still runs (or cannot be told)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return True
+    return True
+
+
+class KeptOutput(PublishError, UserError):
+    """A new output not switched in because its location changed meanwhile; its message names
+    where it is kept. Bad input (exit 2), and `staged` keeps the staging copy."""
 
 
 # ---------------------------------------------------------------- copies to and from this machine

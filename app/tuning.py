@@ -22,14 +22,18 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
 
 from app import cluster, runs, storage, tracking
 from app.checkpoint import load_preprocess_state, load_train_state, local_copy
-from app.config import Config, check_metric, from_dict, metric_mode, parse_yaml
+from app.config import NAME_MAX, Config, check_metric, check_space, from_dict, metric_mode, parse_yaml
 from app.data.prepare import Prepared, prepare
 from app.data.sources import Inputs
 from app.data.transform import PreprocessState
@@ -43,16 +47,13 @@ from app.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
-DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
-UNSEARCHABLE = ("name", "run.", "tune.", "scaling.")  # where trials run, not what they learn
-
-
 # ---------------------------------------------------------------- the search space
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
     """`tune.space` as Ray Tune domains, after checking the tune section: every key and
-    distribution, and that the search and scheduler can use them."""
+    distribution (`check_space`, which every command runs), that there is one, and that the
+    scheduler is supported."""
     from ray import tune
 
     if cfg.tune.scheduler.name == "pbt":
@@ -61,59 +62,10 @@ def search_space(cfg: Config) -> dict[str, Any]:
     if not space:
         raise UserError("tune.space: empty; name at least one config key to search, "
                         "e.g. train.lr: {loguniform: [1.0e-4, 1.0e-2]}")
-    base = cfg.to_dict()
-    domains = {}
-    for key, spec in space.items():
-        where = f"tune.space.{key}"
-        if key.startswith(UNSEARCHABLE) or not _has_key(base, key):
-            reason = "cannot be searched" if _has_key(base, key) else "is not a config key"
-            raise UserError(f"{where}: {key} {reason}")
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-            raise UserError(f"{where}: expected one distribution, one of {', '.join(DISTRIBUTIONS)} "
-                            f"(e.g. {{loguniform: [1.0e-4, 1.0e-2]}}), got {spec!r}")
-        kind, args = next(iter(spec.items()))
-        candidates = _check_args(where, kind, args)
-        for value in candidates:  # the values a trial could get must make a valid config
-            tree = copy.deepcopy(base)
-            _set(tree, key, value)
-            try:
-                Config.model_validate(tree)
-            except Exception as e:  # noqa: BLE001 - pydantic's message, reworded
-                detail = str(e).splitlines()[2].strip() if len(str(e).splitlines()) > 2 else str(e)
-                raise UserError(f"{where}: {value!r} is not a valid {key} ({detail})") from None
-        domains[key] = _domain(tune, kind, args)
+    check_space(cfg)
     if cfg.tune.search == "grid":
-        bad = [k for k, s in space.items() if next(iter(s)) not in ("grid", "choice")]
-        if bad:
-            raise UserError(f"tune.search: grid search needs grid or choice axes; {', '.join(bad)} "
-                            f"are continuous")
-        domains = {k: tune.grid_search(space[k][next(iter(space[k]))]) for k in space}
-    if cfg.tune.search == "optuna" and any(next(iter(s)) == "grid" for s in space.values()):
-        raise UserError("tune.search: optuna cannot search grid axes; use choice")
-    return domains
-
-
-def _check_args(where: str, kind: str, args: Any) -> list[Any]:
-    """Validate a distribution's parameters; return the values to try against the config."""
-    if kind in ("choice", "grid"):
-        if not isinstance(args, list) or not args:
-            raise UserError(f"{where}: {kind} takes a non-empty list of values, got {args!r}")
-        return args
-    sizes = {"uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3, "qloguniform": 3}
-    if (not isinstance(args, list) or len(args) != sizes[kind]
-            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
-        shape = "[low, high]" if sizes[kind] == 2 else "[low, high, q]"
-        raise UserError(f"{where}: {kind} takes {shape} as numbers, got {args!r}")
-    low, high = args[0], args[1]
-    if not low < high:
-        raise UserError(f"{where}: {kind} needs low < high, got {args!r}")
-    if kind.endswith("loguniform") and low <= 0:
-        raise UserError(f"{where}: {kind} needs low > 0, got {args!r}")
-    if kind == "randint" and not all(isinstance(a, int) for a in args):
-        raise UserError(f"{where}: randint takes integers [low, high) , got {args!r}")
-    if len(args) == 3 and not args[2] > 0:
-        raise UserError(f"{where}: {kind} needs q > 0, got {args!r}")
-    return [low, high - 1] if kind == "randint" else [low, high]
+        return {k: tune.grid_search(space[k][next(iter(space[k]))]) for k in space}
+    return {key: _domain(tune, *next(iter(spec.items()))) for key, spec in space.items()}
 
 
 def _domain(tune, kind: str, args: Any):
@@ -122,15 +74,6 @@ def _domain(tune, kind: str, args: Any):
     if kind == "grid":
         return tune.grid_search(args)
     return getattr(tune, kind)(*args)
-
-
-def _has_key(tree: dict[str, Any], key: str) -> bool:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return not isinstance(node, dict)
 
 
 def _set(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -274,9 +217,44 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.run.max_failures),
                 verbose=0),
         )
-    grid = tuner.fit()
+    with tune_signals() as stopped:
+        grid = tuner.fit()
+    if stopped() or unfinished(grid):
+        # Ray Tune's own Ctrl-C handler ends fit() normally, the experiment state saved; the
+        # sweep did not finish, so nothing is written as if it had.
+        raise KeyboardInterrupt
     return write_outputs(cfg, grid, space=space, metric=metric, mode=mode, trials_dir=trials_dir, inputs=inputs,
                          shared=shared, started=started)
+
+
+@contextmanager
+def tune_signals() -> Iterator[Callable[[], bool]]:
+    """Around `Tuner.fit()`, which installs Ray Tune's stop handler for SIGINT and SIGUSR1
+    (in the main thread) and leaves it installed; yields a function that says, after fit(),
+    whether that handler stopped the sweep. The handler puts the SIGINT handler it replaced
+    back when it fires, and only then (checked: Ray 2.60, ray/tune/tune.py
+    `_setup_signal_catching`), so finding that one in place means it fired. The caller's
+    handlers are put back either way: a later Ctrl-C is not swallowed by the handler of a
+    sweep that is over."""
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") != "0":
+        yield lambda: False  # no handler of Tune's: a Ctrl-C raises KeyboardInterrupt in fit()
+        return
+    names = [n for n in ("SIGINT", "SIGUSR1") if hasattr(signal, n)]
+    saved = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    fired: list[bool] = []
+    try:
+        yield lambda: bool(fired)
+    finally:
+        fired.append(signal.getsignal(signal.SIGINT) is saved["SIGINT"])
+        for n, handler in saved.items():
+            if handler is not None:
+                signal.signal(getattr(signal, n), handler)
+
+
+def unfinished(grid) -> bool:
+    """Whether a trial of the sweep neither finished nor failed: fit() returned because the
+    sweep was interrupted (Ctrl-C), not because it was done."""
+    return len(grid) > grid.num_terminated + grid.num_errors
 
 
 def saved_setup(cfg: Config, inputs: Inputs) -> PreprocessState | None:
@@ -420,7 +398,7 @@ def write_outputs(cfg: Config, grid, *, space: dict[str, Any], metric: str, mode
     reproducible = copy.deepcopy(cfg.to_dict())
     for key, value in overrides.items():
         _set(reproducible, key, _plain(value))
-    reproducible["name"] = f"{cfg.name}-best"
+    reproducible["name"] = f"{cfg.name[:NAME_MAX - 5]}-best"
     storage.write_text(storage.join(sweep_dir, runs.BEST_CONFIG), Config.model_validate(reproducible).to_yaml())
 
     latest = latest_checkpoint(runs.run_dir(best_cfg))

@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 
 from app.config import Config, ModelConfig, check_metric
-from app.data import preprocess, sources
+from app.data import index_column, preprocess, sources
 from app.data.shards import COLUMNS, HeldShards, PresplitShards
 from app.data.sources import Inputs, Piece, Source
 from app.data.split import SPLIT_COLUMN, TEST, TRAIN, VALID, RowValues, split_codes
@@ -80,6 +80,7 @@ def inspect_sources(cfg: Config) -> Inputs:
     schema = pa.schema([pa.field(f.name, types.get(f.name, f.type)) if pa.types.is_null(f.type) else f
                         for f in schema])
     kinds = preprocess.column_kinds(schema, d)
+    index_column.warn_saved_index(list(kinds), d)
     label_type = schema.field(d.label).type
     test = None
     if d.test:
@@ -129,7 +130,8 @@ def prepare(cfg: Config, inputs: Inputs, fitted: PreprocessState | None = None, 
     as_dataset = ray.data.from_arrow if here else ray.data.from_arrow_refs
     model_ready = sources.read_step(lambda: {name: as_dataset(list(parts[name])) for name in ("train", "valid")},
                                     inputs.train)
-    test_raw = sources.read_dataset(inputs.test, inputs.column_types) if inputs.test else as_dataset(list(parts["test"]))
+    test_raw = sources.read_dataset(inputs.test, inputs.column_types, columns=(*inputs.kinds, cfg.data.label)) \
+        if inputs.test else as_dataset(list(parts["test"]))
     counts = {name: ds.count() for name, ds in model_ready.items()}
     if counts["valid"] < cfg.scaling.max_workers:
         raise UserError(f"data.split.valid: the validation split has {counts['valid']} row(s), fewer than "
@@ -290,7 +292,9 @@ def tag_piece(source: Source, piece: Piece, column_types: dict[str, pa.DataType]
     and with `plan.summarise` the "stats" of its training rows}; with `plan.summarise` the
     sample candidates of its training rows, else none).
     """
-    table, quotes = sources.read_piece(source, piece, column_types)
+    # Only the columns the model reads: a dropped or unused column is never parsed, and does
+    # not count in the split's hash (rows that differ only in an id are the same example).
+    table, quotes = sources.read_piece(source, piece, column_types, (*plan.kinds, plan.label))
     rows = RowValues(table)
     codes = split_codes(rows, plan.valid, plan.test, plan.seed)
     info: dict[str, Any] = {"quotes": quotes}

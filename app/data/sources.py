@@ -29,6 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from app import storage
+from app.data.transform import BadValue, not_a_number
 from app.errors import UserError, causes
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -128,9 +129,24 @@ def _list(fs: storage.FileSystem, base: str, uri: str, key: str) -> list[storage
         raise UserError(f"{key}: cannot list {uri}: {e}") from None
 
 
-def csv_convert_options(column_types: dict[str, pa.DataType] | None = None) -> pacsv.ConvertOptions:
+def csv_convert_options(column_types: dict[str, pa.DataType] | None = None,
+                        include: list[str] | None = None) -> pacsv.ConvertOptions:
     # "NA", "" and friends mean missing in text columns too, not the literal string "NA".
-    return pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types or {})
+    return pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types or {},
+                                **({"include_columns": include} if include is not None else {}))
+
+
+def csv_read_types(names: list[str], column_types: dict[str, pa.DataType] | None,
+                   columns: tuple[str, ...] | None = None) -> tuple[dict[str, pa.DataType], list[str] | None]:
+    """(The type of every column of a CSV file whose header is `names`: as `column_types`
+    says, and text for the rest; the columns to parse: `columns` that the file has, or None
+    for all). A column that the model does not read is passed through as it was written,
+    never typed by a guess from the file's first block: a note or an id that is whole
+    numbers early and text later would otherwise stop the read, and `01000` would become
+    1000. A column not in `columns` is never parsed at all; the others keep the file's
+    order."""
+    types = {name: (column_types or {}).get(name, pa.string()) for name in names}
+    return types, None if columns is None else [c for c in names if c in columns]  # in the file's order
 
 
 def read_schema(source: Source) -> pa.Schema:
@@ -213,8 +229,8 @@ def type_kind(dtype: pa.DataType) -> str:
 
 
 def column_types(kinds: dict[str, str], label: str, label_type: pa.DataType) -> dict[str, pa.DataType]:
-    """The Arrow type each column is read as from CSV: numeric features as float64, the rest
-    as text, the label as its own kind.
+    """The Arrow type each column that training reads is read as from CSV: numeric features
+    as float64, categorical ones as text, the label as its own kind.
 
     pyarrow infers CSV types from the first block of each file, so without this a column
     that is empty or whole-numbered early in a file and holds decimals later fails to parse
@@ -225,7 +241,9 @@ def column_types(kinds: dict[str, str], label: str, label_type: pa.DataType) -> 
         types[label] = pa.int64()
     elif pa.types.is_floating(label_type) or pa.types.is_decimal(label_type):
         types[label] = pa.float64()
-    elif not pa.types.is_boolean(label_type):
+    elif pa.types.is_boolean(label_type):
+        types[label] = pa.bool_()
+    else:
         types[label] = pa.string()
     return types
 
@@ -323,8 +341,9 @@ def _csv_pieces(source: Source, path: str, size: int, n: int, column_types) -> l
         with source.filesystem.open_input_file(path) as f:
             head = f.read(CSV_BLOCK_BYTES)
         head = head[:head.rfind(b"\n") + 1]  # the lines of the first block, as a streaming read parses it
+        names = pacsv.open_csv(pa.BufferReader(head), read_options=pacsv.ReadOptions(use_threads=False)).schema.names
         schema = pacsv.open_csv(pa.BufferReader(head), read_options=pacsv.ReadOptions(use_threads=False),
-                                convert_options=csv_convert_options(column_types)).schema
+                                convert_options=csv_convert_options(csv_read_types(names, column_types)[0])).schema
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError):
         return [Piece(path)]  # the whole read says what is wrong, naming the column
     if not head:
@@ -333,69 +352,86 @@ def _csv_pieces(source: Source, path: str, size: int, n: int, column_types) -> l
     return [Piece(path, start=a, end=b, csv_schema=schema) for a, b in itertools.pairwise(bounds)]
 
 
-def read_piece(source: Source, piece: Piece, column_types: dict[str, pa.DataType] | None = None
-               ) -> tuple[pa.Table, int | None]:
+def read_piece(source: Source, piece: Piece, column_types: dict[str, pa.DataType] | None = None,
+               columns: tuple[str, ...] | None = None) -> tuple[pa.Table, int | None]:
     """(One piece as an Arrow table; for a CSV byte range, the number of quote characters
     in it, for `check_cuts`). Read as Ray Data's readers read the whole file (CSV: pyarrow's
-    streaming reader, types of the columns not in `column_types` inferred from the file's
-    first block; Parquet: the file's own types), plus a text column for each `key=value`
-    folder in its path (hive partitioning, as Ray Data adds them). A file that cannot be
-    parsed is a UserError naming it and, where pyarrow says, the column."""
+    streaming reader, the columns not in `column_types` as text (`csv_read_types`); Parquet:
+    the file's own types), plus a text column for each `key=value` folder in its path (hive
+    partitioning, as Ray Data adds them). `columns`: only these are read (None: all). A file
+    that cannot be parsed is a UserError naming it and, where pyarrow says, the column."""
     quotes = None
     try:
         if source.format == "parquet":
-            table = _read_parquet(source, piece)
+            table = _read_parquet(source, piece, columns)
         elif piece.csv_schema is not None:
-            table, quotes = _read_csv_range(source, piece)
+            table, quotes = _read_csv_range(source, piece, columns)
         else:
+            convert = _csv_convert(source, piece.path, column_types, columns)
             with source.filesystem.open_input_stream(piece.path) as f:
                 table = pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
-                                       convert_options=csv_convert_options(column_types)).read_all()
+                                       convert_options=convert).read_all()
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
-        why = _name_csv_column(source, piece.path, _one_line(e)) if source.format == "csv" else _one_line(e)
-        raise UserError(f"{source.key}: cannot read {piece.path}: {why}") from None
-    return _with_partitions(table, piece.path), quotes
+        raise _unreadable(source, piece.path, e) from None
+    return _with_partitions(table, piece.path, columns), quotes
 
 
-def stream_piece(source: Source, piece: Piece, column_types: dict[str, pa.DataType] | None = None
-                 ) -> Iterator[pa.Table]:
+def stream_piece(source: Source, piece: Piece, column_types: dict[str, pa.DataType] | None = None,
+                 columns: tuple[str, ...] | None = None) -> Iterator[pa.Table]:
     """`read_piece`'s table in parts of about STREAM_BLOCK_BYTES: a whole file is streamed,
     never held at once (the blocks of `read_dataset`)."""
     if piece.row_groups is not None or piece.csv_schema is not None:
-        yield read_piece(source, piece, column_types)[0]
+        yield read_piece(source, piece, column_types, columns)[0]
         return
     try:
+        convert = _csv_convert(source, piece.path, column_types, columns) if source.format == "csv" else None
         with source.filesystem.open_input_file(piece.path) as f:
             if source.format == "parquet":
                 pf = pq.ParquetFile(f)
-                schema, batches = pf.schema_arrow, pf.iter_batches(batch_size=64 * 1024)
+                batches = pf.iter_batches(batch_size=64 * 1024, columns=_present(pf.schema_arrow, columns))
+                schema = _selected(pf.schema_arrow, columns)
             else:
-                reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
-                                        convert_options=csv_convert_options(column_types))
+                reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(use_threads=False), convert_options=convert)
                 schema, batches = reader.schema, reader
             pending, size, yielded = [], 0, False
             for batch in batches:
                 pending.append(batch)
                 size += batch.nbytes
                 if size >= STREAM_BLOCK_BYTES:
-                    yield _with_partitions(pa.Table.from_batches(pending, schema), piece.path)
+                    yield _with_partitions(pa.Table.from_batches(pending, schema), piece.path, columns)
                     pending, size, yielded = [], 0, True
             if pending or not yielded:
-                yield _with_partitions(pa.Table.from_batches(pending, schema), piece.path)
+                yield _with_partitions(pa.Table.from_batches(pending, schema), piece.path, columns)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
-        why = _name_csv_column(source, piece.path, _one_line(e)) if source.format == "csv" else _one_line(e)
-        raise UserError(f"{source.key}: cannot read {piece.path}: {why}") from None
+        raise _unreadable(source, piece.path, e) from None
 
 
-def _read_parquet(source: Source, piece: Piece) -> pa.Table:
+def _csv_convert(source: Source, path: str, column_types: dict[str, pa.DataType] | None,
+                 columns: tuple[str, ...] | None) -> pacsv.ConvertOptions:
+    """How to convert the file at `path` (`csv_read_types`), from its header."""
+    return csv_convert_options(*csv_read_types(_file_schema(source, path, _HEADER_BYTES).names, column_types, columns))
+
+
+def _present(schema: pa.Schema, columns: tuple[str, ...] | None) -> list[str] | None:
+    """`columns` that the file has, in the file's order (the split hashes columns in order)."""
+    return None if columns is None else [c for c in schema.names if c in columns]
+
+
+def _selected(schema: pa.Schema, columns: tuple[str, ...] | None) -> pa.Schema:
+    return schema if columns is None else pa.schema([schema.field(c) for c in _present(schema, columns)])
+
+
+def _read_parquet(source: Source, piece: Piece, columns: tuple[str, ...] | None = None) -> pa.Table:
     with source.filesystem.open_input_file(piece.path) as f:
+        pf = pq.ParquetFile(f)
+        present = _present(pf.schema_arrow, columns)
         if piece.row_groups is None:
-            return pq.ParquetFile(f).read()
-        table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups))
+            return pf.read(columns=present)
+        table = pf.read_row_groups(list(piece.row_groups), columns=present)
     return table if piece.rows is None else table.slice(piece.rows[0], piece.rows[1] - piece.rows[0])
 
 
-def _read_csv_range(source: Source, piece: Piece) -> tuple[pa.Table, int]:
+def _read_csv_range(source: Source, piece: Piece, columns: tuple[str, ...] | None = None) -> tuple[pa.Table, int]:
     """The lines that start in [piece.start, piece.end) (each piece finds the same line
     starts, the byte after a line feed, so the pieces of a file hold each line once), and
     the quote characters among them."""
@@ -405,9 +441,9 @@ def _read_csv_range(source: Source, piece: Piece) -> tuple[pa.Table, int]:
         data = f.read_at(end - start, start) if end > start else b""
     schema = piece.csv_schema
     if not data.strip():
-        return schema.empty_table(), 0
+        return _selected(schema, columns).empty_table(), 0
     read_options = pacsv.ReadOptions(use_threads=False, column_names=None if start == 0 else schema.names)
-    convert = pacsv.ConvertOptions(strings_can_be_null=True, column_types=dict(zip(schema.names, schema.types)))
+    convert = csv_convert_options(*csv_read_types(schema.names, dict(zip(schema.names, schema.types)), columns))
     try:
         table = pacsv.open_csv(pa.BufferReader(data), read_options=read_options, convert_options=convert).read_all()
     except (pa.ArrowInvalid, UnicodeDecodeError):
@@ -449,11 +485,12 @@ def _line_start(f, position: int, size: int) -> int:
     return size
 
 
-def _with_partitions(table: pa.Table, path: str) -> pa.Table:
-    """`key=value` folders of `path` as text columns that the file does not have itself."""
+def _with_partitions(table: pa.Table, path: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """`key=value` folders of `path` as text columns that the file does not have itself
+    (of `columns`, if given)."""
     folders = [d.split("=") for d in posixpath.dirname(path).split("/") if d and d.count("=") == 1]
     for key, value in dict(folders).items():
-        if key not in table.column_names:
+        if key not in table.column_names and (columns is None or key in columns):
             table = table.append_column(key, pa.array([urllib.parse.unquote(value)] * table.num_rows, pa.string()))
     return table
 
@@ -461,15 +498,19 @@ def _with_partitions(table: pa.Table, path: str) -> pa.Table:
 # Where each row comes from, for `read_dataset(..., origin=True)`: its piece's index, and its
 # index within that piece (int64: Ray Data may cut a block, and each cut keeps its rows').
 PIECE_COLUMN, ROW_COLUMN = "__app_piece", "__app_row"
+# Columns that the app adds to rows: an input column of one of these names is refused.
+RESERVED_COLUMNS = frozenset([PIECE_COLUMN, ROW_COLUMN, "__split__"])
 
 
 def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = None,
-                 concurrency: int | None = None, *, origin: bool = False, pieces: list[Piece] | None = None):
+                 concurrency: int | None = None, *, origin: bool = False, pieces: list[Piece] | None = None,
+                 columns: tuple[str, ...] | None = None):
     """A lazy Ray Dataset over the source's files, one read task per piece (`plan_pieces`:
     a big Parquet file is read by several tasks; a CSV file by one, since only `prepare`
     can start over when a cut turns out to lie inside a quoted value); `concurrency`: most read tasks
     at once (a map with the same limit fuses into the read). `origin`: each row also gets
-    PIECE_COLUMN and ROW_COLUMN. `pieces`: `read_plan`'s, if the caller made it already."""
+    PIECE_COLUMN and ROW_COLUMN. `pieces`: `read_plan`'s, if the caller made it already.
+    `columns`: only these are read (None: all)."""
     import ray.data
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
@@ -485,7 +526,7 @@ def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = N
             return "CSV" if source.format == "csv" else "Parquet"
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list:
-            read = with_origin if origin else (lambda _, s, p: stream_piece(s, p, column_types))
+            read = with_origin if origin else (lambda _, s, p: stream_piece(s, p, column_types, columns))
             return [ReadTask(lambda i=i, p=p, s=files[p.path]: read(i, s, p),
                              BlockMetadata(num_rows=None, size_bytes=None, input_files=[p.path], exec_stats=None),
                              per_task_row_limit=per_task_row_limit)
@@ -493,7 +534,7 @@ def read_dataset(source: Source, column_types: dict[str, pa.DataType] | None = N
 
     def with_origin(index: int, s: Source, p: Piece) -> Iterator[pa.Table]:
         row = 0
-        for table in stream_piece(s, p, column_types):
+        for table in stream_piece(s, p, column_types, columns):
             n = table.num_rows
             yield table.append_column(PIECE_COLUMN, pa.array(np.full(n, index, np.int64))) \
                 .append_column(ROW_COLUMN, pa.array(np.arange(row, row + n, dtype=np.int64)))
@@ -510,10 +551,11 @@ def read_plan(source: Source, column_types: dict[str, pa.DataType] | None = None
     return plan_pieces(source, column_types, piece_bytes(source), cut_csv=False)
 
 
-def read_table(source: Source, column_types: dict[str, pa.DataType] | None = None) -> pa.Table:
+def read_table(source: Source, column_types: dict[str, pa.DataType] | None = None,
+               columns: tuple[str, ...] | None = None) -> pa.Table:
     """The whole source as one Arrow table, in file order, without Ray (small data, tests),
     read as `read_dataset` reads it."""
-    tables = [read_piece(source, Piece(path), column_types)[0] for path in source.paths]
+    tables = [read_piece(source, Piece(path), column_types, columns)[0] for path in source.paths]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -522,6 +564,30 @@ def _one_line(e: BaseException) -> str:
 
 
 _CSV_COLUMN = re.compile(r"In CSV column #(\d+)")
+_NOT_A_NUMBER = re.compile(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to "
+                           r"(?:double|float|u?int\d+): invalid value '(.*)'$", re.S)
+
+
+def _unreadable(source: Source, path: str, e: BaseException) -> UserError:
+    """The UserError for a file that pyarrow cannot read: it names the file and, for CSV,
+    the column; a word in a numeric column is said as `transform.not_a_number` says it for
+    every other input (Parquet, JSON, a DataFrame)."""
+    text = _one_line(e)
+    if source.format == "csv":
+        match = _NOT_A_NUMBER.search(str(e))
+        names = _names_or_none(source, path) if match else None
+        if match and int(match.group(1)) < len(names or ()):
+            return UserError(f"{source.key}: cannot read {path}: "
+                             f"{not_a_number(names[int(match.group(1))], match.group(2))}")
+        text = _name_csv_column(source, path, text)
+    return UserError(f"{source.key}: cannot read {path}: {text}")
+
+
+def _names_or_none(source: Source, path: str) -> list[str] | None:
+    try:
+        return _file_schema(source, path, _HEADER_BYTES).names
+    except UserError:
+        return None
 
 
 def _name_csv_column(source: Source, path: str, text: str) -> str:
@@ -549,6 +615,8 @@ def read_step(step, source: Source):
         for cause in causes(e):
             if type(cause) is UserError:
                 raise UserError(str(cause)) from None
+            if isinstance(cause, BadValue):
+                raise UserError(f"{source.key} {source.uri}: {cause}") from None
             if isinstance(cause, (pa.ArrowInvalid, UnicodeDecodeError)):
                 text = " ".join(str(cause).split())[:400]
                 raise UserError(f"{source.key}: cannot read {source.uri}: {text}") from None

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from app.data.transform import category_strings
+from app.data.transform import canonical_texts, category_strings
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_COLUMN = "__split__"
@@ -122,7 +122,11 @@ class RowValues:
                 if not pa.types.is_dictionary(column.type) or column.dictionary.null_count:
                     column = pc.dictionary_encode(column.cast(pa.string()))
                 codes = column.indices.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)  # uint indices too
-                self._texts[name] = Texts(codes, column.dictionary.to_numpy(zero_copy_only=False), column)
+                texts = canonical_texts(column.dictionary.to_numpy(zero_copy_only=False).astype(object))
+                null = pd.isna(texts)
+                if null.any():  # a missing marker ("NA", "") held as text: missing, as a CSV reader makes it
+                    codes = np.where(codes >= 0, np.where(null, -1, np.arange(len(texts)))[np.maximum(codes, 0)], -1)
+                self._texts[name] = Texts(codes, texts, column)
             elif form == "bool":
                 codes = self.rows.column(name).cast(pa.int64()).fill_null(-1).to_numpy()  # False 0, True 1
                 self._texts[name] = Texts(codes, np.array(["False", "True"], dtype=object))

@@ -19,8 +19,26 @@ MISSING = "__missing__"  # the category that missing values fall into
 # score of n rows is sqrt(n - 1)), and a far larger value at prediction time, which float32
 # would make infinite, stays finite.
 STANDARD_LIMIT = 1e4
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: standard scaling only, no embedding bins
+STATE_VERSION = 3
+# version 1: standard scaling only, no embedding bins; before 3, categories were stored
+# as their text (`true`, `007`), not in `category_strings`' canonical form
+READABLE_VERSIONS = (1, 2, 3)
+# What a CSV reader (pyarrow's) takes for missing: such a text in a numeric column is a
+# missing value, not a word, whatever the input's format.
+NULL_TEXTS = frozenset(["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                        "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"])
+_TRUE_TEXTS, _FALSE_TEXTS = ("true", "True", "TRUE"), ("false", "False", "FALSE")  # as CSV writers spell them
+_EXACT = 2.0 ** 53  # whole numbers below this are exact in float64
+
+
+class BadValue(ValueError):
+    """A value the model cannot read whatever the input's format: a word in a numeric column."""
+
+
+def not_a_number(column: str, value: Any) -> str:
+    """The one message for a non-numeric value in a numeric feature, for every input."""
+    text = repr(value)
+    return f"column {column!r} holds {text if len(text) <= 80 else text[:77] + '...'}, which is not a number"
 
 
 @dataclass
@@ -87,38 +105,91 @@ class PreprocessState:
     @classmethod
     def from_json(cls, text: str) -> PreprocessState:
         d = json.loads(text)
-        if d.get("version") not in READABLE_VERSIONS:
-            raise ValueError(f"unsupported preprocessing state version {d.get('version')}")
+        version = d.get("version")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"unsupported preprocessing state version {version}")
         d["version"] = STATE_VERSION
         d["numeric"] = [NumericColumn(**c) for c in d["numeric"]]
         d["categorical"] = [CategoricalColumn(**c) for c in d["categorical"]]
+        for c in d["categorical"] if version < 3 else ():
+            c.categories = _canonical_keys(c.categories)
         return cls(**d)
 
 
 def category_strings(values: pd.Series) -> pd.Series:
-    """Canonical text of categories, so 2007, 2007.0 and "2007" are one category; None if missing."""
+    """The canonical text of each categorical value, whatever it came from (CSV text,
+    Parquet booleans, integers, floats, strings or dictionaries, JSON, pandas); None if
+    missing. Training stores categories in this form, and every input is looked up in it:
+    - booleans, and the texts true/false as CSV writers spell them: "True", "False";
+    - whole numbers, as numbers or as text: their digits ("7" for 7, 7.0, "7.0" and "007");
+      other finite numbers: the shortest text that reads back as the same float ("1.5");
+    - a CSV reader's missing markers (NULL_TEXTS: "", "NA", "null", ...) are missing in
+      any format, as a CSV file's are;
+    - any other text as it is ("None" and "inf" stay words)."""
     missing = values.isna().to_numpy()
     if pd.api.types.is_bool_dtype(values):
         texts = np.where(values.astype("boolean").fillna(False).to_numpy(bool), "True", "False").astype(object)
     elif pd.api.types.is_numeric_dtype(values):
-        nums = values.to_numpy(np.float64, na_value=np.nan)
-        integral = (np.floor(nums) == nums) & (np.abs(nums) < 2**53)
-        texts = np.where(integral, np.where(integral, nums, 0).astype(np.int64).astype(str),
-                         nums.astype(str)).astype(object)
+        texts = _number_texts(values.to_numpy(np.float64, na_value=np.nan))
     elif pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
-        texts = values.to_numpy(object, copy=True)
-    else:  # mixed Python objects, e.g. JSON records sent to the server
-        texts = np.array([v if isinstance(v, str) else _scalar_text(v) for v in values], dtype=object)
+        codes, uniques = pd.factorize(values.to_numpy(object), use_na_sentinel=True)
+        texts = np.append(canonical_texts(np.asarray(uniques, dtype=object)), None)[codes]
+    else:  # mixed Python objects, e.g. JSON records sent to the server: True and 1 stay apart
+        items = values.to_numpy(object)
+        is_text = np.fromiter((type(v) is str for v in items), dtype=bool, count=len(items))
+        texts = np.empty(len(items), dtype=object)
+        if is_text.any():  # the texts all at once, each distinct one parsed once
+            codes, uniques = pd.factorize(items[is_text])
+            texts[is_text] = canonical_texts(np.asarray(uniques, dtype=object))[codes]
+        for i in np.flatnonzero(~is_text & ~missing):
+            texts[i] = _scalar_text(items[i])
     texts[missing] = None
     return pd.Series(texts, index=values.index, dtype=object)
 
 
-def _scalar_text(v: Any) -> str:
+def _number_texts(nums: np.ndarray) -> np.ndarray:
+    """`category_strings` of float64 values (NaN: anything; the caller masks it)."""
+    with np.errstate(invalid="ignore"):
+        integral = (np.floor(nums) == nums) & (np.abs(nums) < _EXACT)
+    return np.where(integral, np.where(integral, nums, 0).astype(np.int64).astype(str),
+                    nums.astype(str)).astype(object)
+
+
+def canonical_texts(texts: np.ndarray) -> np.ndarray:
+    """`category_strings` of texts (an object array, no missing values): best called on
+    distinct values."""
+    out = texts.copy()
+    out[np.isin(texts, list(NULL_TEXTS))] = None
+    out[np.isin(texts, _TRUE_TEXTS)] = "True"
+    out[np.isin(texts, _FALSE_TEXTS)] = "False"
+    nums = pd.to_numeric(pd.Series(out, dtype=object), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    # A number as text, but not a long run of digits that float64 would round (an id)
+    number = np.isfinite(nums) & ((np.abs(nums) < _EXACT) | (np.floor(nums) != nums))
+    out[number] = _number_texts(nums[number])
+    return out
+
+
+def _scalar_text(v: Any) -> str | None:
     if isinstance(v, (bool, np.bool_)):
         return "True" if v else "False"
-    if isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer():
+    if isinstance(v, (int, np.integer)):
         return str(int(v))
-    return str(v)
+    if isinstance(v, (float, np.floating)):
+        return _number_texts(np.array([v], dtype=np.float64))[0]
+    return canonical_texts(np.array([v if isinstance(v, str) else str(v)], dtype=object))[0]
+
+
+def _canonical_keys(values: list[Any]) -> list[str]:
+    """Each stored value (a category, a class) in `category_strings`' form; a later value
+    with the same form as an earlier one gets a key that nothing matches (lookups need
+    distinct keys, and the first keeps the rows it always had)."""
+    keys = [_scalar_text(v) if v != MISSING else v for v in values]
+    keys = [MISSING if k is None else k for k in keys]  # a stored "NA": missing now, as in any input
+    seen: set[str] = set()
+    for i, k in enumerate(keys):
+        keys[i] = k if k not in seen else f"\x00{i}"
+        seen.add(k)
+    return keys
 
 
 def transform(df: pd.DataFrame, state: PreprocessState, with_label: bool = True) -> dict[str, np.ndarray]:
@@ -149,8 +220,22 @@ def quantile_scale(v: np.ndarray, quantiles: np.ndarray, normal: np.ndarray) -> 
 def numeric_inputs(df: pd.DataFrame, state: PreprocessState) -> np.ndarray:
     """The numeric columns scaled (missing: 0, the training centre), then their indicators.
     Infinite values count as missing, as they did when the preprocessing was fitted."""
-    columns = [pd.to_numeric(df[c.name], errors="coerce").to_numpy(np.float64, na_value=np.nan) for c in state.numeric]
-    return numeric_matrix(columns, state, len(df))
+    return numeric_matrix([numbers(df[c.name], c.name) for c in state.numeric], state, len(df))
+
+
+def numbers(values: pd.Series, column: str) -> np.ndarray:
+    """A numeric feature's values as float64 (NaN: missing); a value that is not a number
+    (a word, not one of a CSV reader's missing markers) is a BadValue naming it, whatever the
+    input's format, as a CSV file's is."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return values.to_numpy(np.float64, na_value=np.nan)
+    nums = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    suspects = np.flatnonzero(np.isnan(nums) & ~values.isna().to_numpy())
+    for i in suspects:
+        value = values.iloc[i]
+        if not (isinstance(value, str) and value in NULL_TEXTS) and not (isinstance(value, float) and value != value):
+            raise BadValue(not_a_number(column, value))
+    return nums
 
 
 def numeric_matrix(columns: list[np.ndarray], state: PreprocessState, rows: int) -> np.ndarray:
@@ -192,8 +277,7 @@ def encode_label(y: pd.Series, state: PreprocessState) -> np.ndarray:
 
 def class_indices(texts: pd.Series, state: PreprocessState) -> np.ndarray:
     """The class of each canonical label text; -1: a class not seen in training."""
-    keys = [_scalar_text(c) if not isinstance(c, str) else c for c in state.classes]
-    return pd.Index(keys).get_indexer(texts).astype(np.int64)
+    return pd.Index(_canonical_keys(state.classes)).get_indexer(texts).astype(np.int64)
 
 
 def scaled_target(v: np.ndarray, state: PreprocessState) -> np.ndarray:

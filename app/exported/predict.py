@@ -1,6 +1,6 @@
 """Predictions from this exported model, without Ray, PyTorch or the training package.
 
-    pip install onnxruntime numpy pandas pyarrow      # pyarrow only for Parquet
+    pip install onnxruntime numpy pandas pyarrow
     python predict.py input.csv output.csv            # or .parquet, either side
 
 Or from Python, with this folder on sys.path:
@@ -12,11 +12,15 @@ Or from Python, with this folder on sys.path:
 `preprocess.py` is the very code that prepared the training data; `preprocess.json` is
 its fitted state (quantiles or means and scales, category vocabularies, embedding bins);
 `model.onnx` maps the prepared
-arrays to class probabilities, or to the prediction in the label's own units.
+arrays to class probabilities, or to the prediction in the label's own units. A CSV file is
+read as the app reads it: each feature with the type it had in training, every other
+column as text, passed through as written; so the same rows get the same predictions here
+as from the app's `predict`, whatever their format.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -27,7 +31,7 @@ import pandas as pd
 CHUNK = 8192  # rows per model call: an ensemble's activations grow with the rows in one call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preprocess import PreprocessState, transform  # noqa: E402
+from preprocess import BadValue, PreprocessState, not_a_number, transform  # noqa: E402
 
 
 class Model:
@@ -39,7 +43,8 @@ class Model:
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         absent = [c for c in self.state.features if c not in df.columns]
         if absent:
-            raise ValueError(f"missing feature column(s): {', '.join(absent)}")
+            raise BadValue(f"missing feature column(s): {', '.join(absent)} (the model reads: "
+                           f"{', '.join(self.state.features)})")
         arrays = transform(df, self.state, with_label=False)
         names = [i.name for i in self.session.get_inputs()]
         out = np.concatenate([self.session.run(None, {n: arrays[n][i:i + CHUNK] for n in names})[0]
@@ -54,13 +59,39 @@ class Model:
         return result
 
 
+def read_csv(path: str, state: PreprocessState) -> pd.DataFrame:
+    """A CSV file as the app reads it (pyarrow, "NA" and "" missing): features with their
+    training types, every other column as text."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    with open(path, "rb") as f:
+        names = pacsv.open_csv(f).schema.names
+    types = {n: pa.type_for_alias(state.input_types.get(n, "string")) if n in state.features else pa.string()
+             for n in names}
+    convert = pacsv.ConvertOptions(strings_can_be_null=True, column_types=types)
+    try:
+        return pacsv.read_csv(path, convert_options=convert).to_pandas()
+    except pa.ArrowInvalid as e:  # a word in a numeric column: said as for every other input
+        match = re.search(r"In CSV column #(\d+): .*CSV conversion error to \w+: invalid value '(.*)'$", str(e), re.S)
+        if match is None or int(match.group(1)) >= len(names):
+            raise
+        raise BadValue(not_a_number(names[int(match.group(1))], match.group(2))) from None
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     source, target = argv
-    df = pd.read_parquet(source) if source.endswith((".parquet", ".pq")) else pd.read_csv(source)
-    result = Model().predict(df)
+    model = Model()
+    try:
+        df = pd.read_parquet(source) if source.endswith((".parquet", ".pq")) else read_csv(source, model.state)
+        result = model.predict(df)
+    except (OSError, ValueError) as e:  # a missing file or column, a word in a numeric column
+        text = " ".join(str(e).split())
+        print(f"error: {source}: {text}", file=sys.stderr)
+        return 2
     if target.endswith((".parquet", ".pq")):
         result.to_parquet(target, index=False)
     else:

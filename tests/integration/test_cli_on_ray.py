@@ -61,7 +61,7 @@ def test_text_in_a_numeric_column_of_a_later_csv_part_names_the_file_and_column(
     (tmp_path / "parts" / "part-1.csv").write_text("\n".join(later))
     cfg = write_config(tmp_path, penguins_tree(tmp_path, data__train=str(tmp_path / "parts")))
     assert_refused(["train", "--config", str(cfg)], capsys, tmp_path / "runs" / "quickstart",
-                   "data.train: cannot read", "part-1.csv", "column #3 ('bill_depth_mm')", "'n/a?'")
+                   "data.train: cannot read", "part-1.csv", "column 'bill_depth_mm' holds 'n/a?', which is not a number")
 
 
 def test_more_workers_than_the_cluster_can_host(ray_session, tmp_path, capsys):

@@ -69,7 +69,7 @@ def test_predict_matches_predictor_in_input_order_across_files(run, monkeypatch)
         got = pq.read_table(output).to_pandas() if output.suffix else \
             pd.concat(pd.read_parquet(p) for p in sorted(output.glob("part-*.parquet")))
         got = got.reset_index(drop=True)
-        assert got["row_id"].tolist() == list(range(len(test)))  # input order, extra columns kept
+        assert got["row_id"].tolist() == [str(i) for i in range(len(test))]  # input order, extra columns kept as text
         assert got["note"].fillna("-").tolist() == test["note"].fillna("-").tolist()
         if not output.suffix:  # each file's rows in their own part, in one schema
             parts = sorted(output.glob("part-*.parquet"))
@@ -90,11 +90,11 @@ def test_predict_matches_predictor_in_input_order_across_files(run, monkeypatch)
     from app.data.sources import read_dataset
     from app.predictor import predict_dataset, read_types
 
-    ds = read_dataset(source, read_types(predictor.state, with_label=False), concurrency=2)
+    ds = read_dataset(source, read_types(predictor.state), concurrency=2)
     stats = predict_dataset(run["checkpoint"], ds, concurrency=2, batch_size=16).materialize().stats()
     assert "ReadCSV->MapBatches(_predict_block): 3 tasks executed" in stats, stats
     # and for a folder, writing too: each block is written by the task that read and scored it
-    ds = read_dataset(source, read_types(predictor.state, with_label=False), concurrency=2, origin=True)
+    ds = read_dataset(source, read_types(predictor.state), concurrency=2, origin=True)
     (tmp / "fused").mkdir()
     records = part_records(predict_dataset(run["checkpoint"], ds, concurrency=2, batch_size=16),
                            *storage.filesystem(str(tmp / "fused")), width=5, concurrency=2).materialize()

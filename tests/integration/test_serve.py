@@ -196,7 +196,7 @@ def test_every_bad_request_gets_a_4xx_naming_the_problem(service):
     cases = [  # (body, status, fragment of the error)
         (b'{"records": [', 400, "malformed JSON"),
         (b"\xff\xfe", 400, "malformed JSON"),
-        (b'{"records": [{"year": NaN}]}', 400, "NaN is not JSON"),
+        (b'{"records": [{"year": NaN}]}', 422, "column 'year', records[0]: got NaN, which is not a finite number"),
         (b"[1, 2]", 400, '{"records"'),
         (b'{"rows": []}', 400, '{"records"'),
         (b'{"records": {}}', 400, "non-empty list"),
@@ -209,10 +209,10 @@ def test_every_bad_request_gets_a_4xx_naming_the_problem(service):
         (json.dumps({"records": [good[0], {k: v for k, v in good[1].items() if k != "sex"}]}).encode(),
          422, "records[1] lacks feature(s) sex; send null for a missing value"),
         (json.dumps({"records": [good[0], {**good[1], "body_mass_g": "heavy"}]}).encode(),
-         422, "column 'body_mass_g', records[1]: got \"heavy\"; expected a number or null"),
+         422, "column 'body_mass_g' holds 'heavy', which is not a number (records[1])"),
         (json.dumps({"records": [{**good[0], "year": True}]}).encode(), 422, "column 'year', records[0]: got true"),
         (('{"records": [' + json.dumps(good[0])[:-1] + ', "bill_length_mm": 1e999}]}').encode(), 422,
-         "column 'bill_length_mm', records[0]: a number out of range"),
+         "column 'bill_length_mm', records[0]: got Infinity, which is not a finite number"),
         (json.dumps({"records": [{**good[0], "island": ["Biscoe"]}]}).encode(), 422,
          "column 'island', records[0]: got [\"Biscoe\"]; expected a string, number, boolean or null"),
         (json.dumps({"records": [good[0], {**good[1], "tags": {"a": 1}}]}).encode(), 422,
@@ -514,3 +514,43 @@ def test_a_killed_replica_is_replaced_while_the_service_answers(service):
     assert len(traffic.answered(killed_at, recovered_at)) > 10  # it kept answering
     after = health_of_replicas(url, replicas=2)
     assert victim not in after and len(after) == 2
+
+
+# ---------------------------------------------------------------- issue 28: not finite, not UTF-8
+
+
+def test_nan_and_infinity_get_a_422_naming_the_key_in_any_column_and_only_utf8_is_json(service):
+    url = service["url"]
+    good = records_of(pd.read_csv(PENGUINS).drop(columns=["species"]).iloc[:2])
+
+    def with_value(i: int, key: str, literal: str) -> bytes:  # records[i][key] written as `literal`
+        records = [dict(r) for r in good]
+        records[i][key] = "@"
+        return json.dumps({"records": records}).replace('"@"', literal).encode()
+
+    text = json.dumps({"records": good})
+    cases = [  # (body, status, fragment of the error)
+        (with_value(0, "island", "1e999"), 422, "column 'island', records[0]: got Infinity, which is not a finite"),
+        (with_value(1, "sex", "-1e999"), 422, "column 'sex', records[1]: got -Infinity, which is not a finite number"),
+        (with_value(0, "sex", "NaN"), 422, "column 'sex', records[0]: got NaN, which is not a finite number"),
+        (with_value(1, "year", "-Infinity"), 422, "column 'year', records[1]: got -Infinity, which is not a finite"),
+        (with_value(0, "body_mass_g", "1e999"), 422, "column 'body_mass_g', records[0]: got Infinity, which is not"),
+        (with_value(1, "note", "Infinity"), 422, "key 'note', records[1]: got Infinity, which is not a finite number"),
+        (with_value(0, "year", '"2008 or so"'), 422,
+         "column 'year' holds '2008 or so', which is not a number (records[0]); send a number or null"),
+        (text.encode("utf-16"), 400, "malformed JSON: the body is not UTF-8 (byte 0xff at offset 0)"),  # with a BOM
+        (text.encode("utf-16-be"), 400, "malformed JSON: the body is not UTF-8 (byte 0x00 at offset 0)"),
+        (text.encode("utf-32-le"), 400, "malformed JSON: the body is not UTF-8 (byte 0x00 at offset 1)"),
+        (json.dumps({"records": [{**good[0], "island": "Béscoe"}]}, ensure_ascii=False).encode("latin-1"), 400,
+         "the body is not UTF-8 (byte 0xe9 at offset"),
+        (("\ufeff" + text).encode(), 200, None),  # a UTF-8 byte order mark: JSON may carry one (RFC 8259)
+        (json.dumps({"records": [{**good[0], "island": "Bíscoe ✓"}, good[1]]}, ensure_ascii=False).encode(), 200,
+         None),
+    ]
+    for body, status, fragment in cases:
+        answer = requests.post(f"{url}/predict", data=body, headers=JSON, timeout=60)
+        assert answer.status_code == status, (body[:80], answer.text)
+        if fragment is None:
+            assert len(answer.json()["predictions"]) == 2
+        else:
+            assert fragment in answer.json()["error"], answer.json()

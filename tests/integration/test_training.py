@@ -76,8 +76,9 @@ def test_checkpoint_reproduces_validation_metrics_in_a_fresh_process(two_worker_
         from app.data.split import VALID, assign_split
         from app.predictor import Predictor
 
+        import pyarrow.csv as pacsv
         src = sources.resolve({cfg.data.train!r}, "data.train")
-        df = sources.read_table(src).to_pandas()  # as pyarrow infers types: the split must not care
+        df = pacsv.read_csv(src.paths[0]).to_pandas()  # as pyarrow infers types: the split must not care
         df = df[assign_split(df, {cfg.data.split.valid}, {cfg.data.split.test}, {cfg.data.split.seed}) == VALID]
         print(json.dumps(Predictor.from_checkpoint({metrics["best_checkpoint"]!r}).evaluate(df)))
     """)

@@ -152,3 +152,32 @@ def test_resumed_trial_keeps_its_fitted_preprocessing_and_a_changed_config_is_re
     progress = json.loads((trial / "checkpoint_epoch_0003" / "train_state.json").read_text())["progress"]
     assert [a["from_epoch"] for a in progress["attempts"]] == [0, done]  # resumed, not trained again
     assert [r["epoch"] for r in progress["history"]] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_is_not_written_as_finished_and_ctrl_c_is_the_callers_again(ray_session, tmp_path):
+    """Ray Tune's own handler ends fit() normally on its stop signal (SIGINT, and SIGUSR1,
+    sent here: pytest's process must not get a SIGINT): `app.tune` raises KeyboardInterrupt
+    and writes no leaderboard, and afterwards the caller's SIGINT handler is in place."""
+    import os
+    import signal
+    import threading
+    import time
+
+    cfg = sweep_config(tmp_path, "stopped", num_samples=2, max_concurrent_trials=1, scheduler={"name": "fifo"})
+    cfg.model.kind = "mlp"
+    trials = tmp_path / "runs" / "stopped" / "trials"
+
+    def stop_once_a_trial_checkpointed():
+        deadline = time.time() + 300
+        while not any(trials.glob("*/checkpoint_epoch_*")) and time.time() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    before = signal.getsignal(signal.SIGINT)
+    threading.Thread(target=stop_once_a_trial_checkpointed, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        app.tune(cfg)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert not (tmp_path / "runs" / "stopped" / "leaderboard.csv").exists()
+    assert not (tmp_path / "runs" / "stopped" / "metrics.json").exists()

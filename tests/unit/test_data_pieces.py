@@ -44,8 +44,9 @@ def test_a_big_csv_file_is_cut_at_line_starts_into_pieces_that_read_as_the_whole
     assert all(t.num_rows > 0 for t, _ in parts)
     assert cut.equals(sources.read_table(source, types))
     assert cut.column("s").to_pylist() == whole.column("s").to_pylist()
-    # columns outside `types` keep the type the file's first block gives a whole read
-    assert cut.schema.field("k").type == pa.int64() and cut.schema.field("b").type == pa.bool_()
+    # columns outside `types` are passed through as written (text), never typed by a guess
+    assert cut.schema.field("k").type == pa.string() and cut.schema.field("b").type == pa.string()
+    assert cut.column("k").to_pylist() == [str(v) for v in whole.column("k").to_pylist()]
 
 
 def test_csv_cuts_agree_on_line_starts_whatever_the_line_endings(tmp_path):
@@ -56,7 +57,7 @@ def test_csv_cuts_agree_on_line_starts_whatever_the_line_endings(tmp_path):
     for n in (2, 3, 11):
         pieces = sources.plan_pieces(source, None, piece_bytes=path.stat().st_size // n + 1)
         cut, _ = read_all(source, pieces)
-        assert cut.column("a").to_pylist() == list(range(20_000)), n
+        assert cut.column("a").to_pylist() == [str(i) for i in range(20_000)], n
 
 
 def test_a_cut_inside_a_quoted_value_is_caught_and_the_file_is_read_whole(tmp_path):
@@ -81,7 +82,7 @@ def test_a_value_that_does_not_parse_in_a_cut_piece_sends_the_file_to_a_whole_re
     pieces = sources.plan_pieces(source, {"b": pa.float64()}, piece_bytes=path.stat().st_size // 4)
     with pytest.raises(ReadWhole):
         read_all(source, pieces, {"b": pa.float64()})
-    with pytest.raises(sources.UserError, match=r"bad.csv: .*column #1 \('b'\).*'oops'"):
+    with pytest.raises(sources.UserError, match=r"bad.csv: column 'b' holds 'oops', which is not a number"):
         sources.read_piece(source, Piece(str(path)), {"b": pa.float64()})
 
 

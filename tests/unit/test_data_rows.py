@@ -1,6 +1,6 @@
 """The data step's per-batch work on Arrow tables (app/data/split.py `RowValues`) gives
-exactly what the pandas formulas give: the same split as every earlier version (so runs
-resume on the same rows), the same stats, the same model-ready arrays. No Ray."""
+exactly what the pandas formulas give: the same split as the pandas formula over canonical
+values, the same stats, the same model-ready arrays. No Ray."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from app.data import preprocess as pp
 from app.data.prepare import PassOne, merge_candidates, model_ready, tag_piece, transform_batch
-from app.data.sources import Piece, resolve
+from app.data.sources import Piece, column_types, resolve
 from app.data.split import SPLIT_COLUMN, RowValues, assign_split
 from app.data.transform import MISSING, PreprocessState, category_strings
 from tests.unit.test_preprocess import fit_stats
@@ -129,8 +129,12 @@ def test_pass_one_keeps_each_row_once_with_its_split(tmp_path):
     source = resolve(str(path), "data.train")
     kinds = {k: v for k, v in KINDS.items() if k in t.column_names}
     plan = PassOne(0.2, 0.1, 0, kinds, "label", summarise=True, max_categories=10, sample_rows=50)
-    kept, test, info, candidates = tag_piece(source, Piece(str(path)), {}, plan)
-    read = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True)).to_pandas()
+    types = column_types(kinds, "label", pa.string())
+    kept, test, info, candidates = tag_piece(source, Piece(str(path)), types, plan)
+    # the split hashes the columns the model reads, as they are read, in the file's order, and nothing else
+    read = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        strings_can_be_null=True, column_types=types,
+        include_columns=[c for c in t.column_names if c in types])).to_pandas()  # in the file's order
     codes = assign_split(read, 0.2, 0.1, 0)
     assert kept.column(SPLIT_COLUMN).to_pylist() == [c for c in codes.tolist() if c != 2]
     assert kept.column_names == [*kinds, "label", SPLIT_COLUMN]
