@@ -385,6 +385,25 @@ class Model:
             return score_tables(self._predictor, [pa.Table.from_pandas(df, preserve_index=False)]).metrics(
                 self._predictor.state)
 
+    def feature_importance(self, df: pd.DataFrame, repeats: int = 5, seed: int = 0,
+                           max_rows: int = 10_000) -> pd.DataFrame:
+        """Permutation importance of each feature on the labelled rows of `df` (a seeded
+        sample of at most `max_rows`), as `evaluate --importance` computes it: columns
+        feature, importance (mean increase in log_loss, or rmse, over `repeats` shuffles of
+        the feature), stddev; most important first. In this process, without Ray."""
+        import pandas as pd
+
+        from app.importance import check_options, permutation_importance, sample_rows
+
+        check_options(repeats=repeats, max_rows=max_rows)
+        df = self._frame(df)
+        if self._predictor.state.label not in df.columns:
+            raise UserError(f"feature_importance: no label column {self._predictor.state.label!r} to score against")
+        with bad_values_as_user_errors("input"):
+            sample = sample_rows(df, self._predictor.state, max_rows, seed)
+            ranking = permutation_importance(self._predictor, sample, repeats=repeats, seed=seed)
+        return pd.DataFrame(ranking, columns=["feature", "importance", "stddev"])
+
     def _frame(self, df: Any) -> pd.DataFrame:
         import pandas as pd
 
@@ -445,20 +464,29 @@ def checkpoint_uri(checkpoint: Any) -> str:
     return location  # load_predictor names what is wrong with it
 
 
-def evaluate(checkpoint: Any, data: Any, *, output: str | None = None, address: str | None = None
-             ) -> dict[str, Any]:
+def evaluate(checkpoint: Any, data: Any, *, output: str | None = None, address: str | None = None,
+             importance: bool = False, repeats: int = 5, max_rows: int = 10_000, seed: int = 0) -> dict[str, Any]:
     """The checkpoint scored on labelled `data` (a path or URI, a DataFrame or a Dataset):
     {"metrics", "rows", "task", "epoch", and a confusion matrix or a residual summary}.
+    `importance`: also each feature's permutation importance on a seeded sample of at most
+    `max_rows` labelled rows, `repeats` shuffles each (`feature_importance`, most important
+    first, and `importance`: metric, rows, repeats, seed; app/importance.py).
     `output`: also written there as JSON (whole or not at all: written beside it, then
     renamed); a folder there is refused before any scoring."""
     from app import cluster, storage
     from app.evaluating import check_scored, run_evaluate
+    from app.importance import check_options
+    from app.importance import importance as feature_importance
     from app.metrics import json_safe
     from app.predictor import check_input, evaluate_dataset, load_predictor
     from app.redact import redact_tree
 
     uri = checkpoint_uri(checkpoint)
     predictor = load_predictor(uri, "--checkpoint")
+    options = None
+    if importance:
+        check_options(**{"--repeats": repeats, "--max-rows": max_rows})
+        options = {"repeats": repeats, "max_rows": max_rows, "seed": seed}
     if output:
         _check_json_output(output)
     with _process_settings():
@@ -476,10 +504,13 @@ def evaluate(checkpoint: Any, data: Any, *, output: str | None = None, address: 
             check_scored(scored, predictor.state, f"--data ({type(data).__name__})")
             result = {"checkpoint": uri, "data": type(data).__name__, "task": predictor.state.task,
                       "epoch": predictor.epoch, **scored}
+            if options:
+                with bad_values_as_user_errors("--data"):
+                    result.update(feature_importance(uri, predictor, data, **options))
         else:
             source = check_input(predictor, str(data), "--data", need_label=True)
             cluster.connect(address)
-            result = run_evaluate(uri, predictor, source)
+            result = run_evaluate(uri, predictor, source, options)
     if output:
         try:
             storage.write_json(output, json_safe(redact_tree(result)))  # atomic: a temporary name, then renamed

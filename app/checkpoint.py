@@ -10,6 +10,9 @@
 No file is unpickled as arbitrary objects. `manifest.json` is written last and names the
 checksum of every other file, so a checkpoint cut short by a crash, wherever the copy
 stopped, is refused at load time instead of loading wrongly.
+
+The manifest of the run's best checkpoint may also hold its `calibration` (temperature and
+decision threshold, app/calibration.py), added after training by `set_calibration`.
 """
 
 from __future__ import annotations
@@ -111,6 +114,36 @@ def verify(directory: str | Path, label: str | None = None) -> dict[str, Any]:
     return manifest
 
 
+def set_calibration(uri: str, calibration: dict[str, Any] | None) -> None:
+    """Record how the checkpoint at `uri` turns its outputs into probabilities and
+    predictions (None: as the network gives them), in its manifest.
+
+    The manifest is the only file rewritten, in one atomic replace (a temporary file
+    renamed; an object store publishes an upload whole): a reader, or a crash, sees the
+    checkpoint either as it was or calibrated, never a mix of files from both. Keeping it
+    out of a file of its own also leaves `FILES` and their checksums as training wrote them."""
+    location = storage.join(uri, MANIFEST)
+    manifest = storage.read_json(location)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        raise UserError(f"checkpoint {uri}: no readable {MANIFEST}; not a checkpoint, or an incomplete one")
+    if manifest.get("calibration") == calibration:
+        return
+    manifest.pop("calibration", None)
+    storage.write_json(location, manifest | ({"calibration": calibration} if calibration else {}))
+
+
+def calibration(manifest: dict[str, Any], label: str) -> dict[str, Any] | None:
+    """The checkpoint's calibration (`set_calibration`), checked; None for one without (older
+    checkpoints, or calibration off)."""
+    cal = manifest.get("calibration")
+    if cal is None:
+        return None
+    if not (isinstance(cal, dict) and _number_in(cal.get("temperature"), 1e-6, 1e6)
+            and (cal.get("threshold") is None or _number_in(cal["threshold"], 0.0, 1.0))):
+        raise UserError(f"checkpoint {label}: unreadable calibration in {MANIFEST} ({cal!r})")
+    return cal
+
+
 def load_preprocess_state(directory: str | Path) -> PreprocessState:
     return PreprocessState.from_json((Path(directory) / "preprocess.json").read_text())
 
@@ -173,6 +206,10 @@ def local_copy(uri: str) -> Iterator[Path]:
         yield Path(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 def _sha256(path: Path) -> str:

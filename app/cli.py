@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder (local path or URI)")
     evaluate.add_argument("--data", required=True, help="labelled CSV/Parquet: file, folder, glob or URI")
     evaluate.add_argument("--output", help="also write the results to this JSON file")
+    evaluate.add_argument("--importance", action="store_true",
+                          help="also each feature's permutation importance (increase in loss when shuffled)")
+    evaluate.add_argument("--repeats", type=positive_int, help="with --importance: shuffles per feature (default 5)")
+    evaluate.add_argument("--max-rows", type=positive_int,
+                          help="with --importance: most rows of the seeded sample it uses (default 10000)")
     add_address_arg(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate, stopped="evaluate stopped; nothing was written")
 
@@ -226,7 +231,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import app
     from app.evaluating import format_evaluation
 
-    result = app.evaluate(args.checkpoint, args.data, output=args.output, address=args.address)
+    given = [flag for flag, value in (("--repeats", args.repeats), ("--max-rows", args.max_rows)) if value]
+    if given and not args.importance:
+        raise app.UserError(f"{given[0]}: only with --importance")
+    options = {k: v for k, v in (("repeats", args.repeats), ("max_rows", args.max_rows)) if v}
+    result = app.evaluate(args.checkpoint, args.data, output=args.output, address=args.address,
+                          importance=args.importance, **options)
     log.info(format_evaluation(result))
     if args.output:
         log.info(f"written: {args.output}")

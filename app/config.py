@@ -313,6 +313,18 @@ class TrainConfig(Section):
     """Clip the gradient norm to this value. `null` means no clipping."""
     seed: int = 0
     """Seeds the weights, dropout and the data order (which derives from seed and epoch)."""
+    calibration: Literal["temperature", "none"] = "temperature"
+    """Classification: after training, `temperature` fits one scalar T > 0 on the validation
+    split (minimising the log loss of softmax(logits / T)) and stores it in the best
+    checkpoint, so `predict`, `evaluate`, `serve`, `export`, the API and the test metrics all
+    use the calibrated probabilities; metrics.json reports log loss, Brier score and ECE
+    before and after. `none`: the network's probabilities as they are."""
+    threshold_metric: Literal["accuracy", "f1", "balanced_accuracy"] = "accuracy"
+    """Binary classification: the metric whose best decision threshold is picked on the
+    validation split's (calibrated) probabilities of the second class, stored in the best
+    checkpoint and applied to `prediction` (not to the probabilities): `f1` (of the second
+    class) or `balanced_accuracy`. `accuracy`: cut at 0.5 (the most probable class),
+    nothing stored. Other tasks ignore it."""
 
     @field_validator("epochs", "batch_size", mode="before")
     @classmethod
@@ -461,6 +473,11 @@ class ReportConfig(Section):
     baseline_max_rows: int = Field(200_000, ge=100)
     """Baselines fit on at most this many training rows (a seeded sample); they score all
     validation and test rows."""
+    importance: bool = True
+    """After `train`, the permutation feature importance of the best checkpoint on the test
+    split (as `evaluate --importance` computes it), in metrics.json and the report."""
+    importance_rows: int = Field(10_000, ge=10)
+    """Feature importance uses a seeded sample of at most this many test rows."""
 
 
 NAME_MAX = 100  # characters of `name`, a folder name (file systems allow 255 bytes)

@@ -1,9 +1,10 @@
 """The `evaluate` command: a checkpoint scored on labelled data with Ray Data.
 
-    python -m app evaluate --checkpoint runs/quickstart/checkpoint_epoch_0012 --data holdout.csv
+    python -m app evaluate --checkpoint runs/quickstart/checkpoint_epoch_0012 --data holdout.csv [--importance]
 
 The checkpoint, the files and their columns are checked on the driver before Ray starts;
 each block is scored by a Ray task, and the metrics are computed from every scored row.
+With `--importance`, the permutation importance of each feature follows (app/importance.py).
 """
 
 from __future__ import annotations
@@ -19,15 +20,24 @@ from app.predictor import Predictor, evaluate_dataset, read_types
 log = logging.getLogger(__name__)
 
 
-def run_evaluate(checkpoint: str, predictor: Predictor, source: sources.Source) -> dict[str, Any]:
+def run_evaluate(checkpoint: str, predictor: Predictor, source: sources.Source,
+                 importance: dict[str, int] | None = None) -> dict[str, Any]:
     """Metrics of the checkpoint on every labelled row of `source`, with a confusion matrix
-    (classification) or a residual summary (regression)."""
+    (classification) or a residual summary (regression); with `importance` (its options:
+    repeats, seed, max_rows), each feature's permutation importance too, from a second
+    read of only the feature and label columns."""
+    from app import importance as imp
+
     state = predictor.state
     ds = sources.read_dataset(source, read_types(state))
     result = sources.read_step(lambda: evaluate_dataset(checkpoint, ds, state, details=True), source)
     check_scored(result, state, f"--data {source.uri}")
-    return {"checkpoint": checkpoint, "data": source.uri, "task": state.task, "epoch": predictor.epoch,
-            **result}
+    result = {"checkpoint": checkpoint, "data": source.uri, "task": state.task, "epoch": predictor.epoch, **result}
+    if importance is not None:
+        columns = (*state.features, state.label)
+        ds = sources.read_dataset(source, read_types(state), columns=columns)
+        result.update(sources.read_step(lambda: imp.importance(checkpoint, predictor, ds, **importance), source))
+    return result
 
 
 def check_scored(result: dict[str, Any], state: PreprocessState, where: str) -> None:
@@ -58,4 +68,15 @@ def format_evaluation(result: dict[str, Any]) -> str:
     elif result.get("residuals"):
         lines += ["", "residuals (actual - predicted)"]
         lines += [f"  {k:<8}  {v:.4f}" for k, v in result["residuals"].items()]
+    if result.get("feature_importance"):
+        lines += ["", *format_importance(result["feature_importance"], result["importance"])]
     return "\n".join(lines)
+
+
+def format_importance(ranking: list[dict[str, Any]], about: dict[str, Any]) -> list[str]:
+    """The table of `evaluate --importance`: most important first."""
+    width = max(len("feature"), *(len(r["feature"]) for r in ranking))
+    lines = [(f"feature importance: increase in {about['metric']} when the feature is shuffled "
+              f"(mean ± stddev of {about['repeats']} shuffles of {about['rows']} rows)"),
+             f"  {'feature':<{width}}  {'importance':>10}    {'stddev':>8}"]
+    return lines + [f"  {r['feature']:<{width}}  {r['importance']:>10.4f}  ± {r['stddev']:>8.4f}" for r in ranking]

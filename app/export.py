@@ -6,7 +6,8 @@
 The folder holds model.onnx and model_torchscript.pt (the same network, prepared arrays ->
 probabilities or the prediction in the label's units), preprocess.json (the fitted state), preprocess.py (a copy of the code
 that prepares rows, app/data/transform.py), predict.py (a runner and a `Model` class),
-schema.json and a README. `--output` is claimed while the command runs, as `predict` claims
+schema.json, calibration.json for a calibrated checkpoint (its temperature is inside
+the models already; predict.py reads the decision threshold from it) and a README. `--output` is claimed while the command runs, as `predict` claims
 its output (`storage.claimed`): a second export to the same folder is refused, and a folder
 that appears or changes there meanwhile is not replaced (the new one stays under its
 staging name, which the error names).
@@ -30,20 +31,25 @@ from app.redact import redact
 
 MODEL_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model_torchscript.pt"
+CALIBRATION_FILE = "calibration.json"  # the name app/exported/predict.py reads
 
 
 class _Exported(torch.nn.Module):
-    """The network plus its last step: softmax, or undoing the label's standardisation."""
+    """The network plus its last step: softmax of the logits divided by the checkpoint's
+    temperature (as `Predictor.forward`), or undoing the label's standardisation."""
 
     def __init__(self, predictor: Predictor):
         super().__init__()
         self.model, state = predictor.model, predictor.state
         self.classification = state.task == "classification"
         self.mean, self.std = float(state.target_mean), float(state.target_std)
+        self.temperature = predictor.temperature
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
         out = self.model(x_num, x_cat)
-        return torch.softmax(out, dim=1) if self.classification else out * self.std + self.mean
+        if not self.classification:
+            return out * self.std + self.mean
+        return torch.softmax(out / self.temperature if self.temperature != 1.0 else out, dim=1)
 
 
 def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
@@ -80,6 +86,8 @@ def write_folder(checkpoint: str, fs: storage.FileSystem, final: str, output: st
         write_torchscript(predictor, staging / TORCHSCRIPT_FILE)
         (staging / "preprocess.json").write_text(state.to_json())
         (staging / "schema.json").write_text(json.dumps(predictor.schema(), indent=1))
+        if predictor.calibration:
+            (staging / CALIBRATION_FILE).write_text(json.dumps(predictor.calibration, indent=1))
         here = Path(__file__).resolve().parent
         shutil.copy(here / "data" / "transform.py", staging / "preprocess.py")
         shutil.copy(here / "exported" / "predict.py", staging / "predict.py")
@@ -117,6 +125,16 @@ def write_onnx(predictor: Predictor, path: Path) -> None:
                           external_data=False, verbose=False)
 
 
+def calibration_line(predictor: Predictor) -> str:
+    cal = predictor.calibration
+    if not cal:
+        return ""
+    cut = (f"; `prediction` is the second class where its probability is at least {predictor.threshold:.4g}"
+           if predictor.threshold is not None else "")
+    return (f"\n- `{CALIBRATION_FILE}`: the calibration fitted after training (temperature "
+            f"{predictor.temperature:.4g}, already applied inside the models{cut}).")
+
+
 def readme(predictor: Predictor, checkpoint: str) -> str:
     s = predictor.schema()
     features = "\n".join(f"| {f['name']} | {f['kind']} | {f['type']} |" for f in s["features"])
@@ -147,7 +165,7 @@ Missing values and categories never seen in training are handled as in training.
   {'`probabilities` [rows, classes]' if s['task'] == 'classification' else '`prediction` [rows]'}.
 - `preprocess.py` + `preprocess.json`: raw rows -> those arrays (the code training used).
 - `predict.py`: the runner and the `Model` class above.
-- `schema.json`: the expected columns.
+- `schema.json`: the expected columns.{calibration_line(predictor)}
 
 ## Input columns
 | column | kind | type |

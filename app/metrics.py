@@ -233,6 +233,55 @@ def _r2(ss_res: float, ss_tot: float) -> float:
     return 1.0 - ss_res / ss_tot
 
 
+ECE_BINS = 15  # equal-width bins of the top-class confidence
+
+
+@dataclass
+class CalibrationSums:
+    """Log loss, Brier score and expected calibration error (ECE) of a set of rows from their
+    probabilities, as fixed-size sums that merge exactly, like `MetricSums`: a test split
+    streamed in blocks gets the same figures as one held whole.
+
+    Brier: the squared distance of the probability vector from the one-hot label, summed
+    over classes (for two classes, twice scikit-learn's `brier_score_loss`). ECE: the
+    row-weighted mean gap between accuracy and mean top-class confidence over `ECE_BINS`
+    equal-width confidence bins."""
+
+    n: int = 0
+    log_loss_sum: float = 0.0
+    brier_sum: float = 0.0
+    count: np.ndarray = field(default_factory=lambda: np.zeros(ECE_BINS, dtype=np.int64))
+    confidence: np.ndarray = field(default_factory=lambda: np.zeros(ECE_BINS))
+    correct: np.ndarray = field(default_factory=lambda: np.zeros(ECE_BINS))
+
+    @classmethod
+    def of(cls, proba: np.ndarray, y: np.ndarray) -> CalibrationSums:
+        """proba: [n, k] probabilities; y: encoded labels."""
+        y = np.asarray(y, dtype=np.int64)
+        rows = np.arange(len(y))
+        onehot = np.zeros_like(proba)
+        onehot[rows, y] = 1.0
+        top = proba.max(axis=1)
+        bins = np.clip((top * ECE_BINS).astype(np.int64), 0, ECE_BINS - 1)
+        return cls(n=len(y), log_loss_sum=float(-np.log(np.clip(proba[rows, y], _EPS, 1 - _EPS)).sum()),
+                   brier_sum=float(((proba - onehot) ** 2).sum()),
+                   count=np.bincount(bins, minlength=ECE_BINS).astype(np.int64),
+                   confidence=np.bincount(bins, weights=top, minlength=ECE_BINS),
+                   correct=np.bincount(bins, weights=(proba.argmax(axis=1) == y).astype(np.float64),
+                                       minlength=ECE_BINS))
+
+    def merge(self, other: CalibrationSums) -> CalibrationSums:
+        return CalibrationSums(self.n + other.n, self.log_loss_sum + other.log_loss_sum,
+                               self.brier_sum + other.brier_sum, self.count + other.count,
+                               self.confidence + other.confidence, self.correct + other.correct)
+
+    def summary(self) -> dict[str, float]:
+        if self.n == 0:
+            return {}
+        return {"log_loss": self.log_loss_sum / self.n, "brier": self.brier_sum / self.n,
+                "ece": float(np.abs(self.correct - self.confidence).sum() / self.n)}
+
+
 def json_safe(value):
     """NaN/inf -> None, recursively, so metrics.json is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -2,6 +2,10 @@
 
 It is the one path from raw rows to predictions: the test scoring at the end of
 `train`, and `evaluate`, `predict` and `serve`, so preprocessing cannot drift between them.
+A checkpoint's calibration (app/calibration.py) is applied here too: its temperature to
+every output (so probabilities, log loss and every metric use it), and a binary model's
+decision threshold to the predicted class (`prediction`, and the confusion matrix behind
+accuracy and F1). A checkpoint without one predicts from the network's outputs as they are.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from app.data import sources
 from app.data.preprocess import check_columns
 from app.data.transform import PreprocessState, scorable, transform
 from app.errors import UserError
-from app.metrics import MetricSums, block_sums, compute_metrics, softmax
+from app.metrics import CalibrationSums, MetricSums, block_sums, softmax
 from app.model import build_model
 
 log = logging.getLogger(__name__)
@@ -30,10 +34,16 @@ SCORE_BATCH = 8192  # rows per model call when scoring labelled data
 
 
 class Predictor:
-    def __init__(self, state: PreprocessState, model: torch.nn.Module, epoch: int):
+    def __init__(self, state: PreprocessState, model: torch.nn.Module, epoch: int,
+                 calibration: dict[str, Any] | None = None):
         self.state = state
         self.model = model.eval()
         self.epoch = epoch
+        self.calibration = calibration
+        classification = state.task == "classification"
+        self.temperature = float(calibration["temperature"]) if calibration and classification else 1.0
+        binary = classification and len(state.classes) == 2
+        self.threshold = calibration.get("threshold") if calibration and binary else None
 
     @classmethod
     def from_checkpoint(cls, uri: str | Path) -> Predictor:
@@ -45,7 +55,7 @@ class Predictor:
                 model.load_state_dict(ckpt.load_model_weights(directory))
             except (RuntimeError, ValueError) as e:
                 raise UserError(f"checkpoint {uri}: weights do not fit its model config ({e})") from None
-        return cls(state, model, manifest["epoch"])
+        return cls(state, model, manifest["epoch"], ckpt.calibration(manifest, str(uri)))
 
     def check_columns(self, df: pd.DataFrame) -> None:
         check_columns(df.columns, self.state.features, "input", reads=self.state.features)
@@ -60,20 +70,31 @@ class Predictor:
         return self.forward(arrays["x_num"], arrays["x_cat"], batch_size)
 
     @torch.no_grad()
-    def forward(self, x_num: np.ndarray, x_cat: np.ndarray, batch_size: int | None) -> np.ndarray:
+    def forward(self, x_num: np.ndarray, x_cat: np.ndarray, batch_size: int | None, *,
+                calibrated: bool = True) -> np.ndarray:
+        """The outputs of prepared arrays; logits divided by the checkpoint's temperature
+        unless `calibrated` is False (what calibration itself is fitted on)."""
         x_num, x_cat = torch.from_numpy(x_num), torch.from_numpy(x_cat)
         step = batch_size or max(1, len(x_num))
         if len(x_num) <= step:
-            return self.model(x_num, x_cat).numpy()
-        return torch.cat([self.model(x_num[i:i + step], x_cat[i:i + step])
-                          for i in range(0, len(x_num), step)]).numpy()
+            out = self.model(x_num, x_cat)
+        else:
+            out = torch.cat([self.model(x_num[i:i + step], x_cat[i:i + step]) for i in range(0, len(x_num), step)])
+        return (out / self.temperature if calibrated and self.temperature != 1.0 else out).numpy()
+
+    def class_index(self, proba: np.ndarray) -> np.ndarray:
+        """The predicted class of each row: the most probable, or for a binary model with a
+        decision threshold, the second class where its probability reaches the threshold."""
+        if self.threshold is None:
+            return proba.argmax(axis=1)
+        return (proba[:, 1] >= self.threshold).astype(np.int64)
 
     def prediction_columns(self, df: pd.DataFrame, batch_size: int | None = SCORE_BATCH) -> dict[str, np.ndarray]:
         """`prediction` (and `proba_<class>` for classification) for each row of `df`."""
         out = self.outputs(df, batch_size)
         if self.state.task == "classification":
             proba = softmax(out.astype(np.float64))
-            columns = {"prediction": np.asarray(self.state.classes, dtype=object)[proba.argmax(axis=1)]}
+            columns = {"prediction": np.asarray(self.state.classes, dtype=object)[self.class_index(proba)]}
             columns.update({f"proba_{c}": proba[:, i] for i, c in enumerate(self.state.classes)})
             return columns
         return {"prediction": out.astype(np.float64) * self.state.target_std + self.state.target_mean}
@@ -94,16 +115,29 @@ class Predictor:
                 "classes": self.state.classes if self.state.task == "classification" else None}
 
     def score_batch(self, df: pd.DataFrame) -> dict[str, Any]:
-        """Outputs and encoded labels of the labelled, scorable rows (for metrics), and the
-        number of labelled rows left out because their label is unusable."""
+        """Outputs (calibrated, and `raw` as the network gives them) and encoded labels of
+        the labelled, scorable rows (for metrics), and the number of labelled rows left out
+        because their label is unusable."""
         arrays = transform(df[df[self.state.label].notna()], self.state)
         keep = scorable(arrays["y"], self.state)
-        out = self.forward(arrays["x_num"][keep], arrays["x_cat"][keep], SCORE_BATCH)
-        return {"outputs": out, "y": arrays["y"][keep], "unusable": int((~keep).sum())}
+        raw = self.forward(arrays["x_num"][keep], arrays["x_cat"][keep], SCORE_BATCH, calibrated=False)
+        out = raw / self.temperature if self.temperature != 1.0 else raw
+        return {"outputs": out, "raw": raw, "y": arrays["y"][keep], "unusable": int((~keep).sum())}
+
+    def sums(self, outputs: np.ndarray, y: np.ndarray) -> MetricSums:
+        """`MetricSums` of calibrated outputs, counting each row as the class that
+        `prediction` gives it (the decision threshold, if any)."""
+        sums = MetricSums.of(outputs, y, self.state)
+        if self.threshold is not None and len(y):
+            k = sums.n_classes
+            predicted = self.class_index(softmax(np.asarray(outputs, dtype=np.float64)))
+            sums.confusion = np.bincount(np.asarray(y, dtype=np.int64) * k + predicted,
+                                         minlength=k * k).reshape(k, k).astype(np.int64)
+        return sums
 
     def evaluate(self, df: pd.DataFrame) -> dict[str, float]:
         s = self.score_batch(df)
-        return compute_metrics(s["outputs"], s["y"], self.state)
+        return self.sums(s["outputs"], s["y"]).metrics(self.state)
 
 
 def load_predictor(checkpoint: str, key: str = "--checkpoint") -> Predictor:
@@ -176,17 +210,26 @@ def cached_predictor(checkpoint: str) -> Predictor:
     return predictor
 
 
-def _block_sums(df: pd.DataFrame, checkpoint: str) -> MetricSums:
+def _block_sums(df: pd.DataFrame, checkpoint: str, calibration: bool = False):
     """The metric sums of one block of raw labelled rows (`metrics.block_sums`). Scored rows
     never leave the task."""
     predictor = cached_predictor(checkpoint)
-    return _sums(predictor, predictor.score_batch(df))
+    return _sums(predictor, predictor.score_batch(df), calibration)
 
 
-def _sums(predictor: Predictor, scored: dict[str, Any]) -> MetricSums:
-    sums = MetricSums.of(scored["outputs"], scored["y"], predictor.state)
+def _sums(predictor: Predictor, scored: dict[str, Any], calibration: bool = False):
+    """`MetricSums` of a scored batch; with `calibration`, [those, `CalibrationSums` of the
+    network's raw probabilities, and of the calibrated ones]."""
+    sums = predictor.sums(scored["outputs"], scored["y"])
     sums.unusable = scored["unusable"]
-    return sums
+    if not calibration:
+        return sums
+    return [sums, *(CalibrationSums.of(softmax(np.asarray(scored[k], dtype=np.float64)), scored["y"])
+                    for k in ("raw", "outputs"))]
+
+
+def _merged(total, part):
+    return [a.merge(b) for a, b in zip(total, part)] if isinstance(total, list) else total.merge(part)
 
 
 def _batches_here(ds) -> Iterator[pd.DataFrame]:
@@ -200,18 +243,23 @@ def _batches_here(ds) -> Iterator[pd.DataFrame]:
             yield table.slice(at, SCORE_BATCH).to_pandas()
 
 
-def score_tables(predictor: Predictor, tables) -> MetricSums:
+def score_tables(predictor: Predictor, tables, calibration: bool = False):
     """The metric sums of labelled rows in this process, SCORE_BATCH rows at a time: a Ray
     Dataset streamed here, or Arrow tables (the test split of a small run; a DataFrame given
-    to `app.Model.evaluate`), so both score the same rows identically."""
-    total = MetricSums.empty(predictor.state)
+    to `app.Model.evaluate`), so both score the same rows identically. (`calibration`: as
+    `_sums`.)"""
+    total = _empty(predictor.state, calibration)
     for df in _batches_here(tables):
-        total = total.merge(_sums(predictor, predictor.score_batch(df)))
+        total = _merged(total, _sums(predictor, predictor.score_batch(df), calibration))
     return total
 
 
+def _empty(state: PreprocessState, calibration: bool):
+    return [MetricSums.empty(state), CalibrationSums(), CalibrationSums()] if calibration else MetricSums.empty(state)
+
+
 def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool = False, *,
-                     here: bool = False) -> dict[str, Any]:
+                     here: bool = False, calibration: bool = False) -> dict[str, Any]:
     """Metrics of a checkpoint on a Ray Dataset of raw labelled rows, scored on the cluster.
     (`here`: `ds` may also be a list of Arrow tables.)
 
@@ -221,17 +269,24 @@ def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool 
     (small data: no Ray task to start, no process that has to import torch and load the
     model first; seconds on 2 cores). With `details`: {"metrics", "rows", and
     "confusion_matrix", or "residuals" and a "sample" of (actual, predicted) pairs}
-    instead of the bare metrics."""
+    instead of the bare metrics. `calibration` (classification, with `details`): also
+    "calibration": {"before", "after"}, the `CalibrationSums` summaries of the network's raw
+    and of the calibrated probabilities, from the same pass."""
+    calibration = calibration and details and state.task == "classification"
     if here:
-        total = score_tables(Predictor.from_checkpoint(checkpoint), ds)
+        total = score_tables(Predictor.from_checkpoint(checkpoint), ds, calibration)
     else:
-        total = MetricSums.empty(state)
-        for part in block_sums(ds, _block_sums, checkpoint):
-            total = total.merge(part)
+        total = _empty(state, calibration)
+        for part in block_sums(ds, _block_sums, checkpoint, calibration):
+            total = _merged(total, part)
+    if calibration:
+        total, before, after = total
     metrics = total.metrics(state)
     if not details:
         return metrics
     out: dict[str, Any] = {"metrics": metrics, "rows": total.n, "unusable_labels": total.unusable}
+    if calibration:
+        out["calibration"] = {"before": before.summary(), "after": after.summary()}
     if state.task == "classification":
         out["confusion_matrix"] = total.confusion_matrix(state.classes)
         out["roc_auc_error_bound"] = total.auc_error_bound()

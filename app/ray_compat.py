@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
@@ -73,6 +75,8 @@ INTERNALS: list[tuple[str, str, str]] = [
     ("ray.train.v2._internal.execution.checkpoint.checkpoint_manager",
      "_TrainingResultState.checkpoint_dir_name", "2.50.0"),
     ("ray.train.v2._internal.execution.checkpoint.checkpoint_manager", "_TrainingResultState.metrics", "2.50.0"),
+    # tune_stop_seen: the function whose handler logs TUNE_STOP_WARNING
+    ("ray.tune.tune", "_setup_signal_catching", "2.50.0"),
     # quick_exit
     ("threading", "_shutdown", "3.11"),
     ("atexit", "_run_exitfuncs", "3.11"),
@@ -109,6 +113,43 @@ AUTH_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 # Ray Data's one-time notice that a dataset runs without progress bars (our shards). Ray
 # 2.60.0; in Ray 2.50.0 the module is ray.data._internal.progress_bar, and the name is unused.
 DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+
+
+# Ray Tune's warning when its own SIGINT/SIGUSR1 handler ends a sweep early (fit() then
+# returns normally): the logger, and the words it starts with. Ray 2.50.0 and 2.60.0
+# (ray/tune/tune.py `_setup_signal_catching`); tests/unit/test_ray_compat.py checks both.
+TUNE_LOGGER = "ray.tune.tune"
+TUNE_STOP_WARNING = "Stop signal received"
+
+
+@contextmanager
+def tune_stop_seen() -> Iterator[Callable[[], bool]]:
+    """For the block: whether Ray Tune said that its stop handler ended the sweep (Tune has
+    no public record of it; a Tuner.restore()d sweep does not even leave its handler in
+    place to tell by). The warning is heard whatever the levels of Ray's loggers, and shown
+    only where it would have been."""
+    import logging
+
+    seen: list[bool] = []
+
+    class Heard(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith(TUNE_STOP_WARNING):
+                seen.append(True)
+
+    logger = logging.getLogger(TUNE_LOGGER)
+    heard = Heard(logging.WARNING)
+    saved = logger.level, logger.propagate
+    shown = logger.isEnabledFor(logging.WARNING)
+    logger.addHandler(heard)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = saved[1] and shown
+    try:
+        yield lambda: bool(seen)
+    finally:
+        logger.removeHandler(heard)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def train_report_logger() -> str:

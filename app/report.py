@@ -75,6 +75,10 @@ def render(run_dir: str, metrics: dict[str, Any], *, baselines: dict[str, Any], 
     elif details.get("sample"):
         sections += ["<h2>Predicted vs actual (test split)</h2>",
                      _img(scatter_plot(details["sample"]), "predicted vs actual")]
+    if metrics.get("feature_importance"):
+        metric = (metrics.get("importance") or {}).get("metric") or ("log_loss" if task == "classification" else "rmse")
+        sections += ["<h2>Feature importance</h2>",
+                     _img(importance_plot(metrics["feature_importance"], metric), "feature importance")]
     if leaderboard:
         sections += ["<h2>Leaderboard</h2>", csv_table(leaderboard)]
     if trial_curves:
@@ -220,4 +224,23 @@ def scatter_plot(sample: dict[str, list[float]]) -> bytes:
     right.set_title("residuals")
     for ax in (left, right):
         ax.grid(alpha=0.3)
+    return png(fig)
+
+
+IMPORTANCE_BARS = 30  # features shown in the importance chart (the most important)
+
+
+def importance_plot(ranking: list[dict[str, Any]], metric: str) -> bytes:
+    """Permutation importance as horizontal bars, most important on top, the standard
+    deviation over shuffles as error bars."""
+    plt = pyplot()
+    shown = sorted(ranking, key=lambda r: -r["importance"])[:IMPORTANCE_BARS][::-1]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.3 * len(shown)), dpi=100)
+    ax.barh(range(len(shown)), [r["importance"] for r in shown], xerr=[r["stddev"] for r in shown], capsize=3,
+            color="#4c72b0", ecolor="#333")
+    ax.set_yticks(range(len(shown)), [str(r["feature"]) for r in shown])
+    ax.axvline(0, color="grey", linewidth=1)
+    more = f", the {len(shown)} most important of {len(ranking)}" if len(ranking) > len(shown) else ""
+    ax.set_title(f"increase in {metric} when the feature is shuffled (mean ± stddev{more})", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     return png(fig)

@@ -171,8 +171,10 @@ def timings(metrics: dict[str, Any], ray_start_s: float | None, started: float, 
 
 def summarize(cfg: Config, out_dir: str, data: Prepared, test_source: Source) -> dict[str, Any]:
     """metrics.json of a finished training run, from what it left in storage: the best and
-    the latest registered checkpoints; the best one scores the test split, in this process
-    when its source is small (as the data step does), else on the cluster."""
+    the latest registered checkpoints. The best one is calibrated on the validation split
+    (app/calibration.py; recorded in it), then scores the test split with its calibration,
+    in this process when its source is small (as the data step does), else on the cluster."""
+    from app.calibration import calibrate
     from app.checkpoint import load_train_state, local_copy
     from app.predictor import evaluate_dataset
 
@@ -184,9 +186,15 @@ def summarize(cfg: Config, out_dir: str, data: Prepared, test_source: Source) ->
     best_uri = storage.join(out_dir, best["checkpoint_dir_name"])
     with local_copy(storage.join(out_dir, snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])) as latest:
         final = load_train_state(latest)
+    calibrated = calibrate(cfg.train, data, best_uri)
     here = test_source.total_bytes <= SMALL_INPUT_BYTES
     rows = data.test_tables if here and data.test_tables is not None else data.test_raw
-    test = read_step(lambda: evaluate_dataset(best_uri, rows, data.state, details=True, here=here), test_source)
+    test = read_step(lambda: evaluate_dataset(best_uri, rows, data.state, details=True, here=here,
+                                              calibration="calibration" in calibrated), test_source)
+    if "calibration" in calibrated:
+        calibrated["calibration"]["test"] = test.pop("calibration")
+    if cfg.report.importance:
+        calibrated |= read_step(lambda: test_importance(cfg, best_uri, rows, here), test_source)
     return {
         "task": data.state.task,
         "valid": {k: v for k, v in best["metrics"].items() if k not in EPOCH_STATS},
@@ -200,7 +208,27 @@ def summarize(cfg: Config, out_dir: str, data: Prepared, test_source: Source) ->
         "rows": data.counts,
         "num_workers": final["world_size"],
         "param_fingerprints": final["param_fingerprints"],
+        **calibrated,
     }
+
+
+def test_importance(cfg: Config, checkpoint: str, rows: Any, here: bool) -> dict[str, Any]:
+    """`feature_importance` (and how it was computed) of the best checkpoint on the test
+    split, as `evaluate --importance` gives it: in this process for a small split (Arrow
+    tables here, or a small file), else sampled and shuffled on the cluster."""
+    import pyarrow as pa
+
+    from app.importance import importance
+    from app.predictor import Predictor
+
+    if isinstance(rows, list):
+        rows = pa.concat_tables(rows).to_pandas() if rows else None
+    elif here:
+        rows = rows.to_pandas()
+    if rows is None or len(rows) == 0:
+        return {}
+    return importance(checkpoint, Predictor.from_checkpoint(checkpoint), rows, seed=cfg.train.seed,
+                      max_rows=cfg.report.importance_rows)
 
 
 def best_result(results: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:

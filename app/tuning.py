@@ -25,13 +25,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
 
-from app import cluster, runs, storage, tracking
+from app import cluster, ray_compat, runs, storage, tracking
 from app.checkpoint import load_preprocess_state, load_train_state, local_copy
 from app.config import NAME_MAX, Config, check_metric, check_space, from_dict, metric_mode, parse_yaml
 from app.data.prepare import Prepared, prepare
@@ -217,9 +217,9 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.run.max_failures),
                 verbose=0),
         )
-    with tune_signals() as stopped:
+    with tune_signals(), ray_compat.tune_stop_seen() as stopped:
         grid = tuner.fit()
-    if stopped() or unfinished(grid):
+    if stopped():
         # Ray Tune's own Ctrl-C handler ends fit() normally, the experiment state saved; the
         # sweep did not finish, so nothing is written as if it had.
         raise KeyboardInterrupt
@@ -228,33 +228,21 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
 
 
 @contextmanager
-def tune_signals() -> Iterator[Callable[[], bool]]:
+def tune_signals() -> Iterator[None]:
     """Around `Tuner.fit()`, which installs Ray Tune's stop handler for SIGINT and SIGUSR1
-    (in the main thread) and leaves it installed; yields a function that says, after fit(),
-    whether that handler stopped the sweep. The handler puts the SIGINT handler it replaced
-    back when it fires, and only then (checked: Ray 2.60, ray/tune/tune.py
-    `_setup_signal_catching`), so finding that one in place means it fired. The caller's
-    handlers are put back either way: a later Ctrl-C is not swallowed by the handler of a
-    sweep that is over."""
-    if threading.current_thread() is not threading.main_thread() or os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") != "0":
-        yield lambda: False  # no handler of Tune's: a Ctrl-C raises KeyboardInterrupt in fit()
+    (in the main thread) and leaves it installed: the caller's handlers are put back, so
+    that a later Ctrl-C is not swallowed by the handler of a sweep that is over."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
     names = [n for n in ("SIGINT", "SIGUSR1") if hasattr(signal, n)]
     saved = {n: signal.getsignal(getattr(signal, n)) for n in names}
-    fired: list[bool] = []
     try:
-        yield lambda: bool(fired)
+        yield
     finally:
-        fired.append(signal.getsignal(signal.SIGINT) is saved["SIGINT"])
         for n, handler in saved.items():
             if handler is not None:
                 signal.signal(getattr(signal, n), handler)
-
-
-def unfinished(grid) -> bool:
-    """Whether a trial of the sweep neither finished nor failed: fit() returned because the
-    sweep was interrupted (Ctrl-C), not because it was done."""
-    return len(grid) > grid.num_terminated + grid.num_errors
 
 
 def saved_setup(cfg: Config, inputs: Inputs) -> PreprocessState | None:

@@ -15,10 +15,11 @@ program, then each runnable command of its bash blocks.
 
 Blocks and commands that are only parsed, never run:
 - a block right after a `<!-- not run: REASON -->` line (cluster set-up, installs, long
-  benchmarks, a running service): the reason is in the page, beside the block;
+  benchmarks, a service on every interface): the reason is in the page, beside the block;
 - in any block, the commands of NOT_RUN_COMMANDS, for the reasons given there;
-- every command that is not `raytab` / `python -m app` (scripts, curl, ray, pip, ...):
-  only its paths are checked.
+- every command that is not `raytab` / `python -m app` (scripts, ray, pip, ...): only its
+  paths are checked; except in a block after a `<!-- run against the service above -->`
+  line, which runs as a whole (curl) while the page's `serve` runs.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ NOT_RUN = re.compile(r"^<!--\s*not run:\s*(.+?)\s*-->\s*$")
 
 # `raytab COMMAND` lines that are parsed and checked but never run, wherever they are.
 NOT_RUN_COMMANDS = {
-    "serve": "serves until Ctrl-C (tests/integration/test_serve.py and tests/e2e/test_serve_cli.py run it)",
     "submit": "needs a Ray cluster's job API (tests/e2e/test_job_submit.py runs it)",
-    "tune": "a sweep of configs/tune.yaml takes minutes (tests/e2e/test_tune_cli.py and tests/integration/test_api.py run sweeps)",
 }
+# Run, but not as written (tests/e2e/test_docs_run.py): `serve` listens on a free port, not
+# 8000, until the page's blocks that use it (after an ON_SERVICE line) have run, then gets
+# Ctrl-C; `tune` gets these overrides, which shrink the sweep to seconds.
+TUNE_SHRUNK = ["--set", "tune.num_samples=2", "--set", "train.epochs=2", "--set", "tune.max_concurrent_trials=2"]
+ON_SERVICE = re.compile(r"^<!--\s*run against the service above\s*-->\s*$")
+SERVICE_ADDRESS = "127.0.0.1:8000"  # in those blocks: the free port's address instead
 
 # First path components that name files of the repo: a path starting with one must exist.
 REPO_ROOTS = ("app/", "configs/", "data/penguins", "docs/", "scripts/", "tests/", "cluster.yaml",
@@ -57,6 +62,7 @@ class Block:
     lang: str  # as written after the fence
     text: str
     not_run: str | None = None  # the reason of a `<!-- not run: ... -->` line right before it
+    on_service: bool = False  # after an ON_SERVICE line: run as a whole against the page's `serve`
 
     @property
     def kind(self) -> str | None:
@@ -118,7 +124,8 @@ def blocks(page: Path) -> list[Block]:
             while j >= 0 and not lines[j].strip():
                 j -= 1
             marker = NOT_RUN.match(lines[j]) if j >= 0 else None
-            found.append(Block(page, start + 1, lang, "\n".join(body) + "\n", marker.group(1) if marker else None))
+            found.append(Block(page, start + 1, lang, "\n".join(body) + "\n", marker.group(1) if marker else None,
+                               j >= 0 and bool(ON_SERVICE.match(lines[j]))))
         i += 1
     return found
 

@@ -12,7 +12,9 @@ Or from Python, with this folder on sys.path:
 `preprocess.py` is the very code that prepared the training data; `preprocess.json` is
 its fitted state (quantiles or means and scales, category vocabularies, embedding bins);
 `model.onnx` maps the prepared
-arrays to class probabilities, or to the prediction in the label's own units. A CSV file is
+arrays to class probabilities (calibrated, where training calibrated them), or to the
+prediction in the label's own units. `calibration.json`, where present, holds a binary
+model's decision threshold: `prediction` is the second class where its probability reaches it. A CSV file is
 read as the app reads it: each feature with the type it had in training, every other
 column as text, passed through as written; so the same rows get the same predictions here
 as from the app's `predict`, whatever their format.
@@ -20,6 +22,7 @@ as from the app's `predict`, whatever their format.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -39,6 +42,8 @@ class Model:
         folder = Path(folder)
         self.state = PreprocessState.from_json((folder / "preprocess.json").read_text())
         self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        calibration = folder / "calibration.json"
+        self.threshold = json.loads(calibration.read_text()).get("threshold") if calibration.exists() else None
 
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         absent = [c for c in self.state.features if c not in df.columns]
@@ -51,7 +56,8 @@ class Model:
                               for i in range(0, max(1, len(df)), CHUNK)])
         result = df.copy()
         if self.state.task == "classification":
-            result["prediction"] = np.asarray(self.state.classes, dtype=object)[out.argmax(axis=1)]
+            chosen = out.argmax(axis=1) if self.threshold is None else (out[:, 1] >= self.threshold).astype(np.int64)
+            result["prediction"] = np.asarray(self.state.classes, dtype=object)[chosen]
             for i, c in enumerate(self.state.classes):
                 result[f"proba_{c}"] = out[:, i].astype(np.float64)
         else:

@@ -4,8 +4,9 @@ are only parsed: tests/unit/test_docs.py checks those).
 Page by page, README.md first, in one temporary folder that holds copies of configs/ and
 data/ (what the examples read; they write under runs/ there): each page's python blocks in
 order as one program in a fresh interpreter (a local Ray of its own, as a user's script
-gets), then each runnable command of its bash blocks (`raytab` as `python -m app`). A page
-may use a run an earlier page made (docs/runs.md reads the README's runs/quickstart).
+gets), then each runnable command of its bash blocks (`raytab` as `python -m app`; `serve`
+and `tune` as tests/docs_blocks.py says). A page may use a run an earlier page made
+(docs/runs.md reads the README's runs/quickstart).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.docs_blocks import PAGES, REPO, blocks, commands
+from tests.conftest import _free_port
+from tests.docs_blocks import PAGES, REPO, SERVICE_ADDRESS, TUNE_SHRUNK, blocks, commands
 
 pytestmark = pytest.mark.slow
 
@@ -65,5 +68,41 @@ def test_page_runs(page, python_blocks, runnable_commands, workdir, env):
         _run([sys.executable, str(script)], workdir, env, f"{page.name}: its python blocks")
     for command in runnable_commands:
         argv = [sys.executable, "-m", "app", *command.app_args]
+        if command.app_args[0] == "serve":
+            _serve(argv, command, workdir, env | command.env)
+            continue
+        if command.app_args[0] == "tune":
+            argv += TUNE_SHRUNK
         _run(argv, workdir, env | command.env, command.where(), timeout=180)
     assert python_blocks or runnable_commands, shlex.quote(str(page))
+
+
+def _serve(argv, command, work, env) -> None:
+    """`serve` on a free port until it says it serves, then the blocks of its page that use
+    the service (up to the next `serve`), then Ctrl-C: it must stop cleanly (exit 0)."""
+    port = _free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen([*argv, "--port", str(port)], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    try:
+        for line in proc.stdout:  # until it serves, or ends
+            said.append(line)
+            if line.startswith("serving "):
+                break
+        assert proc.poll() is None, f"{command.where()}: exit {proc.returncode}\n{''.join(said)[-4000:]}"
+        blocks_of_page = blocks(command.block.page)
+        after = [b for b in blocks_of_page if b.line > command.block.line]
+        nxt = next((b.line for b in after if any((c.app_args or [""])[0] == "serve" for c in commands(b))), None)
+        for block in (b for b in after if b.on_service and (nxt is None or b.line < nxt)):
+            script = "set -euo pipefail\n" + block.text.replace(SERVICE_ADDRESS, f"127.0.0.1:{port}")
+            done = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                                  timeout=60)
+            assert done.returncode == 0, f"{block.where()}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+            print(f"{block.where()}: against the service: {done.stdout.strip()[:200]}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, f"{command.where()}: exit {proc.returncode} after Ctrl-C\n{rest[-4000:]}"
+    print(f"{command.where()}: served, then stopped: {time.perf_counter() - started:.1f} s")
+

@@ -184,9 +184,10 @@ def test_report_renders_in_a_browser(run, tmp_path):
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", f"file://{report}"], capture_output=True, text=True,
                          timeout=120).stdout
-    for text in ("Learning curves", "Confusion matrix", "random_forest", "hist_gradient_boosting"):
+    for text in ("Learning curves", "Confusion matrix", "Feature importance", "random_forest",
+                 "hist_gradient_boosting"):
         assert text in dom
-    assert dom.count("data:image/png;base64,") == 2
+    assert dom.count("data:image/png;base64,") == 3  # the curves, the matrix, the importance bars
     shot = tmp_path / "report.png"
     subprocess.run([browser, *flags, "--window-size=1100,2200", f"--screenshot={shot}", f"file://{report}"],
                    capture_output=True, timeout=120, check=True)

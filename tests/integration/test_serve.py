@@ -381,7 +381,8 @@ def bad_bodies(draw) -> bytes:
     if flaw == "missing column":
         del records[i][column]
     elif flaw == "wrong type":
-        records[i][column] = draw(_containers | st.text() | st.booleans() if column in NUMERIC else _containers)
+        records[i][column] = draw(_containers | st.text().filter(is_a_word) | st.booleans() if column in NUMERIC
+                                  else _containers)
     elif flaw == "huge number":  # beyond float64
         records[i][column] = draw(_huge)
     elif flaw == "NaN or Infinity":
@@ -404,6 +405,14 @@ def bad_bodies(draw) -> bytes:
     if flaw == "cut short":  # a proper prefix of a JSON object is never JSON
         text = text[:draw(st.integers(0, len(text) - 1))]
     return text.encode()
+
+
+def is_a_word(text: str) -> bool:
+    """Text that a numeric column refuses: neither a number nor a CSV reader's missing marker
+    (those are read as a CSV file's text is)."""
+    from app.data.transform import NULL_TEXTS
+
+    return text not in NULL_TEXTS and pd.isna(pd.to_numeric(pd.Series([text], dtype=object), errors="coerce")[0])
 
 
 @settings(max_examples=50, deadline=None, database=None)

@@ -80,14 +80,20 @@ def test_checkpoint_reproduces_validation_metrics_in_a_fresh_process(two_worker_
         src = sources.resolve({cfg.data.train!r}, "data.train")
         df = pacsv.read_csv(src.paths[0]).to_pandas()  # as pyarrow infers types: the split must not care
         df = df[assign_split(df, {cfg.data.split.valid}, {cfg.data.split.test}, {cfg.data.split.seed}) == VALID]
-        print(json.dumps(Predictor.from_checkpoint({metrics["best_checkpoint"]!r}).evaluate(df)))
+        predictor = Predictor.from_checkpoint({metrics["best_checkpoint"]!r})
+        calibrated = predictor.evaluate(df)
+        predictor.temperature = 1.0  # the network as training validated it, before calibration
+        print(json.dumps([predictor.evaluate(df), calibrated]))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
-    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    fresh, calibrated = json.loads(out.stdout.strip().splitlines()[-1])
     reported = metrics["valid"]
     assert fresh["loss"] == pytest.approx(reported["valid_loss"], rel=1e-5)
     for key in ("accuracy", "f1_macro", "roc_auc", "log_loss"):
         assert fresh[key] == pytest.approx(reported[key], rel=1e-5), key
+    after = metrics["calibration"]["valid"]["after"]
+    assert calibrated["log_loss"] == pytest.approx(after["log_loss"], rel=1e-5)
+    assert calibrated["log_loss"] <= fresh["log_loss"] and calibrated["accuracy"] == fresh["accuracy"]
 
 
 def _record_shard_rows(config):

@@ -128,3 +128,13 @@ def test_quick_exit_runs_the_exit_hooks_and_exits_with_the_code():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=root)
     assert done.returncode == 3, done.stderr
     assert done.stdout.splitlines() == ["thread done", "exit hook"]
+
+
+def test_ray_tune_still_says_so_when_its_stop_handler_ends_a_sweep():
+    import inspect
+
+    import ray.tune.tune as tune_module
+
+    assert tune_module.logger.name == ray_compat.TUNE_LOGGER
+    assert f'"{ray_compat.TUNE_STOP_WARNING}' in inspect.getsource(tune_module._setup_signal_catching), \
+        "Ray Tune no longer logs its stop warning; see app/ray_compat.py tune_stop_seen"
