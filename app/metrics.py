@@ -302,6 +302,7 @@ def block_sums(ds, fn: Callable[..., Any], *args: Any, batch_format: str = "pand
     (a `MetricSums`, a list of them): a block travels back as those, pickled, never as rows,
     so whoever merges them holds a few at a time whatever the data's size."""
     out = ds.map_batches(_pickled, fn_args=(fn, *args), batch_format=batch_format, batch_size=None, num_cpus=1)
+    out.context.raise_original_map_exception = True  # bad input raised in `fn` comes back as itself
     for batch in out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         for blob in batch["sums"]:
             yield pickle.loads(blob)

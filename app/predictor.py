@@ -316,6 +316,8 @@ def predict_dataset(checkpoint: str, ds, concurrency: int, batch_size: int):
     once, each by a 1-CPU task that calls the model on `batch_size` rows at a time."""
     import ray.data
 
-    return ds.map_batches(_predict_block, fn_args=(checkpoint, batch_size), batch_format="pyarrow",
-                          batch_size=None, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=max(1, concurrency)),
-                          zero_copy_batch=True)
+    scored = ds.map_batches(_predict_block, fn_args=(checkpoint, batch_size), batch_format="pyarrow",
+                            batch_size=None, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=max(1, concurrency)),
+                            zero_copy_batch=True)
+    scored.context.raise_original_map_exception = True  # bad input (a word in a numeric column) as itself
+    return scored

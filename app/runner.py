@@ -216,6 +216,7 @@ def test_importance(cfg: Config, checkpoint: str, rows: Any, here: bool) -> dict
     """`feature_importance` (and how it was computed) of the best checkpoint on the test
     split, as `evaluate --importance` gives it: in this process for a small split (Arrow
     tables here, or a small file), else sampled and shuffled on the cluster."""
+    import pandas as pd
     import pyarrow as pa
 
     from app.importance import importance
@@ -225,8 +226,8 @@ def test_importance(cfg: Config, checkpoint: str, rows: Any, here: bool) -> dict
         rows = pa.concat_tables(rows).to_pandas() if rows else None
     elif here:
         rows = rows.to_pandas()
-    if rows is None or len(rows) == 0:
-        return {}
+    if rows is None or (isinstance(rows, pd.DataFrame) and len(rows) == 0):
+        return {}  # (a large split's Dataset is never empty: the data step checked the rows)
     return importance(checkpoint, Predictor.from_checkpoint(checkpoint), rows, seed=cfg.train.seed,
                       max_rows=cfg.report.importance_rows)
 

@@ -667,6 +667,7 @@ def run(checkpoint: str, *, epoch: int, options: ServeOptions, host: str, port: 
         log.info(f"updated {where} to {what}")
         return
     token = "; a bearer token is required" if options.token_sha256 else ""
+    signals.waiting = True  # from the line on, Ctrl-C stops the service (exit 0), as the line says
     log.info(f"serving {what} at {where}: POST /predict, GET /health, GET /schema, GET /docs{token}; Ctrl-C stops")
     name = signals.wait()
     stop()

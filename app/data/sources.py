@@ -615,8 +615,9 @@ def read_step(step, source: Source):
         for cause in causes(e):
             if type(cause) is UserError:
                 raise UserError(str(cause)) from None
-            if isinstance(cause, BadValue):
-                raise UserError(f"{source.key} {source.uri}: {cause}") from None
+            if type(cause) is BadValue:  # (not Ray's RayTaskError that is one too: its text is a traceback)
+                said = str(cause.args[0]).split("\n", 1)[0]  # (the rest: retry advice that Ray Data appends)
+                raise UserError(f"{source.key} {source.uri}: {said}") from None
             if isinstance(cause, (pa.ArrowInvalid, UnicodeDecodeError)):
                 text = " ".join(str(cause).split())[:400]
                 raise UserError(f"{source.key}: cannot read {source.uri}: {text}") from None

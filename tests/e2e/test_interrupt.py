@@ -1,12 +1,11 @@
 """Ctrl-C (SIGINT) and SIGTERM sent to `python -m app train` mid-run: exit 130 and 143 with one
 line saying what stopped and how to go on, the run folder's lease given back, and the same
-command then resumes from the last checkpoint and finishes. The driver is signalled once the
+command then resumes from the last checkpoint. The driver is signalled once the
 run has registered a checkpoint and rank 0 hangs at a `then=hang` fault (app/training/faults.py),
 not after a guessed delay."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -55,14 +54,9 @@ def test_sigint_and_sigterm_stop_train_and_the_same_command_resumes(tmp_path, cl
     assert_interrupted(interrupted_at(args, cli_env, run, 1, signal.SIGINT), 130)
     assert not (run / runs.LEASE).exists() and not (run / runs.METRICS).exists()
 
-    second = interrupted_at(args, cli_env, run, 2, signal.SIGTERM)  # resumed from epoch 1, stopped in epoch 3
+    # resumed from epoch 1 (its history so far intact), stopped in epoch 3; how a resumed run
+    # then finishes bit-identical to an uninterrupted one: tests/integration/test_fault_tolerance.py
+    second = interrupted_at(args, cli_env, run, 2, signal.SIGTERM)
     assert_interrupted(second, 143)
     assert "(epoch 1 done)" in second.stdout + second.stderr
-    assert not (run / runs.LEASE).exists()
-
-    last = subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, env=cli_env, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert last.returncode == 0, last.stderr[-3000:]
-    assert "(epoch 2 done)" in last.stdout + last.stderr
-    metrics = json.loads((run / runs.METRICS).read_text())
-    assert metrics["epochs_completed"] == 4 and [r["epoch"] for r in metrics["history"]] == [1, 2, 3, 4]
+    assert not (run / runs.LEASE).exists() and not (run / runs.METRICS).exists()

@@ -1,6 +1,7 @@
-"""A real (small) training run calibrates its best checkpoint: metrics.json holds the
-calibration and threshold blocks, the checkpoint holds what they report, and `evaluate`
-of that checkpoint reproduces metrics.json's test block exactly."""
+"""A real (small) training run, of a file with columns it drops, calibrates its best
+checkpoint: metrics.json holds the calibration and threshold blocks and the feature
+importance, the checkpoint holds what they report, and `evaluate` of that checkpoint
+reproduces metrics.json's test block exactly."""
 
 from __future__ import annotations
 
@@ -16,11 +17,18 @@ from tests.unit.test_calibration import rare_positives
 
 
 def test_a_binary_run_is_calibrated_and_evaluate_reproduces_its_test_metrics(ray_session, tmp_path):
-    rare_positives(1500, 0).to_csv(tmp_path / "train.csv", index=False)
+    train = rare_positives(1500, 0)
+    # Columns in data.drop are never read: `extra` is whole numbers for more than the first
+    # 1 MiB of the file (the block whose values would type a CSV column) and a word after it.
+    train["note"], train["extra"] = "n" * 800, [str(i) for i in range(len(train))]
+    train.loc[len(train) - 1, "extra"] = "oops"
+    train.to_csv(tmp_path / "train.csv", index=False)
+    assert (tmp_path / "train.csv").stat().st_size > 1.1 * (1 << 20)
     rare_positives(600, 5).to_csv(tmp_path / "test.csv", index=False)
     tree = penguins_tree(tmp_path, name="calibrated", model={"kind": "mlp", "hidden": [32]}, train__epochs=5,
                          train__threshold_metric="f1", scaling__num_workers=1)
-    tree["data"] = {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv"), "label": "y"}
+    tree["data"] = {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv"), "label": "y",
+                    "drop": ["note", "extra"]}
     metrics = app.train(tree).metrics
 
     cal, threshold = metrics["calibration"], metrics["threshold"]

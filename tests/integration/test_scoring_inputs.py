@@ -1,6 +1,8 @@
-"""Valid files are accepted whatever their columns hold beyond the model's: a dropped
-column is never read, a pass-through column is written as it was read, and labels that
-cannot be scored are left out and counted. On a real Ray."""
+"""Valid files are accepted whatever their columns hold beyond the model's: a pass-through
+column is written as it was read, and labels that cannot be scored are left out and
+counted; a word in a numeric feature is one line. On a real Ray. (A dropped column is never
+read: tests/integration/test_calibrated_run.py trains on a file whose dropped column would
+not parse.)"""
 
 from __future__ import annotations
 
@@ -11,28 +13,7 @@ import pandas as pd
 import pytest
 
 import app
-from app.config import from_dict
 from tests.unit.test_scoring_path import fitted_checkpoint
-
-
-def test_train_never_reads_a_dropped_column(ray_session, tmp_path):
-    """`extra` is whole numbers for more than the first 1 MiB of the file (the block whose
-    values type a CSV column) and words after it: listed in data.drop, it is never read."""
-    n = 3000
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=n)
-    df = pd.DataFrame({"x": x, "k": rng.choice(["u", "v"], n), "note": ["n" * 400] * n,
-                       "extra": [str(i) for i in range(n)], "y": np.where(x > 0, "pos", "neg")})
-    df.loc[n - 1, "extra"] = "oops"
-    df.to_csv(tmp_path / "train.csv", index=False)
-    assert (tmp_path / "train.csv").stat().st_size > 1.1 * (1 << 20)
-    cfg = from_dict({"name": "dropped", "data": {"train": str(tmp_path / "train.csv"), "label": "y",
-                                                 "drop": ["extra", "note"]},
-                     "model": {"kind": "mlp", "hidden": [16]}, "train": {"epochs": 10, "lr": 0.01},
-                     "scaling": {"num_workers": 1}, "tracking": {"mlflow": False, "tensorboard": False},
-                     "run": {"storage": str(tmp_path / "runs")}}, "test")
-    result = app.train(cfg)
-    assert result.metrics["test"]["accuracy"] > 0.7  # x decides the label; the majority is about 0.5
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +43,16 @@ def test_labels_that_cannot_be_scored_are_left_out_and_counted(ray_session, regr
     written = app.predict(str(regression), str(tmp_path / "eval.csv"), str(tmp_path / "out.csv"))
     out = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
     assert written == 10 and out["id"].tolist() == df["id"].tolist() and out["y"][3] == "n/a (broken sensor)"
+
+
+def test_a_word_in_a_numeric_feature_of_a_parquet_input_is_one_line_not_a_ray_traceback(regression, tmp_path):
+    """Parquet keeps a writer's text column as text: the word is found when the block is
+    scored in a Ray task, and comes back as the same one-line message a CSV file gets."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": ["0.5", "heavy"], "k": ["a", "b"]}), tmp_path / "in.parquet")
+    with pytest.raises(app.UserError) as refused:
+        app.predict(str(regression), str(tmp_path / "in.parquet"), str(tmp_path / "out.csv"))
+    assert str(refused.value).endswith("in.parquet: column 'x' holds 'heavy', which is not a number")
+    assert "\n" not in str(refused.value) and not (tmp_path / "out.csv").exists()
