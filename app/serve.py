@@ -52,7 +52,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app import cluster, ray_compat, storage
-from app.data.transform import NULL_TEXTS, PreprocessState, not_a_number
+from app.data.transform import BadValue, PreprocessState, numbers
 from app.errors import UserError
 from app.predictor import SCORE_BATCH
 
@@ -307,12 +307,12 @@ def _short(value: Any) -> str:
 def _numeric_column(name: str, records: list[dict]) -> np.ndarray:
     values = [record[name] for record in records]
     for i, v in enumerate(values):
-        if type(v) is str:  # read as a CSV file's text is: a number, a missing marker, or refused
-            number = np.nan if v in NULL_TEXTS else \
-                pd.to_numeric(pd.Series([v], dtype=object), errors="coerce").to_numpy(np.float64, na_value=np.nan)[0]
-            if np.isnan(number) and v not in NULL_TEXTS:
-                raise BadRequest(422, f"{not_a_number(name, v)} (records[{i}]); send a number or null")
-            values[i] = None if np.isnan(number) else float(number)
+        if type(v) is str:  # read as a CSV file's text is (`transform.numbers`): a number, missing, or refused
+            try:
+                number = float(numbers(pd.Series([v], dtype=object), name)[0])
+            except BadValue as e:
+                raise BadRequest(422, f"{e} (records[{i}]); send a number or null") from None
+            values[i] = None if np.isnan(number) else number
             continue
         if v is not None and type(v) not in (int, float):  # a bool is an int to Python, not a number in JSON
             raise BadRequest(422, f"column {name!r}, records[{i}]: got {_short(v)}; expected a number or null")
