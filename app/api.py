@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -202,7 +202,7 @@ def train(config: str | os.PathLike | Mapping[str, Any] | Config, *, fresh: bool
             return RunResult.from_folder(folder)
         inputs = preflight(cfg)  # no Ray yet: bad input fails in a second, before `fresh` deletes anything
         import_in_background()  # torch loads while the lease settles and Ray starts
-        with lease.run_folder(folder, fresh=fresh, what="run"):
+        with lease.run_folder(folder, fresh=fresh, what="run"), _run_log(folder):
             ray_start_s = cluster.connect(address, dashboard=wants_dashboard(cfg, inputs)) or None  # None: Ray was up
             run_training(cfg, inputs, ray_start_s=ray_start_s)
     return RunResult.from_folder(folder)
@@ -217,7 +217,7 @@ def _train_in_memory(cfg: Config, folder: str, *, fresh: bool, address: str | No
 
     storage.check_writable(storage.absolute(cfg.run.storage), "run.storage")
     ray_start_s = cluster.connect(address, dashboard=cfg.run.dashboard is True) or None
-    with lease.run_folder(folder, fresh=fresh, what="run"):
+    with lease.run_folder(folder, fresh=fresh, what="run"), _run_log(folder):
         cfg = in_memory.stage(cfg, folder)  # refuses data other than what an earlier attempt saved
         if finished_metrics(cfg) is None:
             run_training(cfg, preflight(cfg), ray_start_s=ray_start_s)
@@ -257,13 +257,31 @@ def tune(config: str | os.PathLike | Mapping[str, Any] | Config, *, resume: bool
                             f"or --fresh to start over")
         if staged:
             storage.check_writable(storage.absolute(cfg.run.storage), "run.storage")
-        with lease.run_folder(folder, fresh=fresh, what="sweep"):
+        with lease.run_folder(folder, fresh=fresh, what="sweep"), _run_log(folder):
             cluster.connect(address)
             if staged:
                 cfg = in_memory.stage(cfg, folder)
                 inputs = preflight(cfg)
             run_tune(cfg, inputs, resume=resume)
     return SweepResult(folder)
+
+
+@contextmanager
+def _run_log(folder: str) -> Iterator[None]:
+    """While inside, what this process prints also goes to the folder's train.log (app/logs.py
+    `run_log`), appended to an earlier attempt's. A run that fails before writing anything
+    else does not keep it: a refused run leaves no folder (app/lease.py)."""
+    from app import logs, runs, storage
+
+    uri = storage.join(folder, runs.TRAIN_LOG)
+    try:
+        with logs.run_log(uri):
+            yield
+    except BaseException:
+        with suppress(OSError):  # (the run's own error is the one to see)
+            if {e.name for e in storage.listdir(folder)} <= {runs.TRAIN_LOG, runs.LEASE, storage.OWNED}:
+                storage.remove(uri)
+        raise
 
 
 def baseline(config: str | os.PathLike | Mapping[str, Any] | Config, *, address: str | None = None

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from app import runs, storage
+from app import progress, runs, storage
 from app.config import Config
 from app.data.prepare import Prepared, transform_batch
 from app.data.transform import PreprocessState
@@ -40,6 +40,10 @@ def run_baselines(cfg: Config, data: Prepared) -> dict[str, Any]:
     models = [model for model, _ in fitted.values()]
     test = data.test_raw.map_batches(transform_batch, fn_kwargs={"state_json": state_json, "split": None},
                                      batch_format="pandas", batch_size=None)
+    # Where a terminal shows it, a bar of the fits; the scoring that follows (each block waits
+    # for the fits anyway) is a Ray Data job, which shows its own bars there.
+    with progress.bar("baselines: fitting", total=len(MODELS), unit="model") as bar:
+        progress.wait([info for _, info in fitted.values()], bar)
     scores = {split: score_dataset(ds, models, state) for split, ds in (("valid", data.valid), ("test", test))}
     results = {}
     for i, (name, (_, info)) in enumerate(fitted.items()):

@@ -50,12 +50,16 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The T in `LOG_T_BOUNDS` that minimises the log loss of softmax(logits / T).
 
     The loss is convex in 1/T, so it has one minimum along log T: bounded Brent finds it.
-    A T that does not beat T = 1 (no rows, or the search stopping short) is 1."""
+    A T that does not beat T = 1 (no rows, or the search stopping short), or one at a bound
+    (a validation split without one error keeps gaining as T -> 0, and a single error
+    elsewhere would then cost without limit), is 1."""
     if len(y) == 0:
         return 1.0
     found = minimize_scalar(lambda u: log_loss(logits, y, math.exp(u)), bounds=LOG_T_BOUNDS, method="bounded",
                             options={"xatol": 1e-4})
     t = math.exp(float(found.x))
+    if min(abs(float(found.x) - b) for b in LOG_T_BOUNDS) < 1e-2:
+        return 1.0  # at a bound: the split is too small or too separable to tell (see LOG_T_BOUNDS)
     return t if log_loss(logits, y, t) < log_loss(logits, y) else 1.0
 
 
@@ -107,8 +111,8 @@ def valid_outputs(predictor: Predictor, data: Prepared) -> tuple[np.ndarray, np.
     for b in blocks:
         x_num, x_cat = (np.require(b[c], requirements="W") for c in ("x_num", "x_cat"))  # torch wants writable
         outputs.append(predictor.forward(x_num, x_cat, SCORE_BATCH, calibrated=False))
-        labels.append(np.asarray(b["y"], dtype=np.int64))
-    width = len(predictor.state.classes)
+        labels.append(np.asarray(b["y"], dtype=np.int64 if predictor.state.task == "classification" else np.float64))
+    width = len(predictor.state.classes)  # (regression: outputs [rows], labels standardised as trained)
     return (np.concatenate(outputs) if outputs else np.zeros((0, width), np.float32),
             np.concatenate(labels) if labels else np.zeros(0, np.int64))
 

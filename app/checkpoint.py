@@ -37,7 +37,29 @@ from app.errors import UserError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-FILES = ("model.pt", "optimizer.pt", "preprocess.json", "train_state.json")
+FILES = ("model.pt", "optimizer.pt", "preprocess.json", "train_state.json")  # a network's
+# `model.kind: xgboost`: the booster in XGBoost's own binary format (UBJSON: no pickle) with
+# every round trained so far; train_state.json says which round predicts (`best_round`).
+BOOSTER_FILE = "model.ubj"
+BOOSTER_FILES = (BOOSTER_FILE, "preprocess.json", "train_state.json")
+
+
+# `model.kind: ensemble`: ensemble.json (the members' folders and weights) and, under
+# members/<kind>/, a copy of each member's best checkpoint; the manifest lists every file.
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_FILES = (ENSEMBLE_FILE, "preprocess.json", "train_state.json")
+
+
+def files_of(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The files of a checkpoint of this manifest's model kind (an ensemble's: those its
+    manifest lists, which must include `ENSEMBLE_FILES`)."""
+    model = manifest.get("model")
+    kind = model.get("kind") if isinstance(model, dict) else None
+    if kind == "ensemble":
+        listed = manifest.get("sha256")
+        names = tuple(listed) if isinstance(listed, dict) else ()
+        return names if set(ENSEMBLE_FILES) <= set(names) else ENSEMBLE_FILES
+    return BOOSTER_FILES if kind == "xgboost" else FILES
 
 
 def write_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -51,6 +73,44 @@ def write_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer
         after_first_file()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                directory / "optimizer.pt")
+    return _finish(directory, state=state, model_cfg=model_cfg, train_state=train_state)
+
+
+def write_booster_checkpoint(directory: str | Path, *, booster: Any, state: PreprocessState, model_cfg: ModelConfig,
+                             train_state: dict[str, Any], after_first_file: Callable[[], None] | None = None) -> Path:
+    """`write_checkpoint` of an xgboost Booster (`BOOSTER_FILES`)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / BOOSTER_FILE).write_bytes(bytes(booster.save_raw(raw_format="ubj")))
+    if after_first_file is not None:
+        after_first_file()
+    return _finish(directory, state=state, model_cfg=model_cfg, train_state=train_state)
+
+
+def write_ensemble_checkpoint(directory: str | Path, *, members: dict[str, str | Path], weights: dict[str, float],
+                              state: PreprocessState, model_cfg: ModelConfig, train_state: dict[str, Any]) -> Path:
+    """`write_checkpoint` of an ensemble: each member's checkpoint folder (local, verified)
+    copied under members/<kind>/ without its own calibration (the ensemble is calibrated as
+    one model), and the weights."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = []
+    for kind, source in members.items():
+        target = directory / "members" / kind
+        shutil.copytree(source, target)
+        manifest = json.loads((target / MANIFEST).read_text())
+        manifest.pop("calibration", None)
+        (target / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        spec.append({"kind": kind, "folder": f"members/{kind}", "weight": weights[kind]})
+    (directory / ENSEMBLE_FILE).write_text(json.dumps({"members": spec}, indent=1))
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    return _finish(directory, state=state, model_cfg=model_cfg, train_state=train_state,
+                   files=[*files, "preprocess.json", "train_state.json"])
+
+
+def _finish(directory: Path, *, state: PreprocessState, model_cfg: ModelConfig, train_state: dict[str, Any],
+            files: list[str] | None = None) -> Path:
+    """The files every kind writes after its model's, then the manifest, last."""
     (directory / "preprocess.json").write_text(state.to_json())
     (directory / "train_state.json").write_text(json.dumps(train_state, indent=1))
     manifest = {
@@ -60,8 +120,8 @@ def write_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer
         "numeric_width": state.numeric_width,
         "cardinalities": state.cardinalities,
         "output_dim": state.output_dim,
-        "sha256": {name: _sha256(directory / name) for name in FILES},
     }
+    manifest["sha256"] = {name: _sha256(directory / name) for name in (files or files_of(manifest))}
     _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1))
     return directory
 
@@ -83,7 +143,10 @@ def upload(local_dir: str | Path, filesystem: storage.FileSystem, destination: s
     filesystem.create_dir(destination, recursive=True)
     # A manifest left by an earlier attempt at this same epoch goes first.
     storage.remove_path(filesystem, f"{destination}/{MANIFEST}")
-    for i, name in enumerate((*FILES, MANIFEST)):
+    files = files_of(json.loads((local_dir / MANIFEST).read_text()))
+    for parent in sorted({name.rsplit("/", 1)[0] for name in files if "/" in name}):  # an ensemble's members/<kind>
+        filesystem.create_dir(f"{destination}/{parent}", recursive=True)
+    for i, name in enumerate((*files, MANIFEST)):
         storage.upload_file(local_dir / name, filesystem, f"{destination}/{name}")
         if i == 0 and after_first_file is not None:
             after_first_file()
@@ -103,7 +166,7 @@ def verify(directory: str | Path, label: str | None = None) -> dict[str, Any]:
         raise UserError(f"checkpoint {label}: unsupported format in {MANIFEST}")
     missing = [k for k in ("epoch", "model", "numeric_width", "cardinalities", "output_dim", "sha256")
                if k not in manifest]
-    if missing or set(manifest["sha256"]) != set(FILES):
+    if missing or not isinstance(manifest["sha256"], dict) or set(manifest["sha256"]) != set(files_of(manifest)):
         raise UserError(f"checkpoint {label}: {MANIFEST} is incomplete ({', '.join(missing) or 'file list'})")
     for name, digest in manifest["sha256"].items():
         path = directory / name

@@ -251,11 +251,62 @@ class PreprocessConfig(Section):
     """Bins per numeric column for `model.num_embeddings: piecewise_linear`."""
 
 
+class XGBoostConfig(Section):
+    """`model.xgboost`: the gradient-boosted trees of `model.kind: xgboost`, trained by
+    Ray Train's XGBoostTrainer on the same shards and preprocessing as the networks."""
+
+    rounds: int = Field(2000, ge=1)
+    """Boosting rounds at most; early stopping usually ends sooner."""
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    """Shrinkage of each tree (`eta`)."""
+    max_depth: int = Field(6, ge=0)
+    """Depth of each tree; 0: no limit (then bound `max_leaves`)."""
+    max_leaves: int = Field(0, ge=0)
+    """Leaves of each tree; 0: no limit."""
+    min_child_weight: float = Field(1.0, ge=0)
+    """Least hessian weight in a leaf."""
+    reg_lambda: float = Field(1.0, ge=0)
+    """L2 regularisation of the leaf weights."""
+    reg_alpha: float = Field(0.0, ge=0)
+    """L1 regularisation of the leaf weights."""
+    subsample: float = Field(0.8, gt=0, le=1)
+    """Share of the training rows each tree samples."""
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    """Share of the features each tree samples."""
+    max_bin: int = Field(256, ge=2)
+    """Histogram bins per numeric feature."""
+    early_stopping_rounds: int | None = Field(100, ge=1)
+    """Stop after this many rounds without a better validation loss; `null`: never."""
+    checkpoint_every: int = Field(50, ge=1)
+    """Rounds between checkpoints (and reports to Ray Train and Tune): a worker or driver
+    failure loses at most this many rounds."""
+
+
+class EnsembleConfig(Section):
+    """`model.ensemble`: the members of `model.kind: ensemble` and how they are weighted."""
+
+    members: list[Literal["tabm", "mlp", "xgboost"]] = ["tabm", "xgboost"]
+    """The kinds trained (each of `tabm`, `mlp`, `xgboost` at most once), one after another,
+    each with this config's keys for its kind."""
+    selection_rounds: int = Field(25, ge=1, le=1000)
+    """Rounds of greedy ensemble selection with replacement on the validation split: each
+    adds the member that most lowers the validation loss of the average; the weights are
+    how often each was added."""
+
+    @field_validator("members")
+    @classmethod
+    def _distinct(cls, members: list[str]) -> list[str]:
+        if not members or len(set(members)) != len(members):
+            raise ValueError(f"must be a non-empty list of distinct kinds (got {excerpt(members)})")
+        return members
+
+
 class ModelConfig(Section):
-    kind: Literal["tabm", "mlp"] = "tabm"
-    """`tabm` | `mlp`; see [Models](models.md). The keys below say which kind reads them."""
+    kind: Literal["tabm", "mlp", "xgboost", "ensemble"] = "tabm"
+    """`tabm` | `mlp` | `xgboost` | `ensemble`; see [Models](models.md). The keys below say
+    which kind reads them."""
     dropout: float = Field(0.1, ge=0, lt=1)
-    """Both kinds: dropout after each hidden layer, in [0, 1)."""
+    """tabm and mlp: dropout after each hidden layer, in [0, 1)."""
     hidden: list[int] = [128, 64]
     """mlp: widths of the hidden layers (non-empty, positive)."""
     embedding_dim: int | None = Field(None, ge=1)
@@ -280,6 +331,11 @@ class ModelConfig(Section):
     one_hot_max: int = Field(32, ge=1)
     """tabm: categorical columns with at most this many categories (the unknown bucket
     included) are one-hot; larger ones get a learned embedding of width `d_embedding`."""
+
+    xgboost: XGBoostConfig = XGBoostConfig()
+    """xgboost: the trees' parameters (`model.xgboost.*`)."""
+    ensemble: EnsembleConfig = EnsembleConfig()
+    """ensemble: its members and their weighting (`model.ensemble.*`)."""
 
     @field_validator("hidden")
     @classmethod
@@ -468,8 +524,13 @@ class TrackingConfig(Section):
 
 
 class ReportConfig(Section):
-    baselines: bool = False
-    """After `train`, also fit the scikit-learn baselines on the same split (as `baseline` does)."""
+    baselines: bool | Literal["auto"] = "auto"
+    """After `train`, also fit the scikit-learn baselines on the same split (as `baseline`
+    does), for the report to compare against: `true` | `false` | `auto` (when the training
+    split has at most `baselines_auto_rows` rows)."""
+    baselines_auto_rows: int = Field(100_000, ge=0)
+    """`baselines: auto` fits them up to this many training rows (beyond, they take minutes:
+    run `baseline` or set `baselines: true`)."""
     baseline_max_rows: int = Field(200_000, ge=100)
     """Baselines fit on at most this many training rows (a seeded sample); they score all
     validation and test rows."""
@@ -478,6 +539,10 @@ class ReportConfig(Section):
     split (as `evaluate --importance` computes it), in metrics.json and the report."""
     importance_rows: int = Field(10_000, ge=10)
     """Feature importance uses a seeded sample of at most this many test rows."""
+
+    def wants_baselines(self, train_rows: int) -> bool:
+        """Whether `train` fits the baselines after a run of `train_rows` training rows."""
+        return self.baselines is True or (self.baselines == "auto" and train_rows <= self.baselines_auto_rows)
 
 
 NAME_MAX = 100  # characters of `name`, a folder name (file systems allow 255 bytes)

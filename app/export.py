@@ -30,6 +30,7 @@ from app.predictor import Predictor
 from app.redact import redact
 
 MODEL_FILE = "model.onnx"
+BOOSTER_FILE = "model.ubj"  # model.kind: xgboost (the name app/exported/predict.py looks for)
 TORCHSCRIPT_FILE = "model_torchscript.pt"
 CALIBRATION_FILE = "calibration.json"  # the name app/exported/predict.py reads
 
@@ -53,7 +54,14 @@ class _Exported(torch.nn.Module):
 
 
 def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
-    require("export", "onnx", "onnxscript")  # the exporter; onnxruntime runs the folder it writes
+    predictor = Predictor.from_checkpoint(checkpoint)
+    from app.ensemble import EnsembleModule
+
+    if isinstance(predictor.model, EnsembleModule):
+        raise UserError(f"--checkpoint {checkpoint}: an ensemble cannot be exported yet; export one of its "
+                        f"members instead (the checkpoints under its members/ folder)")
+    if not is_trees(predictor):
+        require("export", "onnx", "onnxscript")  # the exporter; onnxruntime runs the folder it writes
     out = Path(output).expanduser().resolve()
     if "://" in output:
         raise UserError(f"--output {output}: export writes a local folder; copy it to object storage after")
@@ -63,8 +71,14 @@ def export(checkpoint: str, output: str, overwrite: bool = False) -> Path:
     with storage.claimed(fs, final, output, "--output"):
         check_output(out, output, overwrite)  # again, once claimed: what is there now is all it may replace
         before = storage.fingerprint(fs, final)
-        write_folder(checkpoint, fs, final, output, before)
+        write_folder(predictor, checkpoint, fs, final, output, before)
     return out
+
+
+def is_trees(predictor: Predictor) -> bool:
+    from app.boosting import BoosterModule
+
+    return isinstance(predictor.model, BoosterModule)
 
 
 def check_output(out: Path, output: str, overwrite: bool) -> None:
@@ -74,16 +88,20 @@ def check_output(out: Path, output: str, overwrite: bool) -> None:
         storage.check_replaceable(str(out), "--output")  # only a folder this app wrote is replaced
 
 
-def write_folder(checkpoint: str, fs: storage.FileSystem, final: str, output: str, before: tuple | None) -> None:
+def write_folder(predictor: Predictor, checkpoint: str, fs: storage.FileSystem, final: str, output: str,
+                 before: tuple | None) -> None:
     """The export, written beside `final` and then switched in, unless what is at `final` is
     no longer `before` (`storage.changed_since`)."""
-    predictor = Predictor.from_checkpoint(checkpoint)
     state = predictor.state
     with storage.staged(fs, final) as staging_path:
         staging = Path(staging_path)
         staging.mkdir()
-        write_onnx(predictor, staging / MODEL_FILE)
-        write_torchscript(predictor, staging / TORCHSCRIPT_FILE)
+        if is_trees(predictor):
+            module = predictor.model  # its rounds up to the best one, in XGBoost's own format
+            (staging / BOOSTER_FILE).write_bytes(bytes(module.booster[:module.rounds].save_raw(raw_format="ubj")))
+        else:
+            write_onnx(predictor, staging / MODEL_FILE)
+            write_torchscript(predictor, staging / TORCHSCRIPT_FILE)
         (staging / "preprocess.json").write_text(state.to_json())
         (staging / "schema.json").write_text(json.dumps(predictor.schema(), indent=1))
         if predictor.calibration:
@@ -131,8 +149,22 @@ def calibration_line(predictor: Predictor) -> str:
         return ""
     cut = (f"; `prediction` is the second class where its probability is at least {predictor.threshold:.4g}"
            if predictor.threshold is not None else "")
+    where = "applied by predict.py to the trees' margins" if is_trees(predictor) else "already applied inside the models"
     return (f"\n- `{CALIBRATION_FILE}`: the calibration fitted after training (temperature "
-            f"{predictor.temperature:.4g}, already applied inside the models{cut}).")
+            f"{predictor.temperature:.4g}, {where}{cut}).")
+
+
+def model_lines(predictor: Predictor, task: str) -> str:
+    state = predictor.state
+    if is_trees(predictor):
+        return (f"- `{BOOSTER_FILE}`: the gradient-boosted trees in XGBoost's own format (load with\n"
+                f"  `xgboost.Booster().load_model(...)`), reading `tree_inputs` of the prepared arrays\n"
+                f"  ({len(state.numeric)} numeric then {len(state.categorical)} categorical columns); "
+                f"`predict.py` needs `pip install xgboost numpy pandas`.")
+    output = "`probabilities` [rows, classes]" if task == "classification" else "`prediction` [rows]"
+    return (f"- `model.onnx` (and `model_torchscript.pt`, the same for `torch.jit.load`): inputs `x_num` (float32, "
+            f"[rows, {state.numeric_width}]) and `x_cat` (int64,\n  [rows, {len(state.categorical)}]), the prepared "
+            f"arrays; output\n  {output}.")
 
 
 def readme(predictor: Predictor, checkpoint: str) -> str:
@@ -143,7 +175,7 @@ def readme(predictor: Predictor, checkpoint: str) -> str:
     return f"""# Exported model: {s['task']} of `{s['label']}`
 
 Exported from `{redact(checkpoint)}` (epoch {predictor.epoch}). Predicting needs only
-`pip install onnxruntime numpy pandas` (and `pyarrow` for Parquet); no Ray, no PyTorch.
+`pip install {'xgboost' if is_trees(predictor) else 'onnxruntime'} numpy pandas` (and `pyarrow` for Parquet); no Ray, no PyTorch.
 
 ```
 python predict.py input.csv output.csv
@@ -160,9 +192,7 @@ Model("path/to/this/folder").predict(df)      # df: a pandas DataFrame of raw ro
 Missing values and categories never seen in training are handled as in training.
 
 ## Files
-- `model.onnx` (and `model_torchscript.pt`, the same for `torch.jit.load`): inputs `x_num` (float32, [rows, {predictor.state.numeric_width}]) and `x_cat` (int64,
-  [rows, {len(predictor.state.categorical)}]), the prepared arrays; output
-  {'`probabilities` [rows, classes]' if s['task'] == 'classification' else '`prediction` [rows]'}.
+{model_lines(predictor, s['task'])}
 - `preprocess.py` + `preprocess.json`: raw rows -> those arrays (the code training used).
 - `predict.py`: the runner and the `Model` class above.
 - `schema.json`: the expected columns.{calibration_line(predictor)}

@@ -5,6 +5,7 @@
     pip install 'raytab[export]'       # + export       (ONNX: onnx, onnxscript, onnxruntime)
     pip install 'raytab[tracking]'     # + tracking.*   (MLflow, TensorBoard)
     pip install 'raytab[report]'       # + report, and a sweep's curves.png (matplotlib)
+    pip install 'raytab[xgboost]'      # + model.kind: xgboost (XGBoost)
     pip install 'raytab[all]'          # all of them
 
 A command that needs an extra calls `require` first, so that a missing one is one clear
@@ -18,7 +19,7 @@ import importlib.util
 from app.errors import UserError
 from app.version import DISTRIBUTION
 
-EXTRAS = ("serve", "export", "tracking", "report")  # pyproject.toml's; `all` is all of them
+EXTRAS = ("serve", "export", "tracking", "report", "xgboost")  # pyproject.toml's; `all` is all of them
 
 
 def missing(*modules: str) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app import progress
 from app.data.split import row_uniforms
 from app.data.transform import PreprocessState, encode_label, scorable, transform
 from app.errors import UserError
@@ -58,8 +59,10 @@ def permutation_importance(predictor: Predictor, df: pd.DataFrame, *, repeats: i
     """[{feature, importance, stddev}, ...] of every feature on the labelled rows of `df`,
     most important first, computed here (all of `df`: sample it first with `sample_rows`)."""
     arrays = scored_arrays(predictor, df)
-    losses = [feature_losses(predictor, arrays, i, repeats, seed) for i in range(len(predictor.state.features))]
-    return ranked(predictor.state.features, task_loss(predictor, arrays), losses)
+    features = predictor.state.features
+    with progress.bar("feature importance", total=len(features), unit="feature") as bar:
+        losses = [progress.tick(feature_losses(predictor, arrays, i, repeats, seed), bar) for i in range(len(features))]
+    return ranked(features, task_loss(predictor, arrays), losses)
 
 
 def scored_arrays(predictor: Predictor, df: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -191,7 +194,10 @@ def cluster_importance(checkpoint: str, predictor: Predictor, sample: pd.DataFra
     ref = ray.put(arrays)
     task = ray.remote(_feature_losses).options(num_cpus=1)
     pending = [task.remote(checkpoint, ref, i, repeats, seed) for i in range(len(predictor.state.features))]
-    return ranked(predictor.state.features, task_loss(predictor, arrays), ray.get(pending))
+    base = task_loss(predictor, arrays)
+    with progress.bar("feature importance", total=len(pending), unit="feature") as bar:
+        progress.wait(pending, bar)
+    return ranked(predictor.state.features, base, ray.get(pending))
 
 
 def _feature_losses(checkpoint: str, arrays: dict[str, np.ndarray], index: int, repeats: int,

@@ -194,6 +194,40 @@ class MetricSums:
     def confusion_matrix(self, classes: list) -> dict:
         return {"labels": list(classes), "matrix": self.confusion.tolist()}
 
+    def curves(self, classes: list) -> dict[str, list[dict[str, Any]]]:
+        """ROC and precision-recall curves from the AUC histograms, one-vs-rest for each
+        class (the positive class only for two): {"roc": [{class, auc, fpr, tpr,
+        threshold}], "pr": [{class, average_precision, recall, precision, threshold}]}.
+        Each curve is thinned to about CURVE_POINTS / classes points (at least
+        `CURVE_MIN_POINTS`); `threshold` is the class's probability at each point (its
+        histogram bin's lower edge). A class absent from these rows has no curve."""
+        out: dict[str, list[dict[str, Any]]] = {"roc": [], "pr": []}
+        if not self.classification or self.n == 0:
+            return out
+        shown = [1] if self.n_classes == 2 else range(self.n_classes)
+        points = max(CURVE_MIN_POINTS, CURVE_POINTS // len(shown))
+        for c in shown:
+            pos, neg = self.positives[c][::-1], self.negatives[c][::-1]  # highest score first
+            if pos.sum() == 0 or neg.sum() == 0:
+                continue
+            tp = np.concatenate([[0], np.cumsum(pos)]).astype(np.float64)
+            fp = np.concatenate([[0], np.cumsum(neg)]).astype(np.float64)
+            tpr, fpr = tp / tp[-1], fp / fp[-1]
+            # a point wherever the cut passes a non-empty bin; bin b's lower edge is the cut
+            cut = np.concatenate([[True], (pos + neg) > 0])
+            edges = _bin_probability(AUC_BINS - np.arange(AUC_BINS + 1))  # cut below each reversed bin
+            precision = np.divide(tp, tp + fp, out=np.ones_like(tp), where=(tp + fp) > 0)
+            ap = float(np.sum(np.diff(tpr) * precision[1:]))  # scikit-learn's average_precision_score
+            auc = self._class_auc(c)[0]
+            keep = _thin(np.flatnonzero(cut), (fpr + tpr) / 2, points)
+            label = _plain(classes[c])
+            out["roc"].append({"class": label, "auc": auc, "fpr": _r(fpr[keep]), "tpr": _r(tpr[keep]),
+                               "threshold": _r(edges[keep])})
+            keep = keep[1:]  # precision at the first cut (no row above it) is undefined
+            out["pr"].append({"class": label, "average_precision": ap, "recall": _r(tpr[keep]),
+                              "precision": _r(precision[keep]), "threshold": _r(edges[keep])})
+        return out
+
     def residual_summary(self) -> dict[str, float]:
         """Residuals (actual - predicted) in the label's units: mean, std and largest
         magnitude exact; quantiles from the sample."""
@@ -215,7 +249,11 @@ def _class_logits(z: np.ndarray) -> np.ndarray:
     for c in range(k):
         others = np.delete(z, c, axis=1)
         top = others.max(axis=1)
-        out[:, c] = z[:, c] - (top + np.log(np.exp(others - top[:, None]).sum(axis=1)))
+        # every other class at -inf (a baseline's log of a probability of 0): the class's
+        # log-odds are +inf, not inf - inf
+        top = np.where(np.isfinite(top), top, 0.0)
+        with np.errstate(divide="ignore"):
+            out[:, c] = z[:, c] - (top + np.log(np.exp(others - top[:, None]).sum(axis=1)))
     return out
 
 
@@ -224,6 +262,49 @@ def _bins_of(logits: np.ndarray) -> np.ndarray:
     0, still apart at |z| in the hundreds."""
     u = np.sign(logits) * np.log1p(np.abs(np.nan_to_num(logits, nan=0.0, posinf=1e300, neginf=-1e300)))
     return np.clip(((u + SCALE_LIMIT) / (2 * SCALE_LIMIT) * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
+
+
+CURVE_POINTS = 300  # points of the ROC (and of the PR) curves of one test split, over all classes
+CURVE_MIN_POINTS = 25  # ... but at least this many per class
+
+
+def _thin(candidates: np.ndarray, position: np.ndarray, points: int) -> np.ndarray:
+    """At most about `points` of the candidate indices (ascending), evenly spread along
+    `position` (a non-decreasing progress from 0 to 1 along the curve), ends included."""
+    if len(candidates) <= points:
+        return candidates
+    at = np.searchsorted(position[candidates], np.linspace(0.0, 1.0, points), side="left")
+    return np.unique(np.concatenate([[candidates[0]], candidates[np.minimum(at, len(candidates) - 1)],
+                                     [candidates[-1]]]))
+
+
+def _bin_probability(edge: np.ndarray) -> np.ndarray:
+    """The one-vs-rest probability at the lower edge of histogram bin `edge` (`_bins_of`
+    inverted: the class's log-odds z, then sigmoid(z))."""
+    u = edge / AUC_BINS * (2 * SCALE_LIMIT) - SCALE_LIMIT
+    z = np.sign(u) * np.expm1(np.abs(u))
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
+
+
+def _r(values: np.ndarray) -> list[float]:
+    return [round(float(v), 5) for v in values]
+
+
+def _plain(value: Any) -> Any:
+    """A class label as JSON holds it (numpy scalars as Python ones)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def per_class(confusion: list[list[int]] | np.ndarray) -> dict[str, list[float]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (rows:
+    actual, columns: predicted); 0 where undefined, as scikit-learn's zero_division=0."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp, predicted, actual = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    f1 = np.divide(2 * tp, predicted + actual, out=np.zeros_like(tp), where=(predicted + actual) > 0)
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+            "support": actual.astype(np.int64).tolist()}
 
 
 def _r2(ss_res: float, ss_tot: float) -> float:
@@ -280,6 +361,21 @@ class CalibrationSums:
             return {}
         return {"log_loss": self.log_loss_sum / self.n, "brier": self.brier_sum / self.n,
                 "ece": float(np.abs(self.correct - self.confidence).sum() / self.n)}
+
+    def reliability(self) -> dict[str, Any]:
+        """The reliability diagram's data: per confidence bin (`ECE_BINS` equal-width bins of
+        the top-class probability, `edges`), its rows, mean confidence and accuracy (None in
+        an empty bin), and the ECE they give."""
+        if self.n == 0:
+            return {}
+        filled = self.count > 0
+
+        def mean(total: np.ndarray) -> list[float | None]:
+            per_row = np.divide(total, self.count, out=np.zeros(ECE_BINS), where=filled)
+            return [round(float(v), 5) if f else None for v, f in zip(per_row, filled)]
+
+        return {"edges": _r(np.linspace(0.0, 1.0, ECE_BINS + 1)), "rows": self.count.tolist(),
+                "confidence": mean(self.confidence), "accuracy": mean(self.correct), "ece": self.summary()["ece"]}
 
 
 def json_safe(value):

@@ -10,6 +10,7 @@ accuracy and F1). A checkpoint without one predicts from the network's outputs a
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,11 +51,7 @@ class Predictor:
         with ckpt.local_copy(str(uri)) as directory:
             manifest = ckpt.verify(directory, str(uri))
             state = ckpt.load_preprocess_state(directory)
-            try:
-                model = build_model(ckpt.model_config(manifest), state)
-                model.load_state_dict(ckpt.load_model_weights(directory))
-            except (RuntimeError, ValueError) as e:
-                raise UserError(f"checkpoint {uri}: weights do not fit its model config ({e})") from None
+            model = load_model(directory, manifest, state, uri)
         return cls(state, model, manifest["epoch"], ckpt.calibration(manifest, str(uri)))
 
     def check_columns(self, df: pd.DataFrame) -> None:
@@ -138,6 +135,36 @@ class Predictor:
     def evaluate(self, df: pd.DataFrame) -> dict[str, float]:
         s = self.score_batch(df)
         return self.sums(s["outputs"], s["y"]).metrics(self.state)
+
+
+def load_model(directory: Path, manifest: dict[str, Any], state: PreprocessState, uri: str | Path) -> torch.nn.Module:
+    """The model of a verified checkpoint folder, whatever its kind: (x_num, x_cat) -> outputs."""
+    model_cfg = ckpt.model_config(manifest)
+    if model_cfg.kind == "xgboost":
+        return booster_module(directory, state, uri)
+    if model_cfg.kind == "ensemble":
+        from app.ensemble import EnsembleModule
+
+        spec = json.loads((directory / ckpt.ENSEMBLE_FILE).read_text())["members"]
+        members = [load_model(directory / m["folder"], json.loads((directory / m["folder"] / ckpt.MANIFEST).read_text()),
+                              state, f"{uri}/{m['folder']}") for m in spec]
+        return EnsembleModule(members, [m["weight"] for m in spec], state)
+    try:
+        model = build_model(model_cfg, state)
+        model.load_state_dict(ckpt.load_model_weights(directory))
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"checkpoint {uri}: weights do not fit its model config ({e})") from None
+    return model
+
+
+def booster_module(directory: Path, state: PreprocessState, uri: str | Path) -> torch.nn.Module:
+    """The model of an xgboost checkpoint: its booster's rounds up to the best one."""
+    from app.boosting import BoosterModule, load_booster
+    from app.extras import require
+
+    require("xgboost", "xgboost", what=f"checkpoint {uri} (model.kind: xgboost)")
+    rounds = ckpt.load_train_state(directory)["progress"]["best_round"]
+    return BoosterModule(load_booster(directory / ckpt.BOOSTER_FILE), state, rounds)
 
 
 def load_predictor(checkpoint: str, key: str = "--checkpoint") -> Predictor:
@@ -268,18 +295,20 @@ def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool 
     `here`: this process scores the rows itself as they stream in, SCORE_BATCH at a time
     (small data: no Ray task to start, no process that has to import torch and load the
     model first; seconds on 2 cores). With `details`: {"metrics", "rows", and
-    "confusion_matrix", or "residuals" and a "sample" of (actual, predicted) pairs}
-    instead of the bare metrics. `calibration` (classification, with `details`): also
+    "confusion_matrix", "roc" and "pr" curves and the "reliability" diagram's bins, or
+    "residuals" and a "sample" of (actual, predicted) pairs} instead of the bare metrics,
+    all from the same fixed-size sums. `calibration` (classification, with `details`): also
     "calibration": {"before", "after"}, the `CalibrationSums` summaries of the network's raw
     and of the calibrated probabilities, from the same pass."""
-    calibration = calibration and details and state.task == "classification"
+    reliability = details and state.task == "classification"  # calibration sums, for the diagram
+    calibration = calibration and reliability
     if here:
-        total = score_tables(Predictor.from_checkpoint(checkpoint), ds, calibration)
+        total = score_tables(Predictor.from_checkpoint(checkpoint), ds, reliability)
     else:
-        total = _empty(state, calibration)
-        for part in block_sums(ds, _block_sums, checkpoint, calibration):
+        total = _empty(state, reliability)
+        for part in block_sums(ds, _block_sums, checkpoint, reliability):
             total = _merged(total, part)
-    if calibration:
+    if reliability:
         total, before, after = total
     metrics = total.metrics(state)
     if not details:
@@ -290,6 +319,8 @@ def evaluate_dataset(checkpoint: str, ds, state: PreprocessState, details: bool 
     if state.task == "classification":
         out["confusion_matrix"] = total.confusion_matrix(state.classes)
         out["roc_auc_error_bound"] = total.auc_error_bound()
+        out |= total.curves(state.classes)
+        out["reliability"] = after.reliability()
     else:
         out["residuals"] = total.residual_summary()
         out["sample"] = total.sample()

@@ -15,6 +15,7 @@ background (`import_in_background`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -41,12 +42,17 @@ log = logging.getLogger(__name__)
 TORCH_BOUND = ("torch", "ray.train.torch", "app.checkpoint", "app.predictor", "app.training.loop")
 
 # Keys of an epoch record that describe the run, not the model: left out of "valid".
-EPOCH_STATS = ("time", "lr", "epoch_time_s", "rows_per_s", "batch_wait_frac", "worker_peak_rss_mb")
+EPOCH_STATS = ("time", "lr", "epoch_time_s", "rows_per_s", "batch_wait_frac", "worker_peak_rss_mb", "best_round")
 
 
 def preflight(cfg: Config) -> Inputs:
     """Everything that can be checked without Ray: config, sources, storage."""
     faults.from_env()  # a malformed $APP_FAULT fails here, not in a worker
+    kinds = set(cfg.model.ensemble.members) if cfg.model.kind == "ensemble" else {cfg.model.kind}
+    if "xgboost" in kinds:
+        from app.extras import require
+
+        require("xgboost", "xgboost", what=f"model.kind: {cfg.model.kind}")
     inputs = inspect_sources(cfg)
     storage.check_writable(storage.absolute(cfg.run.storage), "run.storage")
     return inputs
@@ -88,22 +94,29 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     resume = resume_point(cfg, out_dir, inputs)
     if resume is not None:
         log.info(f"resuming from {resume.checkpoint} (epoch {resume.epoch} done); --fresh starts over")
+    fitted = resume.state if resume else members_fitted(cfg, out_dir, inputs)
     spec = tracking.start_in_actor(cfg, out_dir)  # MLflow gets ready beside the data step
     try:
-        data = prepare(cfg, inputs, fitted=resume.state if resume else None)
+        data = prepare(cfg, inputs, fitted=fitted)
         cfg = cfg.resolved(data.counts["train"])  # auto epochs and batch size: from here on, concrete
         log.info(f"data: {data.counts['train']} train / {data.counts['valid']} valid rows, task {data.state.task}, "
                  f"{len(data.state.numeric)} numeric + {len(data.state.categorical)} categorical features; "
-                 f"model {cfg.model.kind}, {cfg.train.epochs} epochs at most, batch {cfg.train.batch_size}")
+                 f"model {cfg.model.kind}, " + (f"{cfg.model.xgboost.rounds} rounds at most" if cfg.model.kind == "xgboost"
+                                            else f"{cfg.train.epochs} epochs at most, batch {cfg.train.batch_size}"))
         storage.mark_owned(out_dir, "run")  # (the command line marked it already; run_training alone has not)
         storage.write_text(storage.join(out_dir, runs.CONFIG), cfg.to_yaml())
 
         tracking.open_run(spec, cfg)
         fit_started = time.time()
-        with ray_train_sigint():
-            build_trainer(cfg, data, tracking_spec=spec, resume_from=resume.resume_from if resume else None).fit()
-        fit_ended = time.time()
-        metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
+        if cfg.model.kind == "ensemble":
+            members = train_members(cfg, out_dir, data, inputs)
+            fit_ended = time.time()
+            metrics = summarize_ensemble(cfg, out_dir, data, inputs.test or inputs.train, members)
+        else:
+            with ray_train_sigint():
+                build_trainer(cfg, data, tracking_spec=spec, resume_from=resume.resume_from if resume else None).fit()
+            fit_ended = time.time()
+            metrics = summarize(cfg, out_dir, data, inputs.test or inputs.train)
         metrics["wall_time_s"] = time.time() - started
         metrics["timings"] = timings(metrics, ray_start_s, started, fit_started, fit_ended)
         log.info("timings: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}s"
@@ -113,7 +126,7 @@ def run_training(cfg: Config, inputs: Inputs | None = None, ray_start_s: float |
     finally:
         tracking.release(spec)
     log.info("test: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "loss"))
-    if cfg.report.baselines:
+    if cfg.report.wants_baselines(data.counts["train"]):  # `auto`: small runs only
         from app.baselines import comparison_table, run_baselines
 
         log.info(comparison_table(metrics["test"], run_baselines(cfg, data), cfg.model.kind))
@@ -208,6 +221,136 @@ def summarize(cfg: Config, out_dir: str, data: Prepared, test_source: Source) ->
         "rows": data.counts,
         "num_workers": final["world_size"],
         "param_fingerprints": final["param_fingerprints"],
+        # xgboost: the training and validation loss of every round (its boosting curves)
+        **({"boosting_curves": final["progress"]["curves"]} if "curves" in final["progress"] else {}),
+        **calibrated,
+    }
+
+
+# ---------------------------------------------------------------- model.kind: ensemble (app/ensemble.py)
+
+
+def members_fitted(cfg: Config, out_dir: str, inputs: Inputs):
+    """An ensemble resumed: the preprocessing its members were trained with (never refitted),
+    from the first member with an intact checkpoint of this config; else None."""
+    if cfg.model.kind != "ensemble":
+        return None
+    from app.ensemble import member_config
+
+    for kind in cfg.model.ensemble.members:
+        mcfg = member_config(cfg, kind, out_dir)
+        found = resume_point(mcfg, runs.run_dir(mcfg), inputs)
+        if found is not None:
+            return found.state
+    return None
+
+
+def train_members(cfg: Config, out_dir: str, data: Prepared, inputs: Inputs) -> dict[str, dict[str, Any]]:
+    """Train each member in turn, in its own run folder (members/<kind>/), resuming one that
+    was cut short; a member that finished (its member.json written) is not trained again.
+    Returns each member's summary: its best checkpoint, validation metrics and history."""
+    from app.ensemble import member_config
+
+    done = {}
+    for kind in cfg.model.ensemble.members:
+        mcfg = member_config(cfg, kind, out_dir)
+        mdir = runs.run_dir(mcfg)
+        summary = storage.read_json(storage.join(mdir, runs.MEMBER_SUMMARY))
+        if summary is not None:
+            log.info(f"ensemble member {kind}: finished before ({summary['best_checkpoint']}), not trained again")
+        else:
+            resume = resume_point(mcfg, mdir, inputs)
+            log.info(f"ensemble member {kind}: " + (f"resuming from {resume.checkpoint}" if resume else "training"))
+            with ray_train_sigint():
+                build_trainer(mcfg, data, resume_from=resume.resume_from if resume else None).fit()
+            summary = member_summary(mcfg, mdir)
+            storage.write_json(storage.join(mdir, runs.MEMBER_SUMMARY), json_safe(redact_tree(summary)))
+        done[kind] = summary
+    return done
+
+
+def member_summary(cfg: Config, out_dir: str) -> dict[str, Any]:
+    """A finished member: its best registered checkpoint and what its latest one recorded."""
+    from app.checkpoint import load_train_state, local_copy
+
+    snapshot = storage.read_json(storage.join(out_dir, runs.RAY_CHECKPOINTS)) or {}
+    registered = [r for r in snapshot.get("checkpoint_results", []) if r.get("checkpoint_dir_name")]
+    if not registered:
+        raise RuntimeError(f"ensemble member {cfg.name!r} registered no checkpoint")
+    best = best_result(registered, cfg.run.checkpoint.metric, cfg.run.checkpoint.mode)
+    with local_copy(storage.join(out_dir, snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])) as latest:
+        final = load_train_state(latest)
+    return {"kind": cfg.model.kind, "best_checkpoint": storage.join(out_dir, best["checkpoint_dir_name"]),
+            "best_epoch": best["metrics"]["epoch"], "epochs_completed": final["epoch"],
+            "valid": {k: v for k, v in best["metrics"].items() if k not in EPOCH_STATS},
+            "history": final["progress"]["history"], "attempts": final["progress"].get("attempts", []),
+            "num_workers": final["world_size"]}
+
+
+def summarize_ensemble(cfg: Config, out_dir: str, data: Prepared, test_source: Source,
+                       members: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Weights by greedy selection on the members' validation outputs, the ensemble's
+    checkpoint (written manifest-last, as training writes its own), then as `summarize`:
+    calibration, the test split (the ensemble's and each member's), feature importance."""
+    import tempfile
+
+    from app import checkpoint as ckpt
+    from app.calibration import calibrate, valid_outputs
+    from app.ensemble import mixture, select
+    from app.metrics import MetricSums
+    from app.predictor import Predictor, evaluate_dataset
+
+    state = data.state
+    outputs, y = {}, None
+    for kind, member in members.items():
+        outputs[kind], y = valid_outputs(Predictor.from_checkpoint(member["best_checkpoint"]), data)
+    weights, path = select(outputs, y, state, cfg.model.ensemble.selection_rounds)
+    valid = MetricSums.of(mixture(outputs, weights, state), y, state).metrics(state)
+    valid = {"valid_loss": valid.pop("loss"), **valid}
+    log.info("ensemble weights (greedy selection on validation): "
+             + ", ".join(f"{k} {w:.2f}" for k, w in weights.items())
+             + f"; validation loss {path[0]:.4f} (best member) -> {path[-1]:.4f}")
+    uri = storage.join(out_dir, runs.ENSEMBLE_CHECKPOINT)
+    with tempfile.TemporaryDirectory(prefix="app-ensemble-") as tmp, contextlib.ExitStack() as stack:
+        local = {k: stack.enter_context(ckpt.local_copy(m["best_checkpoint"])) for k, m in members.items()}
+        train_state = {"epoch": 0, "progress": {"history": [], "attempts": []},
+                       "config": redact_tree(cfg.to_dict()), "world_size": cfg.scaling.num_workers,
+                       "param_fingerprints": [], "weights": weights, "selection_loss": path}
+        folder = ckpt.write_ensemble_checkpoint(f"{tmp}/ensemble", members=local, weights=weights, state=state,
+                                                model_cfg=cfg.model, train_state=train_state)
+        fs, path_in_fs = storage.filesystem(uri)
+        ckpt.upload(folder, fs, path_in_fs)
+    calibrated = calibrate(cfg.train, data, uri)
+    here = test_source.total_bytes <= SMALL_INPUT_BYTES
+    rows = data.test_tables if here and data.test_tables is not None else data.test_raw
+    test = read_step(lambda: evaluate_dataset(uri, rows, state, details=True, here=here,
+                                              calibration="calibration" in calibrated), test_source)
+    if "calibration" in calibrated:
+        calibrated["calibration"]["test"] = test.pop("calibration")
+    for kind, member in members.items():
+        member["test"] = read_step(lambda m=member: evaluate_dataset(m["best_checkpoint"], rows, state, here=here),
+                                   test_source)
+        log.info(f"ensemble member {kind}: weight {weights[kind]:.2f}, validation loss "
+                 f"{member['valid']['valid_loss']:.4f}, test " + "  ".join(
+                     f"{k} {v:.4f}" for k, v in member["test"].items() if k != "loss"))
+    if cfg.report.importance:
+        calibrated |= read_step(lambda: test_importance(cfg, uri, rows, here), test_source)
+    return {
+        "task": state.task,
+        "valid": valid,
+        "test": test.pop("metrics"),
+        "test_details": test,
+        "best_checkpoint": uri,
+        "best_epoch": 0,  # (no epochs of its own: its members' are under "ensemble")
+        "epochs_completed": 0,
+        "history": [],
+        "attempts": [a for m in members.values() for a in m["attempts"]],
+        "rows": data.counts,
+        "num_workers": cfg.scaling.num_workers,
+        "param_fingerprints": [],
+        "ensemble": {"weights": weights, "selection_loss": path,
+                     "members": {k: {key: m[key] for key in ("best_checkpoint", "best_epoch", "epochs_completed",
+                                                            "valid", "test")} for k, m in members.items()}},
         **calibrated,
     }
 

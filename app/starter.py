@@ -284,7 +284,8 @@ def _render(*, config: str, data: str, label: str, name: str, task: str, guessed
         _line(2, "tensorboard", tensorboard, "TensorBoard event files in <run folder>/tensorboard"),
         "",
         "report:",
-        _line(2, "baselines", False, "after train, also fit scikit-learn baselines on the same split"),
+        _line(2, "baselines", "auto", "after train, also fit scikit-learn baselines on the same split "
+              "(true | false | auto: up to report.baselines_auto_rows training rows)"),
         "",
         f"# A sweep for `raytab tune --config {config}`: uncomment, and list the keys to search.",
         "# tune:",

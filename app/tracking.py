@@ -5,6 +5,11 @@
 
 One MLflow run per training run or sweep trial, with the resolved config as parameters,
 each epoch as rank 0 of the worker group reports it, and the test metrics at the end. A
+training run also logs its best checkpoint as an MLflow `pyfunc` model named `model`
+(app/mlflow_model.py: `mlflow.pyfunc.load_model("runs:/<id>/model").predict(df)` is the
+app's `predict`) and its config.yaml; `report` adds report.html. A new experiment keeps its
+artifacts beside its store (`artifact_location`), not in `./mlruns` of whatever folder the
+process runs in. A
 sweep trial opens it in the trial and rank 0 logs to it directly (`start`). `train` hands
 it to a small Ray actor beside the driver (`start_in_actor`), which opens the run while the
 driver prepares the data and starts the workers: MLflow's import and its store (seconds;
@@ -25,6 +30,7 @@ import os
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +47,10 @@ PROBE_TIMEOUT_S = 5.0  # an HTTP tracking server must answer within this, or tra
 # before a dead server is noticed. These apply unless the environment sets them.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+MODEL_NAME = "model"  # the logged model: runs:/<MLflow run id>/model
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc's code, copied into the model
+DATABASES = ("sqlite", "postgresql", "mysql", "mssql")  # tracking URI schemes of database stores
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def mlflow_uri(cfg: Config) -> str | None:
@@ -63,10 +73,33 @@ def require_installed(cfg: Config) -> None:
     off = " (or set tracking.mlflow: false and tracking.tensorboard: false)"
     uri = mlflow_uri(cfg)
     if uri is not None:
-        database = uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
+        database = _scheme(uri) in DATABASES
         require("tracking", "mlflow", *(["alembic"] if database else []), what="tracking.mlflow", hint=off)
     if cfg.tracking.tensorboard:
         require("tracking", "tensorboard", what="tracking.tensorboard", hint=off)
+
+
+def _scheme(uri: str) -> str:
+    return uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+
+
+def artifact_location(uri: str, storage_root: str | None = None) -> str | None:
+    """Where a new experiment of the store at `uri` keeps its runs' artifacts: a folder beside
+    a SQLite file; for another database, `<storage_root>/mlflow-artifacts` (the run storage).
+    None where the store decides (a tracking server, a file store, Databricks): MLflow's own
+    default for a database is `./mlruns` of the working directory, a different folder for
+    each process (a Ray actor's is Ray's session folder)."""
+    scheme = _scheme(uri)
+    if scheme == "sqlite":
+        database = uri.split(":///", 1)[1] if ":///" in uri else ""
+        if database and database != ":memory:":
+            return (Path(database).expanduser().resolve().parent / runs.MLFLOW_ARTIFACTS).as_uri()
+        return None
+    if scheme in DATABASES and storage_root:
+        root = storage.absolute(storage_root)
+        return storage.join(root, runs.MLFLOW_ARTIFACTS) if storage.is_uri(root) else \
+            (Path(root) / runs.MLFLOW_ARTIFACTS).as_uri()
+    return None
 
 
 def quiet() -> None:
@@ -148,23 +181,26 @@ def has_checkpoints(out_dir: str) -> bool:
     return any(e.is_dir and e.name.startswith(runs.CHECKPOINT_PREFIX) for e in storage.listdir(out_dir))
 
 
-def ensure_experiment(uri: str, name: str) -> str | None:
-    """The experiment's id, created if new; None (with a warning) if the store fails."""
+def ensure_experiment(uri: str, name: str, storage_root: str | None = None) -> str | None:
+    """The experiment's id, created if new (`artifact_location`); None (with a warning) if
+    the store fails."""
     try:
         check_reachable(uri)
-        return _experiment(uri, name)
+        return _experiment(uri, name, artifact_location(uri, storage_root))
     except Exception as e:  # noqa: BLE001
         warn_off(uri, e)
         return None
 
 
-def _experiment(uri: str, name: str) -> str:
+def _experiment(uri: str, name: str, artifacts: str | None = None) -> str:
+    """The id of experiment `name`, created with its artifacts at `artifacts` if new (an
+    existing experiment keeps the location it was created with)."""
     quiet()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=artifacts)
 
 
 def _open_run(uri: str, cfg: Config, out_dir: str, *, resume: bool) -> str:
@@ -172,7 +208,7 @@ def _open_run(uri: str, cfg: Config, out_dir: str, *, resume: bool) -> str:
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    experiment_id = _experiment(uri, cfg.tracking.experiment or cfg.name)
+    experiment_id = _experiment(uri, cfg.tracking.experiment or cfg.name, artifact_location(uri, cfg.run.storage))
     client = MlflowClient(uri)
     tag = redact(out_dir)
     if resume:
@@ -187,8 +223,9 @@ def _open_run(uri: str, cfg: Config, out_dir: str, *, resume: bool) -> str:
     return run.info.run_id
 
 
-def finish(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """Add the test metrics and the best checkpoint to the MLflow run and close it."""
+def finish(spec: dict[str, Any], metrics: dict[str, Any], out_dir: str | None = None) -> None:
+    """Add the test metrics and the best checkpoint to the MLflow run and close it; with the
+    run folder `out_dir` (`train`), also its model, config.yaml and report (`log_outputs`)."""
     if spec.get("mlflow_actor") is not None:
         _finish_in_actor(spec, metrics)
         return
@@ -205,9 +242,124 @@ def finish(spec: dict[str, Any], metrics: dict[str, Any]) -> None:
                   for k, v in metrics.get("test", {}).items() if isinstance(v, (int, float))]
         client.log_batch(spec["mlflow_run_id"], metrics=values)
         client.set_tag(spec["mlflow_run_id"], "best_checkpoint", redact(metrics.get("best_checkpoint", "")))
+        if out_dir is not None:
+            log_outputs(client, spec["mlflow_run_id"], out_dir, metrics.get("best_checkpoint"))
         client.set_terminated(spec["mlflow_run_id"], "FINISHED")
     except Exception as e:  # noqa: BLE001
         log.warning(f"MLflow: could not close the run: {_describe(e)}")
+
+
+# ---------------------------------------------------------------- artifacts: model, config, report
+
+
+def log_outputs(client, run_id: str, out_dir: str, checkpoint: str | None) -> None:
+    """Log the run folder's config.yaml and report.html (those that exist) as artifacts of the
+    MLflow run, and the best checkpoint as its `pyfunc` model. Each that fails warns, and the
+    others are still logged."""
+    with tempfile.TemporaryDirectory(prefix="app-mlflow-") as tmp:
+        for name in (runs.CONFIG, runs.REPORT):
+            try:
+                text = storage.read_text(storage.join(out_dir, name))
+                if text is not None:
+                    (Path(tmp) / name).write_text(text)
+                    client.log_artifact(run_id, str(Path(tmp) / name))
+            except Exception as e:  # noqa: BLE001 - tracking never fails the run
+                log.warning(f"MLflow: could not log {name}: {_describe(e)}")
+    if checkpoint:
+        try:
+            log_model(client, run_id, checkpoint)
+        except Exception as e:  # noqa: BLE001
+            log.warning(f"MLflow: could not log the model: {_describe(e)}")
+
+
+def log_model(client, run_id: str, checkpoint: str) -> str:
+    """Log `checkpoint` as the MLflow run's model `MODEL_NAME`: a `pyfunc` model from code
+    (app/mlflow_model.py) with the checkpoint folder as its one artifact. Through the client,
+    so no process-wide MLflow setting (tracking URI, active run) is touched. Its id."""
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory(prefix="app-mlflow-model-") as tmp:
+        folder = checkpoint
+        if storage.is_uri(checkpoint):  # a checkpoint in object storage: a local copy to log
+            folder = str(Path(tmp) / "checkpoint")
+            storage.download(checkpoint, folder)
+        model = str(Path(tmp) / MODEL_NAME)
+        pyfunc = logging.getLogger("mlflow.pyfunc")
+        level, bar = pyfunc.level, os.environ.get(PROGRESS_BAR)
+        pyfunc.setLevel(logging.ERROR)  # "cannot infer a signature": there is none to give, by design
+        os.environ[PROGRESS_BAR] = "false"  # no bar for copying the checkpoint into the model
+        try:
+            mlflow.pyfunc.save_model(model, python_model=str(MODEL_CODE), artifacts={"checkpoint": folder},
+                                     pip_requirements=requirements())
+        finally:
+            pyfunc.setLevel(level)
+            if bar is None:
+                os.environ.pop(PROGRESS_BAR, None)
+            else:
+                os.environ[PROGRESS_BAR] = bar
+        experiment_id = client.get_run(run_id).info.experiment_id
+        logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
+        try:
+            client.log_model_artifacts(logged.model_id, model)
+        except Exception:
+            client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
+        client.finalize_logged_model(logged.model_id, "READY")
+        return logged.model_id
+
+
+def requirements() -> list[str]:
+    """The model's pip requirements, pinned to what is installed here (MLflow's inference of
+    them would load the model in a subprocess: seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for name in ("raytab", "torch", "pandas", "pyarrow", "numpy"):
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pass
+    return pinned
+
+
+def log_report(config_text: str, run_dir: str, page: str) -> None:
+    """Add a training run's report (just written by `report`) to its MLflow run, found by
+    the run folder's tag, when the run's config logs to MLflow and MLflow is installed;
+    nothing otherwise. A store that fails warns once."""
+    import importlib.util
+
+    from app.config import from_dict, parse_yaml
+
+    try:
+        cfg = from_dict(parse_yaml(config_text), runs.CONFIG)
+    except Exception:  # noqa: BLE001 - an old or edited config.yaml: no MLflow run to find by it
+        return
+    uri = mlflow_uri(cfg)
+    if uri is None or importlib.util.find_spec("mlflow") is None:
+        return
+    if _scheme(uri) == "sqlite" and not Path(uri.split(":///", 1)[-1]).expanduser().is_file():
+        return  # no store: the run did not log to MLflow (opening it would create one)
+    try:
+        check_reachable(uri)
+        quiet()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment or cfg.name)
+        if experiment is None:
+            return
+        tags = {redact(storage.absolute(run_dir)), redact(runs.run_dir(cfg))}
+        found = [r for tag in sorted(tags) for r in
+                 client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{tag}'",
+                                    max_results=1, order_by=["attributes.start_time DESC"])]
+        if not found:
+            return
+        newest = max(found, key=lambda r: r.info.start_time)
+        with tempfile.TemporaryDirectory(prefix="app-mlflow-") as tmp:
+            (Path(tmp) / runs.REPORT).write_text(page)
+            client.log_artifact(newest.info.run_id, str(Path(tmp) / runs.REPORT))
+    except Exception as e:  # noqa: BLE001 - the report is written; MLflow is an extra
+        log.warning(f"MLflow: could not log the report: {_describe(e)}")
 
 
 def _epoch_metrics(record: dict[str, Any]) -> list:
@@ -246,7 +398,8 @@ def start_in_actor(cfg: Config, out_dir: str) -> dict[str, Any]:
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     spec["mlflow_uri"] = uri
     spec["mlflow_actor"] = ray.remote(num_cpus=0)(MlflowRun).options(scheduling_strategy=here).remote(
-        uri, cfg.tracking.experiment or cfg.name, out_dir, resume=has_checkpoints(out_dir))
+        uri, cfg.tracking.experiment or cfg.name, out_dir, resume=has_checkpoints(out_dir),
+        artifacts=artifact_location(uri, cfg.run.storage))
     return spec
 
 
@@ -303,13 +456,13 @@ class MlflowRun:
     """The MLflow run of one `train`, held by a Ray actor (`start_in_actor`). Its methods
     never raise: a store that fails switches MLflow off for the run, with one warning."""
 
-    def __init__(self, uri: str, experiment: str, out_dir: str, resume: bool):
+    def __init__(self, uri: str, experiment: str, out_dir: str, resume: bool, artifacts: str | None = None):
         quiet()
         self.uri, self.out_dir, self.resume = uri, out_dir, resume
         self.client, self.run_id, self.problem = None, None, None
         try:
             check_reachable(uri)
-            _experiment(uri, experiment)  # imports MLflow and opens the store (creating it): the slow part
+            _experiment(uri, experiment, artifacts)  # imports MLflow and opens the store (creating it): the slow part
         except Exception as e:  # noqa: BLE001 - tracking is an extra; training goes on
             self.problem = off_warning(uri, e)
 
@@ -336,7 +489,7 @@ class MlflowRun:
 
     def finish(self, metrics: dict[str, Any]) -> None:
         if self.client is not None:
-            finish({"mlflow_uri": self.uri, "mlflow_run_id": self.run_id}, metrics)
+            finish({"mlflow_uri": self.uri, "mlflow_run_id": self.run_id}, metrics, self.out_dir)
 
 
 # ---------------------------------------------------------------- rank 0

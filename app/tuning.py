@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from app import cluster, ray_compat, runs, storage, tracking
+from app import cluster, logs, ray_compat, runs, storage, tracking
 from app.checkpoint import load_preprocess_state, load_train_state, local_copy
 from app.config import NAME_MAX, Config, check_metric, check_space, from_dict, metric_mode, parse_yaml
 from app.data.prepare import Prepared, prepare
@@ -63,6 +63,10 @@ def search_space(cfg: Config) -> dict[str, Any]:
         raise UserError("tune.space: empty; name at least one config key to search, "
                         "e.g. train.lr: {loguniform: [1.0e-4, 1.0e-2]}")
     check_space(cfg)
+    kinds = next(iter(space["model.kind"].values())) if "model.kind" in space else [cfg.model.kind]
+    if "ensemble" in kinds:
+        raise UserError("model.kind: ensemble trains its members one after another in one run; a sweep "
+                        "searches one model per trial: sweep its members' kinds (tabm, mlp, xgboost) instead")
     if cfg.tune.search == "grid":
         return {k: tune.grid_search(space[k][next(iter(space[k]))]) for k in space}
     return {key: _domain(tune, *next(iter(spec.items()))) for key, spec in space.items()}
@@ -105,15 +109,16 @@ def run_trial(overrides: dict[str, Any], *, base: dict[str, Any], trials_dir: st
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(base, overrides, ray.tune.get_context().get_trial_id(), trials_dir)
+    logs.prefix_lines(f"[{cfg.name}] ")  # as its workers' lines (app/training/loop.py)
     trial_dir = runs.run_dir(cfg)
     storage.write_text(storage.join(trial_dir, runs.OVERRIDES), _canonical(overrides))
     resume = resume_point(cfg, trial_dir, inputs)
     if resume is not None:
-        log.info(f"trial {cfg.name}: resuming from {resume.checkpoint} (epoch {resume.epoch} done)")
+        log.info(f"resuming from {resume.checkpoint} (epoch {resume.epoch} done)")
     data = trial_data(cfg, inputs, shared, resume.state if resume else None)
     spec = tracking.start(cfg, trial_dir)
     build_trainer(cfg, data, callbacks=[TuneReportCallback()], tracking_spec=spec,
-                  resume_from=resume.resume_from if resume else None, fault=fault).fit()
+                  resume_from=resume.resume_from if resume else None, fault=fault, trial=cfg.name).fit()
     tracking.finish(spec, {})
 
 
@@ -215,7 +220,9 @@ def run_tune(cfg: Config, inputs: Inputs, *, resume: bool = False) -> dict[str, 
                 # a trial whose TorchTrainer gave up after run.max_failures restarts is retried
                 # as a whole (resuming from its checkpoints) up to run.max_failures times
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.run.max_failures),
-                verbose=0),
+                # Tune's trial table: at the start, every 30 s and at the end (printed as
+                # text, so it suits a log as well as a terminal)
+                verbose=1),
         )
     with tune_signals(), ray_compat.tune_stop_seen() as stopped:
         grid = tuner.fit()
@@ -282,8 +289,20 @@ def scheduler(cfg: Config):
     s = cfg.tune.scheduler
     if s.name == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
-                         grace_period=min(s.grace_period, cfg.train.epochs), reduction_factor=s.reduction_factor)
+    longest = max_reports(cfg)
+    return ASHAScheduler(time_attr="training_iteration", max_t=longest,
+                         grace_period=min(s.grace_period, longest), reduction_factor=s.reduction_factor)
+
+
+def max_reports(cfg: Config) -> int:
+    """The most reports a trial makes: an epoch each for a network, a checkpoint every
+    `model.xgboost.checkpoint_every` rounds for xgboost (ASHA's rungs count reports, so a
+    sweep over boosting stops weak trials at checkpoints, in rounds)."""
+    kinds = set(cfg.tune.space.get("model.kind", {}).get("choice") or cfg.tune.space.get("model.kind", {}).get("grid")
+                or [cfg.model.kind])
+    x = cfg.model.xgboost
+    boosting = math.ceil(x.rounds / x.checkpoint_every) if "xgboost" in kinds else 0
+    return max(boosting, cfg.train.epochs if kinds - {"xgboost"} else 0)
 
 
 def search_algorithm(cfg: Config, metric: str, mode: str, concurrency: int):
@@ -343,7 +362,7 @@ def leaderboard(grid, cfg: Config, *, space: dict[str, Any], metric: str, mode: 
         epochs = len(run["history"])
         rows.append({
             "trial_id": run["trial_id"] or result.metrics.get("trial_id"),
-            "status": trial_status(result, values, epochs, mode, cfg),
+            "status": trial_status(result, values, epochs, mode, cfg, overrides, run["history"]),
             "epochs": epochs,
             **overrides,
             metric: (min(values) if mode == "min" else max(values)) if values else math.nan,
@@ -352,9 +371,18 @@ def leaderboard(grid, cfg: Config, *, space: dict[str, Any], metric: str, mode: 
     return table.sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
 
 
-def trial_status(result, values: list[float], epochs: int, mode: str, cfg: Config) -> str:
+def trial_status(result, values: list[float], epochs: int, mode: str, cfg: Config,
+                 overrides: dict[str, Any] | None = None, history: list[dict[str, Any]] | None = None) -> str:
     if result.error is not None:
         return "error"
+    if (overrides or {}).get("model.kind", cfg.model.kind) == "xgboost" and history:
+        trial = trial_config(cfg.to_dict(), overrides, "status", cfg.run.storage) if overrides else cfg
+        x, last = trial.model.xgboost, history[-1]
+        if last["epoch"] >= x.rounds:
+            return "completed"
+        if x.early_stopping_rounds is not None and last["epoch"] - last["best_round"] >= x.early_stopping_rounds:
+            return "early stop (patience)"
+        return f"stopped early ({cfg.tune.scheduler.name})"
     if epochs >= cfg.train.epochs:
         return "completed"
     patience = cfg.train.early_stopping_patience

@@ -2,7 +2,7 @@
 
     flock /tmp/ray.lock .venv/bin/python scripts/scale.py [--rows 1000000,4000000,16000000]
         [--work /tmp/app-scale] [--keep] [--out docs/scaling.md] [--num-cpus 4]
-        [--object-store-mb 2048] [--timeout 3600] [--no-cache-key]
+        [--object-store-mb 2048] [--timeout 3600] [--no-cache-key] [--kind mlp|xgboost]
 
 For each size, every command runs as its own `python -m app` process that joins one local
 cluster (`--address`), which this script starts with `ray start --head` (its own temp dir,
@@ -10,6 +10,8 @@ ports and CPUs) and stops at the end by ending the processes it started, never `
 
 1. `train` for one epoch with `--set data.cache=memory`, then with `--set data.cache=stream`
    (`--no-cache-key`: once, without the key, for a version of the app that lacks it);
+   with `--kind xgboost`, once (mode `quantized`: each worker streams its shard into XGBoost's
+   quantised bins, whatever `data.cache` says) for a fixed XGBOOST_ROUNDS rounds;
 2. `evaluate` of the first train run's best checkpoint on every row;
 3. `predict` of that checkpoint on every row, into a folder of Parquet parts (deleted after);
 4. `baseline` on the same config.
@@ -36,6 +38,8 @@ Choices, to keep a 16M-row run practical on a 2-core machine while measuring wha
 
 - `model.kind: mlp`, one epoch, global batch 1024 (configs/synthetic.yaml: the mlp trains
   about ten times faster per row than tabm on CPU; one epoch shows the per-row cost).
+  `--kind xgboost`: XGBOOST_ROUNDS rounds, early stopping off, so that every size does the
+  same work per row (early stopping would end each size after a different number of rounds).
 - 2 workers x 1 CPU on a cluster of `--num-cpus 4` logical CPUs: two for the workers and two
   for Ray Data, which in stream mode reads and transforms while the workers train.
 - `report.baseline_max_rows: 50000`: baselines fit on a fixed-size sample at every size (the
@@ -53,7 +57,14 @@ Writes `--out` (docs/scaling.md) and a PNG beside it, and prints as its last lin
 
     driver_rss_growth=<x.xx> worker_rss_growth_stream=<x.xx> seconds_per_row_growth=<x.xx>
 
-the largest size against the smallest (16M against 1M by default); see `growth`.
+the largest size against the smallest (16M against 1M by default); see `growth`. Before it,
+
+    worker_private_bytes_per_row=<n>
+
+a training worker's private memory per row of its shard (the train split over the workers),
+from the largest worker's train run: between the smallest and the largest size (the marginal
+cost of a row, fixed costs left out) when there are two sizes, else at the one size (an upper
+bound, fixed costs included); see `worker_bytes_per_row`.
 """
 
 from __future__ import annotations
@@ -83,6 +94,10 @@ MAKE_DATA = ROOT / "scripts" / "make_data.py"
 DEFAULT_ROWS = "1000000,4000000,16000000"
 ROWS_PER_PART = 250_000  # synthetic Parquet parts: files (and read tasks) grow with the rows
 MODES = ("memory", "stream")  # data.cache of the two train runs
+KINDS = ("mlp", "xgboost")  # --kind: the model trained
+XGBOOST_MODE = "quantized"  # the one train run of --kind xgboost: its shards become QuantileDMatrix bins
+STREAMING_MODES = ("stream", XGBOOST_MODE)  # the train run whose worker memory and time growth are reported
+XGBOOST_ROUNDS = 100  # --kind xgboost: fixed rounds, early stopping off: the same work per row at every size
 POLL_S = 0.1  # how often the cluster's processes and the driver are read
 SCAN_EVERY = 10  # polls between full scans of /proc for new processes of the cluster
 TRAIN_WORKER = "RayTrainWorker"  # in the process title of each Ray Train worker actor
@@ -101,6 +116,13 @@ BASE_CONFIG = {
     "tracking": {"mlflow": False, "tensorboard": False},  # fixed per-run costs, not scale
     "report": {"baselines": False, "baseline_max_rows": 50_000},  # a fixed-size fit at every size
 }
+
+
+# --kind xgboost: this model section replaces BASE_CONFIG's (its train keys are the networks').
+XGBOOST_MODEL = {"kind": "xgboost", "xgboost": {"rounds": XGBOOST_ROUNDS, "early_stopping_rounds": None}}
+
+
+WORKERS = BASE_CONFIG["scaling"]["num_workers"]
 
 
 class CommandFailed(Exception):
@@ -200,19 +222,42 @@ def growth(results: list[Measurement], memory: str = "peak") -> dict[str, float]
 
     - driver_rss_growth: the largest driver peak ratio over train (both modes), evaluate,
       predict and baseline;
-    - worker_rss_growth_stream: the ratio of the largest Ray Train worker peak in stream mode;
+    - worker_rss_growth_stream: the ratio of the largest Ray Train worker peak in stream mode
+      (xgboost: its one `quantized` train run);
     - seconds_per_row_growth: the ratio of train's row-dependent seconds (ROW_PHASES of its
-      timings) per row in stream mode, the mode meant for data that outgrows memory (the
-      other train run when stream was not run).
+      timings) per row in stream mode, the mode meant for data that outgrows memory (xgboost:
+      its `quantized` run; the other train run when neither was run).
     NaN when a figure was not measured at both sizes. `memory`: as for `ratios`."""
     table = ratios(results, memory)
     driver = [d for command, _, d, _, _ in table if command in DRIVER_COMMANDS]
     trains = {mode: (w, s) for command, mode, _, w, s in table if command == "train"}
-    worker = trains["stream"][0] if "stream" in trains else math.nan
-    per_row_mode = "stream" if "stream" in trains else next(iter(trains), None)
+    streaming = next((mode for mode in STREAMING_MODES if mode in trains), None)
+    worker = trains[streaming][0] if streaming else math.nan
+    per_row_mode = streaming or next(iter(trains), None)
     per_row = trains[per_row_mode][1] if per_row_mode else math.nan
     return {"driver_rss_growth": max(driver, default=math.nan), "worker_rss_growth_stream": worker,
             "seconds_per_row_growth": per_row}
+
+
+def worker_bytes_per_row(results: list[Measurement], workers: int) -> float:
+    """A training worker's private memory per row of its shard (the train split's rows over
+    `workers`), from the largest worker of the streaming train run (see `growth`, else any
+    train run): the slope between the smallest and the largest size, or, with one size, its
+    peak over its rows (fixed costs included). NaN when it was not measured."""
+    trains = [r for r in results if r.error is None and r.command == "train" and r.worker_private_mb]
+    mode = next((m for m in STREAMING_MODES if any(r.mode == m for r in trains)), None)
+    trains = sorted((r for r in trains if mode is None or r.mode == mode), key=lambda r: r.rows)
+    if not trains:
+        return math.nan
+    split = 1 - BASE_CONFIG["data"]["split"]["valid"] - BASE_CONFIG["data"]["split"]["test"]
+    small, large = trains[0], trains[-1]
+
+    def shard(r: Measurement) -> float:
+        return r.rows * split / workers
+
+    if large.rows == small.rows:
+        return max(large.worker_private_mb) * 2**20 / shard(large)
+    return (max(large.worker_private_mb) - max(small.worker_private_mb)) * 2**20 / (shard(large) - shard(small))
 
 
 def growth_line(figures: dict[str, float]) -> str:
@@ -281,7 +326,8 @@ def phase_growth_table(results: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def render_doc(results: list[Measurement], *, command: str, machine: list[str], plot_name: str | None) -> str:
+def render_doc(results: list[Measurement], *, command: str, machine: list[str], plot_name: str | None,
+               kind: str = "mlp") -> str:
     small, large = rows_label(min(r.rows for r in results)), rows_label(max(r.rows for r in results))
     figures = growth(results, "private")
     failed = ", ".join(f"{r.command}{'' if r.mode == '-' else f' ({r.mode})'} at {rows_label(r.rows)}"
@@ -298,6 +344,10 @@ def render_doc(results: list[Measurement], *, command: str, machine: list[str], 
         ("Each command is its own `python -m app` process joining one local `ray start` cluster; "
          "how the script measures, and why this config, is explained at the top of `scripts/scale.py`. "
          "One run per size: on a shared machine, repeat it and compare before trusting a few percent."),
+        "",
+        (f"Model: `model.kind: {kind}`"
+         + (f", {XGBOOST_ROUNDS} rounds, early stopping off (train mode `{XGBOOST_MODE}`: each worker "
+            "streams its shard into XGBoost's quantised bins)." if kind == "xgboost" else ", one epoch.")),
         "",
         "## Per command",
         "",
@@ -325,6 +375,10 @@ def render_doc(results: list[Measurement], *, command: str, machine: list[str], 
         "while it reads objects (shared memory, bounded by the store's size, counted once in the store):",
         "",
         "    " + growth_line(growth(results, "peak")),
+        "",
+        (f"A training worker's private memory per row of its shard: {worker_bytes_per_row(results, WORKERS):,.0f} "
+         "bytes (" + ("the slope between the sizes, fixed costs left out" if len({r.rows for r in results}) > 1
+                      else "its peak over its rows at the one size, fixed costs included") + ")."),
         "",
         *([f"Left out, as they failed: {failed} (see the table above).", ""] if failed else []),
         ("driver_rss_growth: the largest driver ratio of private memory above; worker_rss_growth_stream: the "
@@ -596,8 +650,16 @@ def ensure_data(folder: Path, rows: int) -> bool:
     return True
 
 
-def write_config(rows: int, data: Path, work: Path) -> Path:
+def config_tree(kind: str) -> dict:
+    """BASE_CONFIG, with XGBOOST_MODEL as its model for `--kind xgboost`."""
     tree = copy.deepcopy(BASE_CONFIG)
+    if kind == "xgboost":
+        tree["model"] = copy.deepcopy(XGBOOST_MODEL)
+    return tree
+
+
+def write_config(rows: int, data: Path, work: Path, kind: str = "mlp") -> Path:
+    tree = config_tree(kind)
     tree["name"] = f"scale-{rows}"
     tree["data"]["train"] = str(data)
     tree["run"] = {"storage": str(work / "runs")}
@@ -746,6 +808,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=3600, help="seconds one command may take (default 3600)")
     p.add_argument("--no-cache-key", action="store_true",
                    help="one train per size without --set data.cache (for an app without the key)")
+    p.add_argument("--kind", choices=KINDS, default="mlp",
+                   help=f"model.kind to train (default mlp); xgboost: one train run of {XGBOOST_ROUNDS} rounds")
     args = p.parse_args(argv)
     try:
         args.rows = sorted({int(n) for n in args.rows.split(",")})
@@ -762,13 +826,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    modes = ("default",) if args.no_cache_key else MODES
+    modes = (XGBOOST_MODE,) if args.kind == "xgboost" else ("default",) if args.no_cache_key else MODES
     load_before, code = os.getloadavg()[0], code_version()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the cluster
 
     datasets = {rows: data_folder(rows, work) for rows in args.rows}
-    configs = {rows: write_config(rows, data, work) for rows, data in datasets.items()}
-    if not args.no_cache_key:
+    configs = {rows: write_config(rows, data, work, args.kind) for rows, data in datasets.items()}
+    if set(modes) & set(MODES):
         check_cache_key(configs[args.rows[0]], modes)
     generated = []
     results: list[Measurement] = []
@@ -798,13 +862,14 @@ def main(argv: list[str] | None = None) -> int:
     png = args.out.with_suffix(".png")
     plot(results, png)
     args.out.write_text(render_doc(results, command=command, machine=machine_lines(load_before, code),
-                                   plot_name=os.path.relpath(png, args.out.parent)))
+                                   plot_name=os.path.relpath(png, args.out.parent), kind=args.kind))
     print(results_table(results))
     print(f"wrote {args.out} and {png}")
     failed = sum(r.error is not None for r in results)
     if failed:
         print(f"error: {failed} command(s) failed; their logs are in {work / 'logs'}", file=sys.stderr)
     print("peak RSS, object-store pages included: " + growth_line(growth(results, "peak")))
+    print(f"worker_private_bytes_per_row={worker_bytes_per_row(results, WORKERS):.0f}")
     print(growth_line(growth(results, "private")))
     return 1 if failed else 0
 

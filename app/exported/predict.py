@@ -1,6 +1,6 @@
 """Predictions from this exported model, without Ray, PyTorch or the training package.
 
-    pip install onnxruntime numpy pandas pyarrow
+    pip install onnxruntime numpy pandas pyarrow      # xgboost instead of onnxruntime for model.ubj
     python predict.py input.csv output.csv            # or .parquet, either side
 
 Or from Python, with this folder on sys.path:
@@ -28,22 +28,32 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 
 CHUNK = 8192  # rows per model call: an ensemble's activations grow with the rows in one call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preprocess import BadValue, PreprocessState, not_a_number, transform  # noqa: E402
+from preprocess import BadValue, PreprocessState, not_a_number, transform, tree_inputs  # noqa: E402
 
 
 class Model:
     def __init__(self, folder: str | Path = Path(__file__).resolve().parent):
         folder = Path(folder)
         self.state = PreprocessState.from_json((folder / "preprocess.json").read_text())
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
         calibration = folder / "calibration.json"
-        self.threshold = json.loads(calibration.read_text()).get("threshold") if calibration.exists() else None
+        calibration = json.loads(calibration.read_text()) if calibration.exists() else {}
+        self.threshold = calibration.get("threshold")
+        self.session = self.booster = None
+        if (folder / "model.ubj").exists():  # gradient-boosted trees (model.kind: xgboost)
+            import xgboost
+
+            self.booster = xgboost.Booster()
+            self.booster.load_model(bytearray((folder / "model.ubj").read_bytes()))
+            self.temperature = float(calibration.get("temperature", 1.0))
+        else:
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
 
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         absent = [c for c in self.state.features if c not in df.columns]
@@ -51,9 +61,12 @@ class Model:
             raise BadValue(f"missing feature column(s): {', '.join(absent)} (the model reads: "
                            f"{', '.join(self.state.features)})")
         arrays = transform(df, self.state, with_label=False)
-        names = [i.name for i in self.session.get_inputs()]
-        out = np.concatenate([self.session.run(None, {n: arrays[n][i:i + CHUNK] for n in names})[0]
-                              for i in range(0, max(1, len(df)), CHUNK)])
+        if self.booster is not None:
+            out = self.trees(arrays)
+        else:
+            names = [i.name for i in self.session.get_inputs()]
+            out = np.concatenate([self.session.run(None, {n: arrays[n][i:i + CHUNK] for n in names})[0]
+                                  for i in range(0, max(1, len(df)), CHUNK)])
         result = df.copy()
         if self.state.task == "classification":
             chosen = out.argmax(axis=1) if self.threshold is None else (out[:, 1] >= self.threshold).astype(np.int64)
@@ -63,6 +76,22 @@ class Model:
         else:
             result["prediction"] = out.astype(np.float64)
         return result
+
+
+    def trees(self, arrays: dict) -> np.ndarray:
+        """What model.onnx gives, from the trees: class probabilities (a binary model's
+        margin m is the logit pair [0, m]; logits divided by the calibration's temperature),
+        or the prediction in the label's units."""
+        margins = self.booster.inplace_predict(tree_inputs(arrays["x_num"], arrays["x_cat"], self.state),
+                                               predict_type="margin", validate_features=False)
+        margins = np.asarray(margins, dtype=np.float64)
+        if self.state.task != "classification":
+            return margins.reshape(-1) * self.state.target_std + self.state.target_mean
+        k = len(self.state.classes)
+        logits = np.stack([np.zeros(len(margins)), margins.reshape(-1)], axis=1) if k == 2 else margins.reshape(-1, k)
+        logits = logits / self.temperature
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
 
 
 def read_csv(path: str, state: PreprocessState) -> pd.DataFrame:

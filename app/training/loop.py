@@ -30,7 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from app import ray_compat, runs, storage
+from app import logs, ray_compat, runs, storage
+from app import progress as bars
 from app.cluster import quiet_logs
 from app.config import Config
 from app.data import shards
@@ -154,6 +155,8 @@ class Progress:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     quiet_logs()
+    if loop_config.get("trial"):  # a sweep's trials print side by side: each line says whose it is
+        logs.prefix_lines(f"[{loop_config['trial']}] ")
     worker = Worker.from_context(loop_config)
     cfg, state, rank = worker.cfg, worker.state, worker.rank
     ctx = ray.train.get_context()
@@ -190,10 +193,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     attempt = {"started": attempt_started, "ingest_s": ingest_s, "ingest_rows": total_rows + sum(gather(len(valid))),
                "ready": time.time(), "world_size": ctx.get_world_size(), "from_epoch": progress.epoch, **cache}
     progress.attempts.append(attempt)
+    # where the driver's output is a terminal: rank 0's steps, drawn by the driver (app/progress.py)
+    bar = bars.worker_bar(rank == 0 and bool(loop_config.get("progress_bar")))
     for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
         seed_everything(cfg.train.seed, epoch, rank)
+        bar.epoch(f"epoch {epoch}/{cfg.train.epochs}", steps)
         started = time.perf_counter()
-        train_loss, batch_wait = train_epoch(worker, model, train, optimizer, loss_fn, steps=steps, epoch=epoch)
+        train_loss, batch_wait = train_epoch(worker, model, train, optimizer, loss_fn, steps=steps, epoch=epoch,
+                                             bar=bar)
         epoch_time = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -219,6 +226,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 log.info(f"early stop: no {metric} improvement for {progress.epochs_without_improvement} "
                          f"epochs (best {best} at epoch {progress.best_epoch})")
             break
+    bar.close()
     memory.stop()
     if tracker is not None:
         tracker.close()
@@ -289,9 +297,10 @@ def epoch_batches(n: int, steps: int, seed: int, epoch: int, rank: int) -> list[
 
 
 def train_epoch(worker: Worker, model: nn.Module, data: Shard | StreamedShard, optimizer: torch.optim.Optimizer,
-                loss_fn: nn.Module, *, steps: int, epoch: int) -> tuple[float, float]:
+                loss_fn: nn.Module, *, steps: int, epoch: int, bar: Any = bars.NO_BAR) -> tuple[float, float]:
     """One pass over the local shard: (mean training loss over all ranks, seconds this
-    rank spent getting batches ready, i.e. not in the model, loss or optimizer)."""
+    rank spent getting batches ready, i.e. not in the model, loss or optimizer). `bar`
+    counts the steps (app/progress.py; it sends its state at most twice a second)."""
     cfg = worker.cfg
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
@@ -311,6 +320,7 @@ def train_epoch(worker: Worker, model: nn.Module, data: Shard | StreamedShard, o
         optimizer.step()
         loss_sum += loss.detach().double() * len(y)
         rows += len(y)
+        bar.update()
     totals = torch.stack([loss_sum, torch.tensor(float(rows), dtype=torch.float64, device=loss_sum.device)])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(totals)

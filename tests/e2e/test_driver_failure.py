@@ -80,11 +80,15 @@ def test_driver_killed_mid_run_resumes_on_rerun(quickstart, cli_env, s3):
     assert second.returncode == 0, err[-3000:]
     assert f"resuming from {location}/{resumed_from}" in out
     assert "taking over the lease" in err and "is no longer running" in err  # the killed driver's
+    assert "\r" not in out + err  # piped, as in CI: no progress bars (in a terminal: tests/e2e/test_cli.py)
     metrics = read_json("metrics.json")
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
     assert metrics["history"][:1] == kept  # the record from before the kill, unchanged
     assert metrics["best_checkpoint"].startswith(f"{location}/")
     assert not exists(runs.LEASE)  # released at the end
+    with fs.open_input_stream(f"{run}/{runs.TRAIN_LOG}") as f:  # both drivers' lines, the second's appended
+        logged = f.read().decode()
+    assert logged.count("\ndata: ") + logged.startswith("data: ") == 2 and logged.endswith(f"run folder: {location}\n")
     first_new = metrics["history"][1]
     print(f"\ndriver kill: resumed from epoch 1; kill -> epoch {first_new['epoch']} reported in "
           f"{first_new['time'] - killed_at:.1f}s (includes starting the command again)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +80,13 @@ def test_resume_after_driver_kill_does_not_rerun_finished_trials(tmp_path, cli_e
         assert (trials / trial / "checkpoint_manager_snapshot.json").stat().st_mtime_ns == mtime
     board = pd.read_csv(tmp_path / "runs" / "sweep" / "leaderboard.csv")
     assert len(board) == TRIALS and (board.status == "completed").all()
+    # Tune's trial table, and each worker line of a trial starting with its id
+    assert "Trial status:" in resumed.stdout
+    (retrained,) = set(board.trial_id) - set(done_before)
+    assert re.search(rf"\[{retrained}\] epoch {EPOCHS}/{EPOCHS} ", resumed.stdout)
+    # the sweep folder's train.log: the killed driver's lines, then the resumed one's
+    logged = (tmp_path / "runs" / "sweep" / "train.log").read_text()
+    assert logged.count("sweep: 2 sample(s)") == 2 and f"[{retrained}] epoch {EPOCHS}/{EPOCHS} " in logged
     # one trial at a time: each started training after the one before it had finished
     spans = sorted(trial_span(trials / trial) for trial in board.trial_id)
     assert all(later[0] > earlier[1] for earlier, later in zip(spans, spans[1:])), spans

@@ -25,7 +25,7 @@ from tests.conftest import PENGUINS, penguins_tree
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module", params=["tabm", "mlp"])
+@pytest.fixture(scope="module", params=["tabm", "mlp", "xgboost"])
 def run(request, ray_session, tmp_path_factory):
     """A finished penguins run of each model kind with a held-out test file and baselines;
     the tabm run also logs to MLflow and TensorBoard, the mlp run has tracking off."""
@@ -36,6 +36,7 @@ def run(request, ray_session, tmp_path_factory):
     tree = penguins_tree(tmp, data__train=str(tmp / "train.csv"), data__test=str(tmp / "test.csv"),
                          train__epochs=EPOCHS, report__baselines=True, model__kind=request.param,
                          tracking__mlflow=request.param == "tabm", tracking__tensorboard=request.param == "tabm")
+    tree["model"]["xgboost"] = {"rounds": 60, "checkpoint_every": 20}  # read by the xgboost kind only
     cfg = from_dict(tree, "test")
     metrics = app.train(cfg).metrics
     return {"tmp": tmp, "cfg": cfg, "metrics": metrics, "dir": tmp / "runs" / cfg.name,
@@ -172,6 +173,24 @@ def test_mlflow_and_tensorboard_have_every_epoch(run):
     assert [e.step for e in events.Scalars("train_loss")] == list(range(1, EPOCHS + 1))
 
 
+def test_mlflow_pyfunc_model_predicts_as_the_predictor(run, monkeypatch):
+    """The model the run logged to MLflow, loaded as MLflow loads any pyfunc model, gives
+    the app's predictions on the same rows."""
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    if not run["cfg"].tracking.mlflow:
+        return
+    uri = f"sqlite:///{run['tmp'] / 'runs' / 'mlflow.db'}"
+    (mlflow_run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name(run["cfg"].name).experiment_id])
+    assert {a.path for a in MlflowClient(uri).list_artifacts(mlflow_run.info.run_id)} >= {"config.yaml"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    model = mlflow.pyfunc.load_model(f"runs:/{mlflow_run.info.run_id}/model")
+    rows = run["test"].drop(columns=["species"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(model.predict(rows), Predictor.from_checkpoint(run["checkpoint"]).predict(rows))
+
+
 def test_report_renders_in_a_browser(run, tmp_path):
     browser = shutil.which("chromium")
     if browser is None:
@@ -184,10 +203,21 @@ def test_report_renders_in_a_browser(run, tmp_path):
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", f"file://{report}"], capture_output=True, text=True,
                          timeout=120).stdout
-    for text in ("Learning curves", "Confusion matrix", "Feature importance", "random_forest",
-                 "hist_gradient_boosting"):
+    curves = "Boosting curves" if run["cfg"].model.kind == "xgboost" else "Learning curves"  # rounds, or epochs
+    for text in (curves, "Confusion matrix", "Feature importance", "random_forest",
+                 "hist_gradient_boosting", "<h2>Data</h2>", "Per-class metrics", "ROC and precision-recall curves",
+                 "Calibration (test split)", "Label balance on the test split", "missing in training"):
         assert text in dom
-    assert dom.count("data:image/png;base64,") == 3  # the curves, the matrix, the importance bars
+    for label in run["metrics"]["test_details"]["confusion_matrix"]["labels"]:  # a per-class row each
+        assert f'<td class="left">{label}</td>' in dom
+    # the curves, the matrix, ROC + PR, the reliability diagram, the importance bars
+    assert dom.count("data:image/png;base64,") == 5
+    if run["cfg"].tracking.mlflow:  # `report` added the page to the run's MLflow run
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{run['tmp'] / 'runs' / 'mlflow.db'}")
+        (mlflow_run,) = client.search_runs([client.get_experiment_by_name(run["cfg"].name).experiment_id])
+        assert "report.html" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
     shot = tmp_path / "report.png"
     subprocess.run([browser, *flags, "--window-size=1100,2200", f"--screenshot={shot}", f"file://{report}"],
                    capture_output=True, timeout=120, check=True)
@@ -205,7 +235,11 @@ def test_export_predicts_like_the_checkpoint_without_ray_or_torch(run, tmp_path)
     folder = export(run["checkpoint"], str(tmp_path / "exported"))
     rows = run["test"].drop(columns=["species"])
     rows.to_csv(tmp_path / "in.csv", index=False)
-    blocked = "import sys; [sys.modules.__setitem__(m, None) for m in ('ray', 'torch', 'app')]; "
+    # A finder that refuses ray, torch and this package: importing them fails as if they were
+    # not installed (sys.modules entries set to None would trip libraries that look them up).
+    blocked = ("import sys\nclass Blocked:\n    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('ray', 'torch', 'app'): raise ImportError(name)\n"
+               "sys.meta_path.insert(0, Blocked()); ")
     runner = blocked + "import runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     done = subprocess.run([sys.executable, "-c", runner, str(folder / "predict.py"), str(tmp_path / "in.csv"),
                            str(tmp_path / "out.csv")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -217,6 +251,9 @@ def test_export_predicts_like_the_checkpoint_without_ray_or_torch(run, tmp_path)
     columns = [c for c in expected.columns if c.startswith("proba_")]
     np.testing.assert_allclose(got[columns].to_numpy(), expected[columns].to_numpy(), atol=1e-5)
 
+    if run["cfg"].model.kind == "xgboost":  # the trees in XGBoost's own format: no network to script
+        assert not (folder / "model_torchscript.pt").exists() and (folder / "model.ubj").exists()
+        return
     # The TorchScript file is the same network: probabilities from the prepared arrays.
     import torch
 

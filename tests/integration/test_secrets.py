@@ -38,6 +38,10 @@ def test_a_password_in_a_uri_reaches_no_file_and_no_output(ray_session, tmp_path
     assert checkpoints
     for checkpoint in checkpoints:
         assert json.loads((checkpoint / "train_state.json").read_text())["config"]["tracking"]["mlflow_uri"] == redacted
+    # train.log keeps what was printed, redacted as it was; output that is no terminal has no progress bars
+    logged = (run / "train.log").read_text()
+    assert f"{expected} (ConnectionError)\n" in logged and "epoch 1/1 " in logged
+    assert "\r" not in out + err + logged
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p != config]
     assert len(written) >= 8
     leaks = [str(p.relative_to(tmp_path)) for p in written if secret.encode() in p.read_bytes()]

@@ -56,6 +56,21 @@ def penguins_checkpoint(directory: Path, seed: int, epoch: int, kind: str = "tab
         classes=sorted(df["species"].unique().tolist()),
         input_types={**{c: "double" for c in NUMERIC}, "year": "int64", "island": "string", "sex": "string"})
     fit_numeric_scaling(state, df[NUMERIC], "quantile", n_bins=16)  # quantiles, and bins for tabm
+    if kind == "xgboost":  # a few trees on the prepared rows, as app/training/boost_loop.py grows them
+        import xgboost
+
+        from app.boosting import params
+        from app.config import Config
+        from app.data.transform import tree_feature_types, tree_inputs
+
+        arrays = transform(df, state)
+        data = xgboost.DMatrix(tree_inputs(arrays["x_num"], arrays["x_cat"], state), label=arrays["y"],
+                               feature_types=tree_feature_types(state), enable_categorical=True)
+        cfg = Config.model_validate({"name": "serve", "data": {"train": str(PENGUINS), "label": "species"},
+                                     "model": {"kind": "xgboost"}, "train": {"seed": seed}})
+        booster = xgboost.train(params(cfg, state), data, num_boost_round=8)
+        return ckpt.write_booster_checkpoint(directory, booster=booster, state=state, model_cfg=cfg.model,
+                                             train_state={"epoch": epoch, "progress": {"best_round": 8}})
     torch.manual_seed(seed)
     cfg = ModelConfig(kind=kind, hidden=[16], k=4, d_block=32)
     model = build_model(cfg, state)
@@ -86,9 +101,9 @@ def service(ray_session, tmp_path_factory):
     from app import serve as serving
 
     tmp = tmp_path_factory.mktemp("serve")
-    # The two model kinds: the service first serves a tabm, then rolls over to an mlp.
+    # Two model kinds: the service first serves a tabm, then rolls over to gradient-boosted trees.
     first = penguins_checkpoint(tmp / "a", seed=1, epoch=1, kind="tabm")
-    second = penguins_checkpoint(tmp / "b", seed=2, epoch=2, kind="mlp")
+    second = penguins_checkpoint(tmp / "b", seed=2, epoch=2, kind="xgboost")
     token_file = tmp / "token"
     token_file.write_text(TOKEN + "\n")
     options = serving.ServeOptions(replicas=2, max_rows=MAX_ROWS, max_body_bytes=MAX_BODY,
@@ -484,7 +499,7 @@ def test_serve_again_with_another_checkpoint_updates_without_failed_requests(ser
     assert len(traffic.answered(update_started, update_done)) >= 10  # served all through the update
 
     answers = health_of_replicas(url, replicas=2)
-    assert {(h["kind"], h["epoch"]) for h in answers.values()} == {("mlp", 2)}
+    assert {(h["kind"], h["epoch"]) for h in answers.values()} == {("xgboost", 2)}
     got = requests.post(f"{url}/predict", json={"records": rows}, headers=AUTH, timeout=30).json()["probabilities"]
     got = np.array([[p[c] for c in sorted(p)] for p in got])
     new, old = (Predictor.from_checkpoint(service[k]).predict(pd.DataFrame(rows)).filter(like="proba_").to_numpy()

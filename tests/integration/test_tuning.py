@@ -17,7 +17,7 @@ from app.errors import UserError
 from app.runner import preflight
 from tests.conftest import PENGUINS, penguins_tree
 
-# Both model kinds, and a key of each: trials of either kind share the prepared data.
+# Both network kinds, and a key of each: trials of either kind share the prepared data.
 SPACE = {"train.lr": {"loguniform": [1.0e-4, 3.0e-2]}, "model.kind": {"choice": ["mlp", "tabm"]},
          "model.hidden": {"choice": [[16], [64, 32]]}, "model.k": {"choice": [4, 8]}}
 SAMPLES = 4
@@ -29,6 +29,8 @@ def sweep_config(tmp_path, name, **tune):
     # (nearly) any order the trials reach them
     tree = penguins_tree(tmp_path, name=name, train__epochs=8, train__early_stopping_patience=None,
                          scaling__num_workers=1, scaling__cpus_per_worker=1)
+    # xgboost reports every 20 rounds: 2 reports, as many as test_optuna_search_runs' epochs
+    tree["model"]["xgboost"] = {"rounds": 40, "checkpoint_every": 20}
     tree["tune"] = {"num_samples": SAMPLES, "max_concurrent_trials": 4, "space": SPACE,
                     "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}, **tune}
     return from_dict(tree, "test")
@@ -84,13 +86,15 @@ def test_best_config_trains_to_the_same_metric(asha_sweep, tmp_path):
 def test_optuna_search_runs(ray_session, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    cfg = sweep_config(tmp_path, "optuna", num_samples=2, search="optuna", scheduler={"name": "fifo"})
+    # a network and the trees: model.kind searched by Optuna, the trees' reports counted in rounds
+    space = {"train.lr": SPACE["train.lr"], "model.kind": {"choice": ["mlp", "xgboost"]}}
+    cfg = sweep_config(tmp_path, "optuna", num_samples=2, search="optuna", scheduler={"name": "fifo"}, space=space)
     cfg.train.epochs = 2
     cfg.tracking.mlflow = True  # the trials log into one MLflow experiment named after the sweep
     metrics = app.tune(cfg).metrics
     board = pd.read_csv(tmp_path / "runs" / "optuna" / "leaderboard.csv")
     assert len(board) == 2 and (board.status == "completed").all() and (board.epochs == 2).all()
-    assert board["train.lr"].nunique() == 2
+    assert board["train.lr"].nunique() == 2 and set(board["model.kind"]) == {"mlp", "xgboost"}
     assert metrics["valid"]["valid_loss"] == pytest.approx(board.valid_loss.min())
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     trials = client.search_runs([client.get_experiment_by_name("optuna").experiment_id])

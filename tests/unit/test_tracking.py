@@ -92,9 +92,16 @@ def test_the_server_gets_the_real_credentials_and_messages_show_them_redacted(tm
     assert SECRET not in err
 
 
-def test_fresh_opens_a_new_mlflow_run_and_resume_reopens_the_newest(tmp_path):
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory) -> Path:
+    """One SQLite store for the tests below (creating one takes seconds)."""
+    return tmp_path_factory.mktemp("tracking")
+
+
+def test_fresh_opens_a_new_mlflow_run_and_resume_reopens_the_newest(store_root):
     from mlflow.tracking import MlflowClient
 
+    tmp_path = store_root
     cfg = config(tmp_path)  # the default store: runs/mlflow.db beside the run folders
     out_dir = runs.run_dir(cfg)
     checkpoint = Path(out_dir) / runs.checkpoint_name(1)
@@ -131,3 +138,84 @@ def test_fresh_opens_a_new_mlflow_run_and_resume_reopens_the_newest(tmp_path):
         assert run.data.params["data.test"] == "s3://AKIAEXAMPLE:***@bucket/penguins-test.csv"
         assert run.data.tags["best_checkpoint"] == "s3://AKIAEXAMPLE:***@bucket/runs/x/checkpoint_epoch_0001"
     assert SECRET.encode() not in (tmp_path / "runs" / runs.MLFLOW_DB).read_bytes()
+
+
+def small_checkpoint(folder: Path) -> Path:
+    """A classification checkpoint of an untrained network on two columns (no data step)."""
+    import torch
+
+    from app import checkpoint as ckpt
+    from app.config import ModelConfig
+    from app.data.transform import CategoricalColumn, NumericColumn, PreprocessState
+    from app.model import build_model
+
+    state = PreprocessState(label="y", task="classification", numeric=[NumericColumn("x", 1.0, 2.0, True)],
+                            categorical=[CategoricalColumn("c", ["a", "b"])], classes=["p", "q", "r"],
+                            input_types={"x": "double", "c": "string"}, train_rows=100)
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(kind="mlp", hidden=[8], num_embeddings="none")
+    net = build_model(model_cfg, state)
+    opt = torch.optim.AdamW(net.parameters())
+    return ckpt.write_checkpoint(folder, model=net, optimizer=opt, state=state, model_cfg=model_cfg,
+                                 scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0),
+                                 train_state={"epoch": 1, "progress": {}})
+
+
+def test_a_finished_run_logs_its_model_config_and_report_beside_the_store(store_root, monkeypatch):
+    """What `train` logs when it finishes, and `report` after it: the pyfunc model predicts
+    as the checkpoint's Predictor, from its own copy of the checkpoint; every artifact lies
+    under the store's folder, none in ./mlruns of the working directory."""
+    import shutil
+
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from app.predictor import Predictor
+
+    (store_root / "cwd").mkdir()
+    monkeypatch.chdir(store_root / "cwd")  # MLflow's default artifact root would be ./mlruns here
+    cfg = config(store_root).model_copy(update={"name": "logged"})  # the default store: runs/mlflow.db
+    out_dir = runs.run_dir(cfg)
+    checkpoint = small_checkpoint(store_root / "checkpoint")
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"x": rng.normal(size=40), "c": rng.choice(["a", "b", "z", None], 40), "note": "kept"})
+    rows.loc[3, "x"] = np.nan
+    expected = Predictor.from_checkpoint(checkpoint).predict(rows)
+    storage.write_text(storage.join(out_dir, runs.CONFIG), cfg.to_yaml())
+
+    spec = tracking.start(cfg, out_dir)
+    tracking.finish(spec, {"test": {"accuracy": 0.5}, "epochs_completed": 1, "best_checkpoint": str(checkpoint)},
+                    out_dir)
+    tracking.log_report(cfg.to_yaml(), out_dir, "<!doctype html><title>report</title>")
+    shutil.rmtree(checkpoint)  # the model carries its own copy
+
+    uri, run_id = tracking.mlflow_uri(cfg), spec["mlflow_run_id"]
+    client = MlflowClient(uri)
+    store = (store_root / "runs" / runs.MLFLOW_ARTIFACTS).as_uri()
+    run = client.get_run(run_id)
+    assert run.info.artifact_uri.startswith(store + "/")
+    assert {a.path for a in client.list_artifacts(run_id)} == {runs.CONFIG, runs.REPORT}
+    logged_config = Path(run.info.artifact_uri.removeprefix("file://")) / runs.CONFIG
+    assert "AKIAEXAMPLE:***@bucket" in logged_config.read_text()  # the config as the run folder has it
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.name == tracking.MODEL_NAME and model.source_run_id == run_id
+    assert model.artifact_location.startswith(store + "/")
+    assert not (store_root / "cwd" / "mlruns").exists()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for runs:/ URIs; the app itself never sets it
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    predicted = mlflow.pyfunc.load_model(f"runs:/{run_id}/{tracking.MODEL_NAME}").predict(rows)
+    pd.testing.assert_frame_equal(predicted, expected)
+    assert SECRET.encode() not in (store_root / "runs" / runs.MLFLOW_DB).read_bytes()
+
+
+@pytest.mark.parametrize("uri, where", [
+    ("sqlite:////data/runs/mlflow.db", "file:///data/runs/mlflow-artifacts"),
+    ("postgresql://u@db:5432/mlflow", "file:///srv/runs/mlflow-artifacts"),
+    ("http://127.0.0.1:5000", None),  # a server keeps its own artifact store
+    ("file:///data/mlruns", None),  # a file store keeps them inside itself
+])
+def test_a_new_experiment_keeps_its_artifacts_beside_its_store(uri, where):
+    assert tracking.artifact_location(uri, "/srv/runs") == where

@@ -1,0 +1,178 @@
+"""`model.kind: xgboost` and `ensemble` on the shared local Ray. xgboost: Ray Train's
+XGBoostTrainer over the same shards and preprocessing as the networks; a worker killed
+mid-run, and a driver killed mid-run (a `python -m app train` process on this Ray, killed
+with SIGKILL, then the same run again), each end exactly where an uninterrupted run ends:
+the same trees, the same metrics. ensemble: an mlp and xgboost weighted on validation, one
+checkpoint; a driver killed in its second member resumes it without training the first again.
+(Every command on an xgboost checkpoint: tests/integration/test_inference.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import app
+from app.config import from_dict
+from app.predictor import Predictor
+from tests.conftest import PENGUINS, REPO, penguins_tree
+from tests.drills import hung_pid, registered_epoch, train_in_background, wait_for
+
+pytestmark = pytest.mark.slow  # fault drills: scripts/test.sh --quick leaves them out
+
+ROUNDS, EVERY = 60, 20
+
+
+def boost_tree(tmp_path: Path, name: str) -> dict:
+    """Penguins on xgboost, 2 workers, a checkpoint every 20 rounds, row and column
+    sampling on (so that a resumed run has random draws to get right)."""
+    tree = penguins_tree(tmp_path, name=name, model__kind="xgboost", report__importance=False,
+                         report__baselines=False, run__max_failures=2)
+    tree["model"]["xgboost"] = {"rounds": ROUNDS, "checkpoint_every": EVERY, "early_stopping_rounds": None,
+                                "subsample": 0.7, "colsample_bytree": 0.7}
+    return tree
+
+
+def ensemble_tree(tmp_path: Path, name: str) -> dict:
+    """The same trees as the ensemble's second member, beside an mlp (3 epochs)."""
+    tree = boost_tree(tmp_path, name)
+    tree["model"]["kind"] = "ensemble"
+    tree["model"]["ensemble"] = {"members": ["mlp", "xgboost"]}
+    return tree
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(ray_session, tmp_path_factory):
+    """An uninterrupted ensemble run: where each run cut short below must end, bit for bit.
+    Its xgboost member is a plain xgboost run of `boost_tree` (the same seed, data and
+    parameters), in its own folder under the ensemble's."""
+    tmp = tmp_path_factory.mktemp("ensemble")
+    metrics = app.train(from_dict(ensemble_tree(tmp, "ens"), "test")).metrics
+    return metrics, tmp / "runs" / "ens"
+
+
+def trees_of(metrics: dict) -> dict:
+    """What an xgboost run ended with: its checkpoints' rounds, the trees' fingerprints on each
+    rank, its validation metrics (from metrics.json, or an ensemble member's checkpoint)."""
+    from app.checkpoint import load_train_state
+
+    best = Path(metrics["best_checkpoint"])
+    latest = sorted(best.parent.glob("checkpoint_epoch_*"))[-1]
+    final = load_train_state(latest)
+    return {"rounds": [r["epoch"] for r in final["progress"]["history"]],
+            "fingerprints": final["param_fingerprints"], "best": best.name}
+
+
+def test_trees_train_on_every_worker_and_the_ensemble_weights_them_with_an_mlp(ensemble_run):
+    from app.data.transform import transform
+    from app.ensemble import mixture
+
+    metrics, run = ensemble_run
+    ensemble = metrics["ensemble"]
+    trees = trees_of(ensemble["members"]["xgboost"])
+    assert trees["rounds"] == [20, 40, 60]
+    assert len(trees["fingerprints"]) == 2 and len(set(trees["fingerprints"])) == 1  # the ranks grew the same trees
+    majority = pd.read_csv(PENGUINS)["species"].value_counts(normalize=True).max()
+    for member in ensemble["members"].values():
+        assert member["test"]["accuracy"] > majority + 0.2
+    assert metrics["test"]["accuracy"] > majority + 0.2
+    assert sum(ensemble["weights"].values()) == pytest.approx(1.0)
+    best_member = min(m["valid"]["valid_loss"] for m in ensemble["members"].values())
+    assert metrics["valid"]["valid_loss"] <= best_member + 1e-12  # never worse than its best member
+
+    # one checkpoint: the members' copies and the weights; it predicts their weighted mixture
+    checkpoint = Path(metrics["best_checkpoint"])
+    assert checkpoint == run / "checkpoint_ensemble" and (checkpoint / "members" / "mlp" / "model.pt").exists()
+    rows = pd.read_csv(PENGUINS).head(30)
+    model = Predictor.from_checkpoint(checkpoint)
+    members = {k: Predictor.from_checkpoint(m["best_checkpoint"]) for k, m in ensemble["members"].items()}
+    assert 1 <= members["xgboost"].model.rounds <= members["xgboost"].epoch  # the best round so far predicts
+    arrays = transform(rows, model.state, with_label=False)
+    raw = {k: p.forward(arrays["x_num"], arrays["x_cat"], None, calibrated=False) for k, p in members.items()}
+    np.testing.assert_allclose(model.forward(arrays["x_num"], arrays["x_cat"], None, calibrated=False),
+                               mixture(raw, ensemble["weights"], model.state), rtol=1e-5, atol=1e-6)
+    proba = model.predict(rows).filter(like="proba_").to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-9)
+
+
+def test_worker_killed_mid_run_resumes_to_the_same_trees(ray_session, tmp_path, ensemble_run, monkeypatch):
+    from ray.util.state import list_actors
+
+    # Rank 1 stops before round 30, with round 20's checkpoint registered, and is killed there.
+    hang = "rank=1,epoch=30,then=hang"
+    monkeypatch.setenv("APP_FAULT", hang)
+    run = str(tmp_path / "runs" / "killed")
+    tree = boost_tree(tmp_path, "killed")
+    tree["train"]["calibration"] = "none"  # test metrics as the ensemble scores its members: uncalibrated
+    thread, outcome = train_in_background(from_dict(tree, "test"))
+    assert wait_for(lambda: (hung_pid(run, hang) and registered_epoch(run) == 20) or not thread.is_alive())
+    assert thread.is_alive(), outcome.get("error")
+    victim = hung_pid(run, hang)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert victim in {w["pid"] for w in workers}
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+
+    metrics = outcome["metrics"]
+    assert [a["from_epoch"] for a in metrics["attempts"]] == [0, 20]  # restarted from round 20's checkpoint
+    assert [r["epoch"] for r in metrics["history"]] == [20, 40, 60]
+    reference = ensemble_run[0]["ensemble"]["members"]["xgboost"]
+    assert trees_of(metrics) == trees_of(reference)  # the same trees, byte for byte
+    assert metrics["valid"] == reference["valid"] and metrics["test"] == reference["test"]
+
+
+def test_ensemble_driver_killed_in_its_second_member_resumes_it_and_keeps_the_first(
+        ray_session, tmp_path, ensemble_run):
+    # The driver: `python -m app train` of the ensemble on this Ray, stopped in the xgboost
+    # member (rank 0 hangs before round 30, round 20's checkpoint registered, the mlp member
+    # finished) and killed with its whole process group.
+    import yaml
+
+    tree = ensemble_tree(tmp_path, "ens")
+    config = tmp_path / "ens.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    hang = "rank=0,epoch=30,then=hang"
+    driver = subprocess.Popen([sys.executable, "-m", "app", "train", "--config", str(config), "--address",
+                               ray_session.get_runtime_context().gcs_address], cwd=REPO,
+                              env=dict(os.environ, APP_FAULT=hang), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    members = tmp_path / "runs" / "ens" / "members"
+    trees = str(members / "xgboost")
+    deadline = time.time() + 300
+    while not (hung_pid(trees, hang) and registered_epoch(trees) == 20):
+        assert driver.poll() is None and time.time() < deadline, driver.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.communicate()
+    assert driver.returncode == -signal.SIGKILL
+    # The driver's Train controller and workers die with it; the hung worker too, then.
+    assert wait_for(lambda: not _alive(hung_pid(trees, hang)), timeout=120)
+    finished = (members / "mlp" / "member.json").read_text()
+    assert not (members / "xgboost" / "member.json").exists()
+    assert not (tmp_path / "runs" / "ens" / "metrics.json").exists()
+
+    metrics = app.train(from_dict(tree, "test")).metrics  # the same run again: resumes
+    assert (members / "mlp" / "member.json").read_text() == finished  # not trained again
+    resumed = metrics["ensemble"]["members"]["xgboost"]
+    assert [a["from_epoch"] for a in metrics["attempts"] if a.get("data_cache") == "quantized"] == [0, 20]
+    expected = ensemble_run[0]
+    assert trees_of(resumed) == trees_of(expected["ensemble"]["members"]["xgboost"])
+    assert metrics["ensemble"]["weights"] == expected["ensemble"]["weights"]
+    assert metrics["valid"] == expected["valid"] and metrics["test"] == expected["test"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
