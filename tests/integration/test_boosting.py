@@ -8,6 +8,7 @@ checkpoint; a driver killed in its second member resumes it without training the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -102,31 +103,75 @@ def test_trees_train_on_every_worker_and_the_ensemble_weights_them_with_an_mlp(e
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-9)
 
 
-def test_worker_killed_mid_run_resumes_to_the_same_trees(ray_session, tmp_path, ensemble_run, monkeypatch):
+@pytest.fixture(scope="module")
+def killed(ray_session, tmp_path_factory, ensemble_run):
+    """A plain xgboost run of the ensemble's member config whose rank 1 stops before round
+    30, with round 20's checkpoint registered, and is killed there from outside (as the
+    kernel's OOM killer would); the run goes on. Its folder serves the commands' tests too."""
     from ray.util.state import list_actors
 
-    # Rank 1 stops before round 30, with round 20's checkpoint registered, and is killed there.
+    tmp = tmp_path_factory.mktemp("killed")
     hang = "rank=1,epoch=30,then=hang"
-    monkeypatch.setenv("APP_FAULT", hang)
-    run = str(tmp_path / "runs" / "killed")
-    tree = boost_tree(tmp_path, "killed")
-    tree["train"]["calibration"] = "none"  # test metrics as the ensemble scores its members: uncalibrated
-    thread, outcome = train_in_background(from_dict(tree, "test"))
-    assert wait_for(lambda: (hung_pid(run, hang) and registered_epoch(run) == 20) or not thread.is_alive())
-    assert thread.is_alive(), outcome.get("error")
-    victim = hung_pid(run, hang)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    assert victim in {w["pid"] for w in workers}
-    os.kill(victim, signal.SIGKILL)
-    thread.join(timeout=600)
+    os.environ["APP_FAULT"] = hang
+    try:
+        run = str(tmp / "runs" / "killed")
+        thread, outcome = train_in_background(from_dict(boost_tree(tmp, "killed"), "test"))
+        assert wait_for(lambda: (hung_pid(run, hang) and registered_epoch(run) == 20) or not thread.is_alive())
+        assert thread.is_alive(), outcome.get("error")
+        victim = hung_pid(run, hang)
+        workers = list_actors(address=ray_session.get_runtime_context().gcs_address,
+                              filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        assert victim in {w["pid"] for w in workers}
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=600)
+    finally:
+        del os.environ["APP_FAULT"]
     assert "error" not in outcome, outcome.get("error")
+    return outcome["metrics"], Path(run)
 
-    metrics = outcome["metrics"]
+
+def test_worker_killed_mid_run_resumes_to_the_same_trees(killed, ensemble_run):
+    metrics, _ = killed
     assert [a["from_epoch"] for a in metrics["attempts"]] == [0, 20]  # restarted from round 20's checkpoint
     assert [r["epoch"] for r in metrics["history"]] == [20, 40, 60]
     reference = ensemble_run[0]["ensemble"]["members"]["xgboost"]
     assert trees_of(metrics) == trees_of(reference)  # the same trees, byte for byte
-    assert metrics["valid"] == reference["valid"] and metrics["test"] == reference["test"]
+    assert metrics["valid"] == reference["valid"]
+
+
+def test_evaluate_report_and_export_of_the_trees(killed, tmp_path):
+    """`evaluate` reproduces the run's test metrics; the report draws boosting curves; the
+    export (XGBoost's own file, the calibration applied by predict.py) predicts as the
+    checkpoint does, without Ray, torch or this package."""
+    from app.cli import main
+    from app.export import export
+    from app.report import write_report
+
+    metrics, run = killed
+    rows = pd.read_csv(PENGUINS)
+    assert main(["evaluate", "--checkpoint", metrics["best_checkpoint"], "--data", str(PENGUINS), "--output",
+                 str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["rows"] == len(rows) and result["metrics"]["accuracy"] > 0.9
+
+    page = Path(write_report(str(run))).read_text()
+    assert "Boosting curves" in page and "rounds completed" in page and "Learning curves" not in page
+
+    folder = export(metrics["best_checkpoint"], str(tmp_path / "exported"))
+    assert (folder / "model.ubj").exists() and not (folder / "model.onnx").exists()
+    rows.drop(columns=["species"]).to_csv(tmp_path / "in.csv", index=False)
+    blocked = ("import sys\nclass Blocked:\n    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('ray', 'torch', 'app'): raise ImportError(name)\n"
+               "sys.meta_path.insert(0, Blocked()); import runpy; sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", blocked, str(folder / "predict.py"), str(tmp_path / "in.csv"),
+                           str(tmp_path / "out.csv")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = pd.read_csv(tmp_path / "out.csv")
+    expected = Predictor.from_checkpoint(metrics["best_checkpoint"]).predict(pd.read_csv(tmp_path / "in.csv"))
+    assert got["prediction"].tolist() == expected["prediction"].tolist()
+    columns = [c for c in expected.columns if c.startswith("proba_")]
+    np.testing.assert_allclose(got[columns].to_numpy(), expected[columns].to_numpy(), atol=1e-6)
 
 
 def test_ensemble_driver_killed_in_its_second_member_resumes_it_and_keeps_the_first(

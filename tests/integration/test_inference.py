@@ -25,7 +25,7 @@ from tests.conftest import PENGUINS, penguins_tree
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module", params=["tabm", "mlp", "xgboost"])
+@pytest.fixture(scope="module", params=["tabm", "mlp"])  # xgboost: tests/integration/test_boosting.py
 def run(request, ray_session, tmp_path_factory):
     """A finished penguins run of each model kind with a held-out test file and baselines;
     the tabm run also logs to MLflow and TensorBoard, the mlp run has tracking off."""
@@ -36,7 +36,6 @@ def run(request, ray_session, tmp_path_factory):
     tree = penguins_tree(tmp, data__train=str(tmp / "train.csv"), data__test=str(tmp / "test.csv"),
                          train__epochs=EPOCHS, report__baselines=True, model__kind=request.param,
                          tracking__mlflow=request.param == "tabm", tracking__tensorboard=request.param == "tabm")
-    tree["model"]["xgboost"] = {"rounds": 60, "checkpoint_every": 20}  # read by the xgboost kind only
     cfg = from_dict(tree, "test")
     metrics = app.train(cfg).metrics
     return {"tmp": tmp, "cfg": cfg, "metrics": metrics, "dir": tmp / "runs" / cfg.name,
@@ -203,8 +202,7 @@ def test_report_renders_in_a_browser(run, tmp_path):
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", f"file://{report}"], capture_output=True, text=True,
                          timeout=120).stdout
-    curves = "Boosting curves" if run["cfg"].model.kind == "xgboost" else "Learning curves"  # rounds, or epochs
-    for text in (curves, "Confusion matrix", "Feature importance", "random_forest",
+    for text in ("Learning curves", "Confusion matrix", "Feature importance", "random_forest",
                  "hist_gradient_boosting", "<h2>Data</h2>", "Per-class metrics", "ROC and precision-recall curves",
                  "Calibration (test split)", "Label balance on the test split", "missing in training"):
         assert text in dom
@@ -251,9 +249,6 @@ def test_export_predicts_like_the_checkpoint_without_ray_or_torch(run, tmp_path)
     columns = [c for c in expected.columns if c.startswith("proba_")]
     np.testing.assert_allclose(got[columns].to_numpy(), expected[columns].to_numpy(), atol=1e-5)
 
-    if run["cfg"].model.kind == "xgboost":  # the trees in XGBoost's own format: no network to script
-        assert not (folder / "model_torchscript.pt").exists() and (folder / "model.ubj").exists()
-        return
     # The TorchScript file is the same network: probabilities from the prepared arrays.
     import torch
 
