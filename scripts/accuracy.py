@@ -40,21 +40,6 @@ import app  # noqa: E402
 from app import cluster  # noqa: E402
 from app.config import ModelConfig, from_dict  # noqa: E402
 
-from app.data import prepare as _prepare  # noqa: E402
-
-# WORKAROUND (app bug, to be fixed in app/data/prepare.py): `uses_bins` looks at `model.kind`
-# only, so an ensemble's preprocessing fits no embedding bins and its tabm member fails
-# ("the preprocessing state has no embedding bins for tabm"). Fit them when a member is tabm.
-_uses_bins = _prepare.uses_bins
-
-
-def _uses_bins_with_members(model: ModelConfig) -> bool:
-    if model.kind == "ensemble":
-        return "tabm" in model.ensemble.members and model.num_embeddings == "piecewise_linear"
-    return _uses_bins(model)
-
-
-_prepare.uses_bins = _uses_bins_with_members
 
 KINDS = list(ModelConfig.model_fields["kind"].annotation.__args__)
 DEFAULT_KIND = ModelConfig().kind
@@ -85,8 +70,7 @@ def measure(table: tables.Table, kind: str, data_dir: Path, storage: Path, basel
             "test": metrics["test"], "wall_s": wall, "batch_size": "-", "rows_per_s": None, "to_best_s": None,
             # `best / epochs` shows each member's weight and its best / completed epochs (rounds)
             "best_epoch": None, "epochs": None, "weights": block["weights"],
-            "members": {k: {"test": m["test"], "weight": block["weights"].get(k, 0.0), "best_epoch": m["best_epoch"],
-                            "epochs": m["epochs_completed"]} for k, m in block["members"].items()},
+            "members": ensemble_members(block, storage / cfg.name),
             "load": max(load, os.getloadavg()[0]),
         }
     history = metrics["history"]
@@ -102,6 +86,20 @@ def measure(table: tables.Table, kind: str, data_dir: Path, storage: Path, basel
         "batch_size": "-" if kind == "xgboost" else _resolved(storage / cfg.name, "batch_size"),
         "load": max(load, os.getloadavg()[0]),
     }
+
+
+def ensemble_members(block: dict, run_folder: Path) -> dict:
+    """Each member's test metrics, weight and best / completed epochs (xgboost: the rounds its
+    best checkpoint predicts with, from its members/<kind>/member.json history)."""
+    out = {}
+    for kind, m in block["members"].items():
+        best = m["best_epoch"]
+        summary = run_folder / "members" / kind / "member.json"
+        history = json.loads(summary.read_text()).get("history", []) if summary.exists() else []
+        scored = next((r for r in history if r["epoch"] == best), {})
+        out[kind] = {"test": m["test"], "weight": block["weights"].get(kind, 0.0),
+                     "best_epoch": scored.get("best_round", best), "epochs": m["epochs_completed"]}
+    return out
 
 
 def _resolved(run_folder: Path, key: str):

@@ -158,8 +158,10 @@ def numpy_arrays(blocks: list[pa.Table]) -> dict[str, np.ndarray]:
 
 
 def uses_bins(model: ModelConfig) -> bool:
-    """Whether `model` embeds its numeric inputs piecewise-linearly (on bins fitted here)."""
-    return model.kind == "tabm" and model.num_embeddings == "piecewise_linear"
+    """Whether `model` (or, for an ensemble, one of its members) embeds its numeric inputs
+    piecewise-linearly, on bins fitted here."""
+    kinds = model.ensemble.members if model.kind == "ensemble" else [model.kind]
+    return "tabm" in kinds and model.num_embeddings == "piecewise_linear"
 
 
 def _two_passes(cfg: Config, inputs: Inputs, pieces: list[Piece], fitted: PreprocessState | None,

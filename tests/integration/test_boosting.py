@@ -2,7 +2,7 @@
 XGBoostTrainer over the same shards and preprocessing as the networks; a worker killed
 mid-run, and a driver killed mid-run (a `python -m app train` process on this Ray, killed
 with SIGKILL, then the same run again), each end exactly where an uninterrupted run ends:
-the same trees, the same metrics. ensemble: an mlp and xgboost weighted on validation, one
+the same trees, the same metrics. ensemble: a TabM and xgboost weighted on validation, one
 checkpoint; a driver killed in its second member resumes it without training the first again.
 (Every command on an xgboost checkpoint: tests/integration/test_inference.py.)"""
 
@@ -42,10 +42,10 @@ def boost_tree(tmp_path: Path, name: str) -> dict:
 
 
 def ensemble_tree(tmp_path: Path, name: str) -> dict:
-    """The same trees as the ensemble's second member, beside an mlp (3 epochs)."""
+    """The same trees as the ensemble's second member, beside a TabM (3 epochs)."""
     tree = boost_tree(tmp_path, name)
     tree["model"]["kind"] = "ensemble"
-    tree["model"]["ensemble"] = {"members": ["mlp", "xgboost"]}
+    tree["model"]["ensemble"] = {"members": ["tabm", "xgboost"]}  # the default members
     return tree
 
 
@@ -71,7 +71,7 @@ def trees_of(metrics: dict) -> dict:
             "fingerprints": final["param_fingerprints"], "best": best.name}
 
 
-def test_trees_train_on_every_worker_and_the_ensemble_weights_them_with_an_mlp(ensemble_run):
+def test_trees_train_on_every_worker_and_the_ensemble_weights_them_with_a_tabm(ensemble_run):
     from app.data.transform import transform
     from app.ensemble import mixture
 
@@ -90,7 +90,7 @@ def test_trees_train_on_every_worker_and_the_ensemble_weights_them_with_an_mlp(e
 
     # one checkpoint: the members' copies and the weights; it predicts their weighted mixture
     checkpoint = Path(metrics["best_checkpoint"])
-    assert checkpoint == run / "checkpoint_ensemble" and (checkpoint / "members" / "mlp" / "model.pt").exists()
+    assert checkpoint == run / "checkpoint_ensemble" and (checkpoint / "members" / "tabm" / "model.pt").exists()
     rows = pd.read_csv(PENGUINS).head(30)
     model = Predictor.from_checkpoint(checkpoint)
     members = {k: Predictor.from_checkpoint(m["best_checkpoint"]) for k, m in ensemble["members"].items()}
@@ -177,7 +177,7 @@ def test_evaluate_report_and_export_of_the_trees(killed, tmp_path):
 def test_ensemble_driver_killed_in_its_second_member_resumes_it_and_keeps_the_first(
         ray_session, tmp_path, ensemble_run):
     # The driver: `python -m app train` of the ensemble on this Ray, stopped in the xgboost
-    # member (rank 0 hangs before round 30, round 20's checkpoint registered, the mlp member
+    # member (rank 0 hangs before round 30, round 20's checkpoint registered, the tabm member
     # finished) and killed with its whole process group.
     import yaml
 
@@ -200,12 +200,12 @@ def test_ensemble_driver_killed_in_its_second_member_resumes_it_and_keeps_the_fi
     assert driver.returncode == -signal.SIGKILL
     # The driver's Train controller and workers die with it; the hung worker too, then.
     assert wait_for(lambda: not _alive(hung_pid(trees, hang)), timeout=120)
-    finished = (members / "mlp" / "member.json").read_text()
+    finished = (members / "tabm" / "member.json").read_text()
     assert not (members / "xgboost" / "member.json").exists()
     assert not (tmp_path / "runs" / "ens" / "metrics.json").exists()
 
     metrics = app.train(from_dict(tree, "test")).metrics  # the same run again: resumes
-    assert (members / "mlp" / "member.json").read_text() == finished  # not trained again
+    assert (members / "tabm" / "member.json").read_text() == finished  # not trained again
     resumed = metrics["ensemble"]["members"]["xgboost"]
     assert [a["from_epoch"] for a in metrics["attempts"] if a.get("data_cache") == "quantized"] == [0, 20]
     expected = ensemble_run[0]
