@@ -54,3 +54,24 @@ def train_in_background(cfg):
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread, outcome
+
+
+# A finder that refuses ray, torch and this package: importing them fails as if they were not
+# installed (sys.modules entries set to None would trip libraries that look them up).
+_WITHOUT_RAY_TORCH_APP = (
+    "import sys\nclass Blocked:\n    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('ray', 'torch', 'app'): raise ImportError(name)\n"
+    "sys.meta_path.insert(0, Blocked()); import runpy; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def run_export(folder, source, target, cwd):
+    """`python FOLDER/predict.py SOURCE TARGET` of an export, with ray, torch and `app`
+    unimportable: the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _WITHOUT_RAY_TORCH_APP, str(folder / "predict.py"), str(source),
+                           str(target)], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})

@@ -20,11 +20,9 @@ with it are that model's, from the same sums as the networks' (app/metrics.py).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,15 +30,14 @@ from typing import Any
 import numpy as np
 import ray.train
 
-from app import boosting, runs
+from app import boosting
 from app import checkpoint as ckpt
 from app.cluster import quiet_logs
 from app.data.shards import ShardHandle
 from app.data.transform import PreprocessState, tree_inputs
 from app.metrics import MetricSums
-from app.redact import redact_tree
 from app.tracking import EpochLogger
-from app.training.loop import Worker, derive_seed, peak_rss_mb, shard_handle
+from app.training.loop import Worker, derive_seed, peak_rss_mb, report_checkpoint, shard_handle
 
 log = logging.getLogger(__name__)
 
@@ -223,26 +220,13 @@ def restore(checkpoint: ray.train.Checkpoint | None) -> tuple[Any, Rounds]:
 
 def save_and_report(worker: Worker, record: dict[str, Any], progress: Rounds, booster,
                     fingerprints: list[str]) -> None:
-    """Rank 0 writes a checkpoint to a local temp folder and uploads it; every rank reports."""
-    rounds = record["epoch"]
-    with tempfile.TemporaryDirectory(prefix="app-ckpt-") as tmp:
-        checkpoint = None
-        if worker.rank == 0:
-            train_state = {"epoch": rounds, "progress": asdict(progress), "config": redact_tree(worker.cfg.to_dict()),
-                           "world_size": len(fingerprints), "param_fingerprints": fingerprints}
-            ckpt.write_booster_checkpoint(tmp, booster=booster, state=worker.state, model_cfg=worker.cfg.model,
-                                          train_state=train_state,
-                                          after_first_file=functools.partial(worker.die, epoch=rounds, at="save"))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+    """Rank 0 writes a checkpoint of the booster and uploads it; every rank reports
+    (`loop.report_checkpoint`, as the networks' loop does)."""
+    def write(directory: str, train_state: dict[str, Any], after_first_file) -> None:
+        ckpt.write_booster_checkpoint(directory, booster=booster, state=worker.state, model_cfg=worker.cfg.model,
+                                      train_state=train_state, after_first_file=after_first_file)
 
-        def upload(local: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
-            destination = f"{worker.run_path}/{dir_name}"
-            ckpt.upload(local.path, worker.filesystem, destination,
-                        after_first_file=functools.partial(worker.die, epoch=rounds, at="upload"))
-            return ray.train.Checkpoint(destination, filesystem=worker.filesystem)
-
-        ray.train.report(dict(record), checkpoint=checkpoint, checkpoint_dir_name=runs.checkpoint_name(rounds),
-                         checkpoint_upload_fn=upload)
+    report_checkpoint(worker, record, asdict(progress), fingerprints, write)
 
 
 def fingerprint(booster) -> str:

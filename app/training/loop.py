@@ -392,18 +392,29 @@ def restore(checkpoint: ray.train.Checkpoint | None, model: nn.Module, optimizer
 def save_and_report(worker: Worker, record: dict[str, Any], progress: Progress, *, model: nn.Module, optimizer,
                     scheduler, param_fingerprints: list[str]) -> None:
     """Rank 0 writes a checkpoint to a local temp folder and uploads it; every rank reports."""
+    def write(directory: str, train_state: dict[str, Any], after_first_file) -> None:
+        ckpt.write_checkpoint(directory, model=unwrap(model), optimizer=optimizer, scheduler=scheduler,
+                              state=worker.state, model_cfg=worker.cfg.model, train_state=train_state,
+                              after_first_file=after_first_file)
+
+    report_checkpoint(worker, record, asdict(progress), param_fingerprints, write)
+
+
+def report_checkpoint(worker: Worker, record: dict[str, Any], progress: dict[str, Any], fingerprints: list[str],
+                      write) -> None:
+    """What every kind's loop does after an epoch (or a chunk of boosting rounds): rank 0
+    writes its checkpoint with `write(folder, train_state, after_first_file)` into a local
+    temp folder, which Ray Train's upload hook copies to the run folder manifest-last;
+    every rank reports `record`. The test faults fire after the first file of each."""
     import tempfile
 
     epoch = record["epoch"]
-    name = runs.checkpoint_name(epoch)
     with tempfile.TemporaryDirectory(prefix="app-ckpt-") as tmp:
         checkpoint = None
         if worker.rank == 0:
-            train_state = {"epoch": epoch, "progress": asdict(progress), "config": redact_tree(worker.cfg.to_dict()),
-                           "world_size": len(param_fingerprints), "param_fingerprints": param_fingerprints}
-            ckpt.write_checkpoint(tmp, model=unwrap(model), optimizer=optimizer, scheduler=scheduler,
-                                  state=worker.state, model_cfg=worker.cfg.model, train_state=train_state,
-                                  after_first_file=functools.partial(worker.die, epoch=epoch, at="save"))
+            train_state = {"epoch": epoch, "progress": progress, "config": redact_tree(worker.cfg.to_dict()),
+                           "world_size": len(fingerprints), "param_fingerprints": fingerprints}
+            write(tmp, train_state, functools.partial(worker.die, epoch=epoch, at="save"))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
 
         def upload(local: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
@@ -412,7 +423,8 @@ def save_and_report(worker: Worker, record: dict[str, Any], progress: Progress, 
                         after_first_file=functools.partial(worker.die, epoch=epoch, at="upload"))
             return ray.train.Checkpoint(destination, filesystem=worker.filesystem)
 
-        ray.train.report(dict(record), checkpoint=checkpoint, checkpoint_dir_name=name, checkpoint_upload_fn=upload)
+        ray.train.report(dict(record), checkpoint=checkpoint, checkpoint_dir_name=runs.checkpoint_name(epoch),
+                         checkpoint_upload_fn=upload)
 
 
 # ---------------------------------------------------------------- helpers

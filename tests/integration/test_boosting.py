@@ -24,7 +24,7 @@ import app
 from app.config import from_dict
 from app.predictor import Predictor
 from tests.conftest import PENGUINS, REPO, penguins_tree
-from tests.drills import hung_pid, registered_epoch, train_in_background, wait_for
+from tests.drills import hung_pid, registered_epoch, run_export, train_in_background, wait_for
 
 pytestmark = pytest.mark.slow  # fault drills: scripts/test.sh --quick leaves them out
 
@@ -160,12 +160,7 @@ def test_evaluate_report_and_export_of_the_trees(killed, tmp_path):
     folder = export(metrics["best_checkpoint"], str(tmp_path / "exported"))
     assert (folder / "model.ubj").exists() and not (folder / "model.onnx").exists()
     rows.drop(columns=["species"]).to_csv(tmp_path / "in.csv", index=False)
-    blocked = ("import sys\nclass Blocked:\n    def find_spec(self, name, path=None, target=None):\n"
-               "        if name.split('.')[0] in ('ray', 'torch', 'app'): raise ImportError(name)\n"
-               "sys.meta_path.insert(0, Blocked()); import runpy; sys.argv = sys.argv[1:]; "
-               "runpy.run_path(sys.argv[0], run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", blocked, str(folder / "predict.py"), str(tmp_path / "in.csv"),
-                           str(tmp_path / "out.csv")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = run_export(folder, tmp_path / "in.csv", tmp_path / "out.csv", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     got = pd.read_csv(tmp_path / "out.csv")
     expected = Predictor.from_checkpoint(metrics["best_checkpoint"]).predict(pd.read_csv(tmp_path / "in.csv"))

@@ -21,6 +21,7 @@ from app.predicting import check_output, part_records, run_predict
 from app.predictor import Predictor, check_input
 from app.report import write_report
 from tests.conftest import PENGUINS, penguins_tree
+from tests.drills import run_export
 
 EPOCHS = 3
 
@@ -233,15 +234,7 @@ def test_export_predicts_like_the_checkpoint_without_ray_or_torch(run, tmp_path)
     folder = export(run["checkpoint"], str(tmp_path / "exported"))
     rows = run["test"].drop(columns=["species"])
     rows.to_csv(tmp_path / "in.csv", index=False)
-    # A finder that refuses ray, torch and this package: importing them fails as if they were
-    # not installed (sys.modules entries set to None would trip libraries that look them up).
-    blocked = ("import sys\nclass Blocked:\n    def find_spec(self, name, path=None, target=None):\n"
-               "        if name.split('.')[0] in ('ray', 'torch', 'app'): raise ImportError(name)\n"
-               "sys.meta_path.insert(0, Blocked()); ")
-    runner = blocked + "import runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-    done = subprocess.run([sys.executable, "-c", runner, str(folder / "predict.py"), str(tmp_path / "in.csv"),
-                           str(tmp_path / "out.csv")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    done = run_export(folder, tmp_path / "in.csv", tmp_path / "out.csv", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     got = pd.read_csv(tmp_path / "out.csv")
     expected = Predictor.from_checkpoint(run["checkpoint"]).predict(pd.read_csv(tmp_path / "in.csv"))
